@@ -1,0 +1,148 @@
+"""The tiny reference zoo: small models trained by ``scripts/train_zoo.py`` on bundled data.
+
+Each zoo member lives in one self-contained module that defines:
+
+* ``DEFAULT_CONFIG``: the config dict of the shipped model;
+* ``build(config: dict) -> nn.Module``: construct from a config dict (random init);
+* ``load_dir(path) -> nn.Module``: load from a folder of weights (``model.safetensors`` +
+  ``config.json`` through :func:`diffkit.core.io.load_model_dir`, or a diffusers folder).
+
+How each member is *trained* is a recipe in :mod:`diffkit.zoo` (the top layer, which may use the
+training loop and the method packages); the registry names that recipe by module path only.
+Shipped weights sit in ``models/weights/<name>/`` beside a ``SHA256SUMS`` file checked by
+``diffkit zoo verify``. Only ``diffkit zoo train NAME`` (or ``make zoo``) writes them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from torch import nn
+
+from diffkit.core.io import atomic_write_text, sha256_file
+
+WEIGHTS_ROOT = Path(__file__).parent / "weights"
+HASH_FILE = "SHA256SUMS"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A registered zoo member."""
+
+    name: str
+    module: str
+    recipe: str
+    description: str
+    depends_on: tuple[str, ...] = ()
+
+    def impl(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_ROOT / self.name
+
+
+# Registry: one line per zoo member. Method issues append their own entries here.
+_REGISTRY: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry(
+            "digit-classifier",
+            "diffkit.models.digit_classifier",
+            "diffkit.zoo.digit_classifier",
+            "Evaluation network for 16x16 digits: features for FID/KID and class accuracy. "
+            "Never a training signal.",
+        ),
+    ]
+}
+
+
+def list_models() -> list[str]:
+    """Names of every registered zoo member."""
+    return sorted(_REGISTRY)
+
+
+def entry(name: str) -> ZooEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown zoo model {name!r}; available: {', '.join(list_models())}"
+        ) from None
+
+
+def create(name: str, **overrides) -> nn.Module:
+    """A randomly initialised model of the zoo member's architecture (its default config)."""
+    impl = entry(name).impl()
+    return impl.build({**impl.DEFAULT_CONFIG, **overrides})
+
+
+def load(name: str) -> nn.Module:
+    """The shipped, trained zoo member (eval mode)."""
+    e = entry(name)
+    if not (e.path / HASH_FILE).is_file():
+        raise FileNotFoundError(
+            f"zoo weights for {name!r} are missing at {e.path}; rebuild them with "
+            f"`diffkit zoo train {name}`"
+        )
+    return e.impl().load_dir(e.path).eval()
+
+
+def metrics(name: str) -> dict:
+    """Metrics recorded when the shipped weights were trained."""
+    p = entry(name).path / METRICS_FILE
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _hash_lines(directory: Path) -> str:
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != HASH_FILE)
+    return "".join(f"{sha256_file(p)}  {p.name}\n" for p in files)
+
+
+def record_hashes(name: str) -> Path:
+    """Write SHA256SUMS for the zoo member's weight folder."""
+    d = entry(name).path
+    return atomic_write_text(d / HASH_FILE, _hash_lines(d))
+
+
+def verify(name: str) -> tuple[bool, str]:
+    """Check shipped files against the recorded hashes: (ok, message)."""
+    d = entry(name).path
+    sums = d / HASH_FILE
+    if not sums.is_file():
+        return False, f"missing {sums}; run `diffkit zoo train {name}`"
+    recorded = {}
+    for line in sums.read_text().splitlines():
+        digest, fname = line.split(maxsplit=1)
+        recorded[fname] = digest
+    for fname, digest in recorded.items():
+        p = d / fname
+        if not p.is_file():
+            return False, f"{fname} is missing; run `diffkit zoo train {name}`"
+        if sha256_file(p) != digest:
+            return (
+                False,
+                f"{fname} does not match its recorded hash; run `diffkit zoo train {name}`",
+            )
+    return True, f"{len(recorded)} files match"
+
+
+__all__ = [
+    "HASH_FILE",
+    "METRICS_FILE",
+    "WEIGHTS_ROOT",
+    "ZooEntry",
+    "create",
+    "entry",
+    "list_models",
+    "load",
+    "metrics",
+    "record_hashes",
+    "verify",
+]

@@ -1,0 +1,62 @@
+"""The layering rule of docs/ARCHITECTURE.md, enforced by parsing imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "diffkit"
+METHODS = {"align", "distill", "attention", "quantize", "curate"}
+ALLOWED = {
+    "core": set(),
+    "models": {"core"},
+    "data": {"core"},
+    **{m: {"core", "models", "data"} for m in METHODS},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise AssertionError(f"{path}: use absolute imports (diffkit.x), not relative ones")
+        else:
+            continue
+        for n in names:
+            parts = n.split(".")
+            if parts[0] == "diffkit" and len(parts) > 1:
+                out.add(parts[1])
+    return out
+
+
+def test_layering_rule():
+    violations = []
+    for pkg, allowed in ALLOWED.items():
+        folder = SRC / pkg
+        if not folder.exists():
+            continue
+        for f in folder.rglob("*.py"):
+            bad = _imports(f) - allowed - {pkg}
+            if bad:
+                violations.append(f"{f.relative_to(SRC)} imports diffkit.{sorted(bad)}")
+    assert not violations, "layering violations:\n" + "\n".join(violations)
+
+
+def test_layering_test_catches_a_violation(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("from diffkit.align import something\nimport diffkit.core.rope\n")
+    assert _imports(f) == {"align", "core"}
+
+
+def test_top_level_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, diffkit; heavy = [m for m in ('diffusers', 'transformers', 'accelerate', 'ray', 'matplotlib') if m in sys.modules]; print(heavy)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
