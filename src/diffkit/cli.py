@@ -27,8 +27,15 @@ zoo_app = typer.Typer(
 )
 app.add_typer(zoo_app, name="zoo")
 
-# Method subcommands: name -> module exposing `app: typer.Typer`. Registered only when implemented.
-SUBCOMMANDS: dict[str, str] = {}
+# Method subcommands: name -> module exposing `app: typer.Typer`. A subcommand is registered only
+# when its module exists (its method is implemented); nothing is a placeholder.
+SUBCOMMANDS: dict[str, str] = {
+    "curate": "diffkit.curate.cli",
+    "align": "diffkit.align.cli",
+    "distill": "diffkit.distill.cli",
+    "sparsify": "diffkit.attention.cli",
+    "quantize": "diffkit.quantize.cli",
+}
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -129,8 +136,15 @@ def zoo_verify() -> None:
 
 
 def _register_subcommands() -> None:
+    import importlib.util
+
     for name, module in SUBCOMMANDS.items():
-        app.add_typer(importlib.import_module(module).app, name=name)
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            app.add_typer(importlib.import_module(module).app, name=name)
 
 
 def _kind(e: BaseException) -> set[str]:

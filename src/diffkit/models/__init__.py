@@ -59,6 +59,11 @@ _REGISTRY: dict[str, ZooEntry] = {
             "Evaluation network for 16x16 digits: features for FID/KID and class accuracy. "
             "Never a training signal.",
         ),
+        # --- align (issue 3) ---
+        # --- distill (issue 4) ---
+        # --- attention (issue 5) ---
+        # --- quantize (issue 6) ---
+        # --- curate (issue 7) ---
     ]
 }
 
