@@ -6,7 +6,6 @@ configuration give a one-line error and exit code 2.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from pathlib import Path

@@ -88,6 +88,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ValueError(f"{where} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # PyYAML reads "3e-4" (no dot) as a string; accept plain numeric strings.
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"{where} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where} must be a number, got {value!r}")
         return float(value)

@@ -104,6 +104,7 @@ def save_tensors(
     try:
         clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(clean, tmp, metadata=metadata)
+        os.chmod(tmp, _umask_mode(0o666))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
