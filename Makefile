@@ -6,6 +6,7 @@ STAMP   := $(VENV)/.installed
 PIP     := $(BIN)/python -m pip
 CONSTR  := requirements/constraints.txt
 EXTRAS  ?= dev,curate,ray
+PYDIRS  := $(wildcard $(PYDIRS))
 
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
@@ -40,12 +41,12 @@ test-all: $(STAMP)  ## include the slow tests
 	$(BIN)/python -m pytest -q --runslow
 
 lint: $(STAMP)  ## ruff lint and format check
-	$(BIN)/ruff check src tests benchmarks scripts examples
-	$(BIN)/ruff format --check src tests benchmarks scripts examples
+	$(BIN)/ruff check $(PYDIRS)
+	$(BIN)/ruff format --check $(PYDIRS)
 
 format: $(STAMP)  ## apply ruff fixes and formatting
-	$(BIN)/ruff check --fix src tests benchmarks scripts examples
-	$(BIN)/ruff format src tests benchmarks scripts examples
+	$(BIN)/ruff check --fix $(PYDIRS)
+	$(BIN)/ruff format $(PYDIRS)
 
 bench: $(STAMP)  ## run every benchmark; results in benchmarks/results/
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/run_all.py
