@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PIP     := $(BIN)/python -m pip
 CONSTR  := requirements/constraints.txt
 EXTRAS  ?= dev,curate,ray
-PYDIRS  := $(wildcard $(PYDIRS))
+PYDIRS  := $(wildcard src tests benchmarks scripts examples)
 
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
