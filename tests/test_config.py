@@ -68,3 +68,12 @@ def test_field_docs():
     docs = C.field_docs(Outer)
     assert docs["lr"] == "learning rate, spanning two lines."
     assert set(docs) == {"lr", "mode", "bands", "inner", "maybe"}
+
+
+def test_fixed_length_tuple_coerced_in_order():
+    from diffkit.train import TrainConfig
+
+    cfg = C.from_dict(TrainConfig, {"betas": [0.8, 0.95]})
+    assert cfg.betas == (0.8, 0.95)
+    with pytest.raises(ValueError, match="betas needs 2 items"):
+        C.from_dict(TrainConfig, {"betas": [0.9]})

@@ -71,7 +71,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if args and len(args) != len(value):
             raise ValueError(f"{where} needs {len(args)} items, got {len(value)}: {value!r}")
         return (
-            tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
             if args
             else tuple(value)
         )

@@ -63,6 +63,13 @@ _REGISTRY: dict[str, ZooEntry] = {
         # --- distill (issue 4) ---
         # --- attention (issue 5) ---
         # --- quantize (issue 6) ---
+        ZooEntry(
+            "moving-digits-causal",
+            "diffkit.models.causal_wan",
+            "diffkit.zoo.moving_digits_causal",
+            "Tiny Self-Forcing-style causal video DiT (per-frame adaLN, causal 3D RoPE, "
+            "block-causal mask, KV cache, 4 steps per chunk): the Q-ARVD quantization target.",
+        ),
         # --- curate (issue 7) ---
     ]
 }
