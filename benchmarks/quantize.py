@@ -1,0 +1,409 @@
+"""Benchmark of diffkit.quantize (Q-ARVD) on the tiny causal zoo model and at Wan-like GEMM shapes.
+
+Stages (results are rewritten to benchmarks/results/quantize.json after each one):
+1. int8 GEMM (oneDNN ``qlinear_pointwise``) vs fp32 ``F.linear`` at M in {1024, 4680}, K = 1536,
+   N in {1536, 8960}; interleaved repeats, medians, ratios.
+2. S1 chunk sensitivities s_k on ``moving-digits-causal`` by the paper's protocol (quantize only
+   chunk k, FP prefix reused), per seed; exponential fit.
+3. Methods x bit widths: RTN, percentile, SmoothQuant, AdaRound (uniform), +S1 (measured s_k),
+   +S2, +S1+S2, +S1+S2 with the reference-code quirk; per-chunk latent MSE / PSNR vs the FP rollout
+   with identical noise, FP-referenced Frechet distance on the evaluation network's features,
+   per-frame digit accuracy, packed bytes.
+4. End-to-end rollout time: fp32 vs int8 kernel vs simulator.
+5. Int8 / int4 KV cache (an extra): error vs FP and cache bytes.
+
+Usage: ``python benchmarks/quantize.py [--quick]``. CPU, one thread; the machine load is recorded.
+"""
+
+# ruff: noqa: B023 -- timing lambdas are called immediately inside their loop iteration
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diffkit import models
+from diffkit.core.io import atomic_write_json, atomic_write_text
+from diffkit.models import causal_wan as cw
+from diffkit.quantize import (
+    AdaRoundConfig,
+    PercentileConfig,
+    QARVDConfig,
+    RTNConfig,
+    SmoothQuantConfig,
+    kernels,
+    measure_chunk_sensitivity,
+    only_chunks,
+    packed_bytes,
+    quantize_,
+    set_backend_,
+)
+from diffkit.quantize.targets import calibrate_causal, calibration_set, compare_rollouts, generate
+
+OUT = Path(__file__).parent / "results"
+log = logging.getLogger("bench.quantize")
+
+
+def _time(fn, reps):
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return ts
+
+
+def gemm_bench(shapes, reps):
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for M, K, N in shapes:
+        x = torch.randn(M, K, generator=g)
+        w = torch.randn(N, K, generator=g) * 0.02
+        b = torch.zeros(N)
+        ws = (w.abs().amax(1) / 127).float()
+        wq = torch.round(w / ws[:, None]).clamp(-127, 127).to(torch.int8)
+        packed = kernels.prepack(wq, "onednn")
+        xs = float((x.max() - x.min()) / 255)
+        xz = int(round(-float(x.min()) / xs))
+
+        def quant_in():
+            return torch.clamp(torch.round(x / xs) + xz, 0, 255).to(torch.uint8)
+
+        xq = quant_in()
+        fp_t, k_t, kq_t = [], [], []
+        for _ in range(reps):  # interleave so load changes hit every path alike
+            fp_t += _time(lambda: F.linear(x, w, b), 1)
+            k_t += _time(lambda: kernels.int8_linear(xq, xs, xz, packed, ws, b, "onednn"), 1)
+            kq_t += _time(
+                lambda: kernels.int8_linear(quant_in(), xs, xz, packed, ws, b, "onednn"), 1
+            )
+        y_fp = F.linear(x, w, b)
+        y_k = kernels.int8_linear(xq, xs, xz, packed, ws, b, "onednn")
+        rows.append(
+            {
+                "M": M, "K": K, "N": N,
+                "fp32_ms": 1e3 * statistics.median(fp_t),
+                "int8_kernel_ms": 1e3 * statistics.median(k_t),
+                "int8_with_act_quant_ms": 1e3 * statistics.median(kq_t),
+                "speedup_kernel": statistics.median(fp_t) / statistics.median(k_t),
+                "speedup_with_act_quant": statistics.median(fp_t) / statistics.median(kq_t),
+                "rel_err_vs_fp32": float((y_k - y_fp).norm() / y_fp.norm()),
+                "reps": reps,
+            }
+        )  # fmt: skip
+        log.info("gemm %s", rows[-1])
+    return rows
+
+
+def quantized_copy(fp_model, cfg, calib_n, seed, keep_fp=False):
+    m = copy.deepcopy(fp_model)
+    quantize_(m, dataclasses.replace(cfg, step="prepare", seed=seed))
+    calibrate_causal(m, n=calib_n, seed=seed)
+    t0 = time.perf_counter()
+    quantize_(m, dataclasses.replace(cfg, step="convert", seed=seed), keep_fp=keep_fp)
+    return m, time.perf_counter() - t0
+
+
+def sensitivity(fp_model, bits, n_videos, calib_n, seed):
+    cfg = PercentileConfig(w_bits=bits[0], a_bits=bits[1])
+    q, _ = quantized_copy(fp_model, cfg, calib_n, seed, keep_fp=True)
+    labels, noise = calibration_set(n_videos, 1000 + seed, fp_model.config)
+
+    def run(only, start_chunk=0, prefix=None):
+        with only_chunks(only):
+            return generate(q, labels, noise, start_chunk=start_chunk, prefix=prefix,
+                            chunk_context=_chunk_ctx)  # fmt: skip
+
+    n_chunks = fp_model.config["num_frames"] // fp_model.config["chunk_frames"]
+    return measure_chunk_sensitivity(run, n_chunks)
+
+
+def _chunk_ctx(k):
+    from diffkit.quantize import chunk
+
+    return chunk(k)
+
+
+def methods(w_bits, a_bits, iters, s_measured):
+    common = dict(w_bits=w_bits, a_bits=a_bits)
+    ada = dict(common, iters=iters, batch_rows=256)
+    given = dict(chunk_weighting="given", chunk_sensitivities=tuple(s_measured))
+    return {
+        "RTN": RTNConfig(**common),
+        "Percentile": PercentileConfig(**common),
+        "SmoothQuant": SmoothQuantConfig(**common),
+        "AdaRound (uniform)": AdaRoundConfig(**ada),
+        "+S1": QARVDConfig(**ada, **given, s2=False),
+        "+S2": QARVDConfig(**ada, chunk_weighting="uniform", s2=True),
+        "+S1+S2 (Q-ARVD)": QARVDConfig(**ada, **given, s2=True),
+        "+S1+S2 quirk": QARVDConfig(**ada, **given, s2=True, s1_off_in_s2_layers=True),
+    }
+
+
+def write(results, plot=True):
+    OUT.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(OUT / "quantize.json", results)
+    atomic_write_text(OUT / "quantize.md", markdown(results))
+    if plot:
+        try:
+            make_plot(results)
+        except Exception as e:  # plotting must not lose the numbers
+            log.warning("plot failed: %s", e)
+
+
+def _agg(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+_ORDER = ["RTN", "Percentile", "SmoothQuant", "AdaRound (uniform)", "+S1", "+S2",
+          "+S1+S2 (Q-ARVD)", "+S1+S2 quirk"]  # fmt: skip
+
+
+def markdown(r):
+    lines = [f"# diffkit.quantize benchmark ({r['device']}, load {r['loadavg']})", ""]
+    if r.get("gemm"):
+        lines += ["## int8 GEMM (oneDNN) vs fp32 F.linear, 1 thread", "",
+                  "| M | K | N | fp32 ms | int8 ms | speed-up | with act. quant | rel. err |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for g in r["gemm"]:
+            lines.append(
+                f"| {g['M']} | {g['K']} | {g['N']} | {g['fp32_ms']:.1f} | {g['int8_kernel_ms']:.1f} "
+                f"| {g['speedup_kernel']:.2f}x | {g['speedup_with_act_quant']:.2f}x | {g['rel_err_vs_fp32']:.1e} |"
+            )
+        lines.append("")
+    if r.get("sensitivity"):
+        s = r["sensitivity"]
+        lines += [f"## S1 chunk sensitivities s_k ({s['bits']}, {len(s['per_seed'])} seeds)", "",
+                  "| chunk | " + " | ".join(str(k) for k in range(len(s["mean"]))) + " |",
+                  "|---|" + "---|" * len(s["mean"]),
+                  "| s_k mean | " + " | ".join(f"{v:.3f}" for v in s["mean"]) + " |",
+                  "| s_k std | " + " | ".join(f"{v:.3f}" for v in s["std"]) + " |", "",
+                  f"Exponential fit of the mean: a = {s['fit'][0]:.3f}, r = {s['fit'][1]:.3f}.", ""]  # fmt: skip
+    for bits, rows in r.get("methods", {}).items():
+        lines += [f"## {bits}: quantized vs FP rollout (identical noise)", "",
+                  "| method | video MSE | chunk-0 MSE | last-chunk MSE | PSNR dB | Frechet (FP-ref) | digit acc | bytes ratio | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, m in sorted(rows.items(), key=lambda kv: _ORDER.index(kv[0])):
+            vm, vs = _agg(m["video_mse"])
+            lines.append(
+                f"| {name} | {vm:.3e} ± {vs:.1e} | {_agg(m['chunk0_mse'])[0]:.3e} | "
+                f"{_agg(m['last_chunk_mse'])[0]:.3e} | {_agg(m['psnr'])[0]:.2f} | "
+                f"{_agg(m['frechet'])[0]:.3f} | {_agg(m['digit_acc'])[0]:.3f} | {m['bytes_ratio']:.3f} | {len(m['video_mse'])} |"
+            )
+        lines.append("")
+    if r.get("rollout_time"):
+        lines += ["## End-to-end rollout (W8A8 RTN, 12 frames, 1 thread)", "",
+                  "| batch | fp32 s | int8 kernel s | simulator s |", "|---|---|---|---|"]  # fmt: skip
+        for t in r["rollout_time"]:
+            lines.append(
+                f"| {t['batch']} | {t['fp32']:.3f} | {t['kernel']:.3f} | {t['simulate']:.3f} |"
+            )
+        lines.append("")
+    if r.get("kv_cache"):
+        kv = r["kv_cache"]
+        lines += ["## Int8 / int4 KV cache (FP weights), quantized vs FP rollout", "",
+                  "| KV bits | video MSE | Frechet (FP-ref) | cache bytes, 12 frames (4-bit codes held in int8) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        lines.append(f"| 32 (fp32) | 0 | 0 | {kv['bytes_full_video']['32']} |")
+        for bits in (8, 4):
+            rs = [x for x in kv["rows"] if x["kv_bits"] == bits]
+            lines.append(
+                f"| {bits} | {_agg([x['video_mse'] for x in rs])[0]:.3e} | "
+                f"{_agg([x['frechet'] for x in rs])[0]:.3f} | {kv['bytes_full_video'][str(bits)]} |"
+            )
+        lines.append("")
+    lines.append(f"Reduced configuration: {r['reduced']}")
+    return "\n".join(lines) + "\n"
+
+
+def make_plot(r):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), dpi=110)
+    if r.get("sensitivity"):
+        s = r["sensitivity"]
+        axes[0].bar(range(len(s["mean"])), s["mean"], yerr=s["std"], color="tab:blue")
+        axes[0].set(title=f"S1 sensitivity s_k ({s['bits']})", xlabel="chunk k", ylabel="s_k")
+    rows = r.get("methods", {}).get("W4A8", {})
+    for name, m in sorted(rows.items(), key=lambda kv: _ORDER.index(kv[0])):
+        curves = torch.tensor(m["chunk_mse"]).mean(0).tolist()
+        axes[1].plot(range(len(curves)), curves, marker="o", ms=3, label=name)
+    axes[1].set(title="W4A8 per-chunk latent MSE vs FP", xlabel="chunk", ylabel="MSE", yscale="log")
+    axes[1].legend(fontsize=6)
+    if r.get("gemm"):
+        labels = [f"{g['M']}x{g['K']}x{g['N']}" for g in r["gemm"]]
+        axes[2].bar(labels, [g["speedup_kernel"] for g in r["gemm"]], label="kernel")
+        axes[2].bar(labels, [g["speedup_with_act_quant"] for g in r["gemm"]], alpha=0.6,
+                    label="+act quant")  # fmt: skip
+        axes[2].axhline(1.0, color="k", lw=0.8)
+        axes[2].set(title="int8 GEMM speed-up vs fp32", ylabel="x")
+        axes[2].tick_params(axis="x", labelsize=7)
+        axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "quantize.png")
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=80)
+    ap.add_argument("--videos", type=int, default=16)
+    ap.add_argument(
+        "--stages", default="gemm,sens,methods,time,kv", help="comma list; 'render' redraws only"
+    )
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    torch.set_num_threads(1)
+    stages = set(args.stages.split(","))
+    quick = args.quick
+    seeds = list(range(1 if quick else args.seeds))
+    iters = 5 if quick else args.iters
+    n_videos = 4 if quick else args.videos
+    calib_n = 2 if quick else 4
+    shapes = [(1024, 1536, 1536), (1024, 1536, 8960), (4680, 1536, 1536), (4680, 1536, 8960)]
+    results = {
+        "device": "CPU (1 thread), torch " + torch.__version__,
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
+        "act_bits_full_range_exact": kernels.full_range_exact(),
+        "settings": {"seeds": seeds, "adaround_iters": iters, "videos": n_videos,
+                     "calibration_rollouts": calib_n},  # fmt: skip
+        "reduced": (
+            f"AdaRound {iters} iterations per layer (paper 2000), batch 256 rows; {calib_n} "
+            f"calibration rollouts; {n_videos} evaluation videos per seed; seeds {len(seeds)} at W4A8, "
+            "1 seed at W8A8 and W4A6; sensitivity from {n_videos} videos per seed (paper: 100 prompts)."
+        ),
+    }  # fmt: skip
+    results["reduced"] = results["reduced"].replace("{n_videos}", str(n_videos))
+    prev_path = OUT / "quantize.json"
+    if stages == {"render"}:  # redraw the table and plot from the stored results only
+        results = json.loads(prev_path.read_text())
+        write(results)
+        print(markdown(results))
+        return
+    if prev_path.is_file():  # keep stages that are not re-run (e.g. the GEMM timings)
+        prev = json.loads(prev_path.read_text())
+        stage_keys = {"gemm": "gemm", "sens": "sensitivity", "methods": "methods",
+                      "time": "rollout_time", "kv": "kv_cache"}  # fmt: skip
+        for st, key in stage_keys.items():
+            if st not in stages and key in prev:
+                results[key] = prev[key]
+                results.setdefault("carried_over", []).append(f"{key} (loadavg {prev['loadavg']})")
+        if "methods" not in stages and "methods" in prev:  # its settings describe the numbers
+            for key in ("settings", "reduced", "loadavg", "act_bits_full_range_exact"):
+                results[key] = prev.get(key, results.get(key))
+    fp_model = models.load("moving-digits-causal")
+    classifier = models.load("digit-classifier")
+    if "gemm" in stages:
+        results["gemm"] = gemm_bench(shapes[:1] if quick else shapes, 2 if quick else 5)
+        write(results)
+    s_mean = [0.25] * 4
+    if "sens" in stages:
+        per_seed = [sensitivity(fp_model, (4, 8), n_videos, calib_n, s) for s in seeds]
+        s_all = torch.tensor([p["s"] for p in per_seed])
+        s_mean = s_all.mean(0).tolist()
+        from diffkit.quantize import fit_exponential
+
+        results["sensitivity"] = {
+            "bits": "W4A8 percentile init",
+            "per_seed": per_seed,
+            "mean": s_mean,
+            "std": (s_all.std(0) if len(seeds) > 1 else torch.zeros(len(s_mean))).tolist(),
+            "fit": list(fit_exponential(s_mean)),
+        }
+        write(results)
+    if "methods" in stages:
+        results["methods"] = {}
+        plan = [("W4A8", (4, 8), seeds), ("W8A8", (8, 8), seeds[:1]), ("W4A6", (4, 6), seeds[:1])]
+        for tag, (wb, ab), bseeds in plan:
+            rows = {}
+            for seed in bseeds:
+                labels, noise = calibration_set(n_videos, 100 + seed, fp_model.config)
+                fp = generate(fp_model, labels, noise)
+                for name, cfg in methods(wb, ab, iters, s_mean).items():
+                    q, secs = quantized_copy(fp_model, cfg, calib_n, seed)
+                    out = compare_rollouts(fp, generate(q, labels, noise), labels,
+                                           fp_model.config, classifier)  # fmt: skip
+                    row = rows.setdefault(name, {k: [] for k in (
+                        "video_mse", "chunk0_mse", "last_chunk_mse", "psnr", "frechet",
+                        "digit_acc", "digit_acc_fp", "chunk_mse", "convert_seconds")})  # fmt: skip
+                    row["video_mse"].append(out["video_mse"])
+                    row["chunk0_mse"].append(out["chunk_mse"][0])
+                    row["last_chunk_mse"].append(out["chunk_mse"][-1])
+                    row["psnr"].append(statistics.mean(out["chunk_psnr"]))
+                    row["frechet"].append(out["frechet_fp_ref"])
+                    row["digit_acc"].append(out["digit_acc"])
+                    row["digit_acc_fp"].append(out["digit_acc_fp"])
+                    row["chunk_mse"].append(out["chunk_mse"])
+                    row["convert_seconds"].append(secs)
+                    row["bytes_ratio"] = packed_bytes(q)["ratio"]
+                    row["s2_fired_layers"] = sum(
+                        v["fired"] for v in q.quantize_info["s2"]["by_type"].values()
+                    )
+                    row["s2_report"] = q.quantize_info["s2"]["by_type"]
+                    log.info("%s %s seed %d: video mse %.3e (%.0f s)", tag, name, seed,
+                             out["video_mse"], secs)  # fmt: skip
+                    results["methods"][tag] = rows
+                    write(results, plot=False)
+            write(results)
+    if "time" in stages:
+        q, _ = quantized_copy(fp_model, RTNConfig(w_bits=8, a_bits=8), calib_n, 0)
+        backend = q.quantize_info["backend"]
+        rows = []
+        for batch in (1, 8):
+            labels, noise = calibration_set(batch, 7, fp_model.config)
+            t = {"fp32": [], "kernel": [], "simulate": []}
+            for _ in range(3):
+                t["fp32"] += _time(lambda: generate(fp_model, labels, noise), 1)
+                set_backend_(q, backend)
+                t["kernel"] += _time(lambda: generate(q, labels, noise), 1)
+                set_backend_(q, "simulate")
+                t["simulate"] += _time(lambda: generate(q, labels, noise), 1)
+            rows.append({"batch": batch, "backend": backend,
+                         **{k: statistics.median(v) for k, v in t.items()}})  # fmt: skip
+        results["rollout_time"] = rows
+    if "kv" in stages:
+        rows = []
+        for seed in seeds:
+            labels, noise = calibration_set(n_videos, 100 + seed, fp_model.config)
+            fp = generate(fp_model, labels, noise)
+            for bits in (8, 4):
+                out = compare_rollouts(fp, generate(fp_model, labels, noise, kv_bits=bits),
+                                       labels, fp_model.config, classifier)  # fmt: skip
+                rows.append({"seed": seed, "kv_bits": bits, "video_mse": out["video_mse"],
+                             "chunk_mse": out["chunk_mse"], "frechet": out["frechet_fp_ref"]})  # fmt: skip
+        caches = {}
+        for bits in (None, 8, 4):
+            cache = cw.KVCache.empty(len(fp_model.blocks), bits)
+            x = torch.zeros(1, fp_model.config["num_frames"], fp_model.config["in_channels"],
+                            fp_model.config["latent_size"], fp_model.config["latent_size"])  # fmt: skip
+            fp_model(x, torch.zeros(1, x.shape[1]), torch.tensor([[0, -1]]), cache=cache,
+                     write_cache=True)  # fmt: skip
+            caches[str(bits or 32)] = cache.nbytes()
+        results["kv_cache"] = {"rows": rows, "bytes_full_video": caches}
+        write(results)
+    results["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    write(results)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

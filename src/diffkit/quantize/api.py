@@ -1,0 +1,453 @@
+"""``quantize_(model, config)``: one entry point, one handler per config type (torchao's shape).
+
+    quantize_(model, QARVDConfig(w_bits=4, a_bits=8))                 # step="prepare"
+    for k ...: with chunk(k): rollout chunk k                         # calibration, tagged
+    quantize_(model, QARVDConfig(w_bits=4, a_bits=8, step="convert"))
+
+``prepare`` swaps every ``nn.Linear`` chosen by ``filter_fn`` (default: not in ``config.skip``,
+which follows the paper: time embedding/projection and the output head stay FP) for an observing
+:class:`~diffkit.quantize.layers.QuantLinear`. ``convert`` then streams over the layers one at a
+time: initialise weight/activation quantizers, optionally migrate (SmoothQuant), split outlier
+columns (S2), reconstruct (AdaRound, chunk-weighted by S1), install integer weights, free that
+layer's calibration rows, and pick the execution backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from diffkit.config import from_dict, to_dict
+from diffkit.quantize import kernels
+from diffkit.quantize.adaround import AdaRoundSettings, adaround_layer
+from diffkit.quantize.chunks import exponential_weights, normalized_weights
+from diffkit.quantize.layers import QuantLinear
+from diffkit.quantize.outliers import outlier_columns, s2_report
+from diffkit.quantize.primitives import (
+    PerChannel,
+    PerTensor,
+    QParams,
+    check_bits,
+    choose_qparams,
+    percentile_search,
+    quantize,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SKIP = (
+    "time_embedding", "time_projection", "time_embedder", "time_proj", "timestep",
+    "head", "proj_out", "norm_out", "label_embedding", "patch_embedding",
+)  # fmt: skip
+
+_BASE_DOC = """
+        w_bits: weight bit width (2-8; 16 = near-identity check). 8-bit weights are symmetric
+            (so the code fits int8), narrower ones asymmetric per output channel.
+        a_bits: activation bit width (static, per-tensor, asymmetric).
+        step: "prepare" (swap layers in, start observing) or "convert" (quantize observed layers).
+        skip: name fragments of Linear layers left in full precision (default filter).
+        backend: "auto" (oneDNN int8 GEMM on CPU, torch._int_mm on CUDA), "onednn", "cuda", or
+            "simulate" (dequantize + fp32 GEMM on the same integers).
+        act_reduce_range: "auto" uses 7-bit activation codes for a_bits=8 when the CPU kernel is
+            not exact with full 8-bit codes (AVX2 without VNNI); "on"/"off" force it.
+        max_rows_per_chunk: calibration rows kept per layer and chunk (reservoir sample).
+        seed: seeds reservoir sampling and the AdaRound minibatches."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RTNConfig:
+    w_bits: int = 8
+    a_bits: int = 8
+    step: Literal["prepare", "convert"] = "prepare"
+    skip: tuple[str, ...] = DEFAULT_SKIP
+    backend: Literal["auto", "onednn", "cuda", "simulate"] = "auto"
+    act_reduce_range: Literal["auto", "on", "off"] = "auto"
+    max_rows_per_chunk: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_bits(self.w_bits, f"{type(self).__name__}.w_bits")
+        check_bits(self.a_bits, f"{type(self).__name__}.a_bits")
+        if self.a_bits > 8 and self.a_bits != 16:
+            raise ValueError(f"{type(self).__name__}.a_bits={self.a_bits}: use <= 8 or 16")
+        if self.step not in ("prepare", "convert"):
+            raise ValueError(
+                f"{type(self).__name__}.step={self.step!r}; use 'prepare' or 'convert'"
+            )
+        if self.max_rows_per_chunk < 16:
+            raise ValueError(
+                f"{type(self).__name__}.max_rows_per_chunk must be >= 16, got {self.max_rows_per_chunk}"
+            )
+
+
+RTNConfig.__doc__ = f"""Round-to-nearest with min-max ranges (the simplest baseline).
+
+    Attributes:{_BASE_DOC}
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PercentileConfig(RTNConfig):
+    percentiles: tuple[float, ...] = (0.999, 0.9999, 0.99999)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.percentiles or not all(0.5 < p < 1 for p in self.percentiles):
+            raise ValueError(f"percentiles must be in (0.5, 1), got {self.percentiles}")
+
+
+_PCT_DOC = """
+        percentiles: clip candidates p, range [q(1-p), q(p)], best MSE kept (and min-max)."""
+PercentileConfig.__doc__ = f"""Percentile-MSE range search for weights (per row) and activations.
+
+    Attributes:{_BASE_DOC}{_PCT_DOC}
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmoothQuantConfig(PercentileConfig):
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"SmoothQuantConfig.alpha must be in [0, 1], got {self.alpha}")
+
+
+SmoothQuantConfig.__doc__ = f"""SmoothQuant migration (Xiao et al., arXiv 2211.10438, eq. 4):
+    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha); X' = X / s, W' = W diag(s); then percentile init.
+
+    Attributes:{_BASE_DOC}{_PCT_DOC}
+        alpha: migration strength.
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaRoundConfig(PercentileConfig):
+    iters: int = 2000
+    batch_rows: int = 1024
+    lam: float = 0.01
+    learn_act_step: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.iters < 1 or self.batch_rows < 1:
+            raise ValueError(
+                f"iters and batch_rows must be >= 1, got {self.iters}, {self.batch_rows}"
+            )
+        if self.lam < 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
+
+
+_ADA_DOC = """
+        iters: AdaRound iterations per layer (paper: 2000).
+        batch_rows: token rows per AdaRound minibatch.
+        lam: weight of the rounding regulariser (paper: 0.01).
+        learn_act_step: learn the activation step (LSQ) jointly."""
+AdaRoundConfig.__doc__ = f"""Percentile init + layer-wise AdaRound + learned activation step,
+    uniform chunk weights (the Q-ARVD pipeline without S1 and S2).
+
+    Attributes:{_BASE_DOC}{_PCT_DOC}{_ADA_DOC}
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class QARVDConfig(AdaRoundConfig):
+    chunk_weighting: Literal["given", "exponential", "uniform"] = "exponential"
+    chunk_sensitivities: tuple[float, ...] = ()
+    chunk_decay: float = 0.55
+    s2: bool = True
+    s2_rule: Literal["mad_zscore", "iqr"] = "mad_zscore"
+    s2_z: float = 3.5
+    s2_ratio: float = 1.2
+    s2_multiple: int = 32
+    s2_scope: tuple[str, ...] = ("blocks",)
+    outlier_branch: Literal["int8", "fp"] = "int8"
+    s1_off_in_s2_layers: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.chunk_weighting == "given" and not self.chunk_sensitivities:
+            raise ValueError("QARVDConfig.chunk_weighting='given' needs chunk_sensitivities")
+        if self.chunk_sensitivities:
+            normalized_weights(self.chunk_sensitivities)
+        if not 0 < self.chunk_decay <= 1:
+            raise ValueError(f"QARVDConfig.chunk_decay must be in (0, 1], got {self.chunk_decay}")
+        if self.s2_multiple < 1:
+            raise ValueError(f"QARVDConfig.s2_multiple must be >= 1, got {self.s2_multiple}")
+
+
+QARVDConfig.__doc__ = f"""Q-ARVD (arXiv 2605.21072): AdaRound + learned act step with S1 chunk
+    weighting and S2 outlier-aware dual scale.
+
+    Attributes:{_BASE_DOC}{_PCT_DOC}{_ADA_DOC}
+        chunk_weighting: S1 weights: "given" (measured s_k in chunk_sensitivities), "exponential"
+            (s_k = a r^k with r = chunk_decay) or "uniform".
+        chunk_sensitivities: measured s_k (see measure_chunk_sensitivity).
+        chunk_decay: r of the exponential weighting (paper's measured s fits r = 0.55).
+        s2: detect outlier input columns and use dual scales.
+        s2_rule: "mad_zscore" (paper default) or "iqr".
+        s2_z: MAD z-score threshold.
+        s2_ratio: a column must also exceed ratio x median norm.
+        s2_multiple: round the outlier count up to this multiple (capped at K/2).
+        s2_scope: S2 runs on layers whose name contains one of these fragments.
+        outlier_branch: "int8" (own scales, same bits) or "fp" (kept full precision).
+        s1_off_in_s2_layers: reference-code quirk: chunk weights reset to 1 in dual-scale layers.
+"""
+
+QuantConfig = RTNConfig | PercentileConfig | SmoothQuantConfig | AdaRoundConfig | QARVDConfig
+CONFIGS = {
+    c.__name__: c
+    for c in (RTNConfig, PercentileConfig, SmoothQuantConfig, AdaRoundConfig, QARVDConfig)
+}
+
+
+# ----------------------------------------------------------------------------- prepare
+def default_filter(skip: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:
+    def f(module: nn.Module, name: str) -> bool:
+        return isinstance(module, nn.Linear) and not any(s in name for s in skip)
+
+    return f
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def _prepare(model, cfg, filter_fn) -> nn.Module:
+    if quant_layers(model):
+        raise ValueError(
+            "model is already prepared/converted; call with step='convert' or start over"
+        )
+    keep = filter_fn or default_filter(cfg.skip)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and keep(m, n)]
+    if not names:
+        raise ValueError(
+            f"filter matched no nn.Linear layer in {type(model).__name__} (skip={cfg.skip})"
+        )
+    for i, n in enumerate(names):
+        _set_module(
+            model, n, QuantLinear(model.get_submodule(n), n, cfg.max_rows_per_chunk, cfg.seed + i)
+        )
+    log.info("prepared %d linear layers for %s", len(names), type(cfg).__name__)
+    return model
+
+
+# ----------------------------------------------------------------------------- convert
+@dataclass
+class _Ctx:
+    cfg: QuantConfig
+    chunk_w: torch.Tensor  # weight per chunk id
+    a_bits: int  # effective activation bits (7 with reduce-range)
+    keep_fp: bool
+
+
+def _row_weights(tags: torch.Tensor, chunk_w: torch.Tensor) -> torch.Tensor:
+    w = torch.ones(len(tags))
+    ok = (tags >= 0) & (tags < len(chunk_w))
+    w[ok] = chunk_w[tags[ok]]
+    return w
+
+
+def _w_qparams(w: torch.Tensor, cfg, minmax: bool) -> QParams:
+    sym = cfg.w_bits == 8
+    if minmax:
+        return choose_qparams(w, cfg.w_bits, symmetric=sym, granularity=PerChannel(0))
+    return percentile_search(
+        w, cfg.w_bits, symmetric=sym, granularity=PerChannel(0), percentiles=cfg.percentiles
+    )
+
+
+def _a_qparams(x: torch.Tensor, bits: int, cfg, row_w: torch.Tensor, minmax: bool) -> QParams:
+    if minmax:
+        return choose_qparams(x, bits, symmetric=False, granularity=PerTensor())
+    return percentile_search(
+        x, bits, symmetric=False, percentiles=cfg.percentiles, sample_weight=row_w
+    )
+
+
+def _convert_layer(layer: QuantLinear, ctx: _Ctx) -> dict:
+    """The shared pipeline; handlers choose which stages run."""
+    cfg = ctx.cfg
+    W = layer.fp.weight.detach().float()
+    b = None if layer.fp.bias is None else layer.fp.bias.detach().float()
+    X, tags = layer.calibration_data()
+    row_w = _row_weights(tags, ctx.chunk_w)
+    smooth = None
+    if isinstance(cfg, SmoothQuantConfig):
+        wmax = W.abs().amax(0).clamp_min(1e-5)
+        smooth = (layer.absmax.clamp_min(1e-5).pow(cfg.alpha) / wmax.pow(1 - cfg.alpha)).clamp_min(
+            1e-5
+        )
+        W, X = W * smooth, X / smooth
+    perm, n_out = None, 0
+    if isinstance(cfg, QARVDConfig) and cfg.s2 and any(s in layer.name for s in cfg.s2_scope):
+        cols = outlier_columns(
+            W, rule=cfg.s2_rule, z_threshold=cfg.s2_z, ratio=cfg.s2_ratio, multiple=cfg.s2_multiple
+        )
+        if len(cols):
+            rest = torch.ones(W.shape[1], dtype=torch.bool)
+            rest[cols] = False
+            perm = torch.cat([cols, torch.nonzero(rest).flatten()])
+            n_out = len(cols)
+            W, X = W[:, perm], X[:, perm]
+            if cfg.s1_off_in_s2_layers:
+                row_w = torch.ones_like(row_w)
+    groups = (
+        [torch.arange(W.shape[1])]
+        if n_out == 0
+        else [torch.arange(n_out), torch.arange(n_out, W.shape[1])]
+    )
+    minmax = type(cfg) is RTNConfig
+    w_qp, a_qp = [], []
+    for gi, g in enumerate(groups):
+        if n_out and gi == 0 and getattr(cfg, "outlier_branch", "int8") == "fp":
+            w_qp.append(None)
+            a_qp.append(None)
+            continue
+        w_qp.append(_w_qparams(W[:, g], cfg, minmax))
+        a_qp.append(_a_qparams(X[:, g], ctx.a_bits, cfg, row_w, minmax))
+    stats: dict = {"outlier_cols": n_out}
+    if isinstance(cfg, AdaRoundConfig):
+        settings = AdaRoundSettings(
+            iters=cfg.iters,
+            batch_rows=cfg.batch_rows,
+            lam=cfg.lam,
+            learn_act_step=cfg.learn_act_step,
+        )
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + zlib.crc32(layer.name.encode()))
+        with torch.enable_grad():
+            codes, a_qp, ada = adaround_layer(W, b, X, row_w, groups, w_qp, a_qp, settings, gen)
+        stats.update(ada)
+    else:
+        codes = [None if qp is None else quantize(W[:, g], qp) for g, qp in zip(groups, w_qp)]
+    layer.set_quantized_(
+        perm=perm, n_outlier=n_out, codes=codes, w_qparams=w_qp, a_qparams=a_qp,
+        w_bits=cfg.w_bits, fp_groups=[W[:, g] for g in groups], smooth=smooth, bias=b,
+        keep_fp=ctx.keep_fp,
+    )  # fmt: skip
+    return stats
+
+
+# One handler per config type (torchao's registry shape). The shared pipeline above reads the
+# config type to decide which stages run; a new method registers its own function here.
+_HANDLERS: dict[type, Callable[[QuantLinear, _Ctx], dict]] = {
+    RTNConfig: _convert_layer,
+    PercentileConfig: _convert_layer,
+    SmoothQuantConfig: _convert_layer,
+    AdaRoundConfig: _convert_layer,
+    QARVDConfig: _convert_layer,
+}
+
+
+def chunk_weights_for(cfg: QuantConfig, num_chunks: int) -> torch.Tensor:
+    """w_k = s_k / mean(s) for the config's S1 option (uniform for non-Q-ARVD configs)."""
+    if not isinstance(cfg, QARVDConfig) or cfg.chunk_weighting == "uniform" or num_chunks < 1:
+        return torch.ones(max(num_chunks, 1))
+    if cfg.chunk_weighting == "given":
+        s = list(cfg.chunk_sensitivities)
+        if len(s) < num_chunks:
+            raise ValueError(
+                f"chunk_sensitivities has {len(s)} entries but calibration saw {num_chunks} chunks"
+            )
+        return normalized_weights(s[:num_chunks])
+    return normalized_weights(exponential_weights(num_chunks, cfg.chunk_decay))
+
+
+def _convert(model, cfg, keep_fp: bool, progress: bool = False) -> nn.Module:
+    layers = {n: m for n, m in quant_layers(model).items() if not m.converted}
+    if not layers:
+        raise ValueError("no prepared layers: call quantize_(model, cfg) with step='prepare' first")
+    empty = [n for n, m in layers.items() if not m.rows]
+    if empty:
+        raise RuntimeError(
+            f"calibration was never run for {len(empty)} layer(s) (e.g. {empty[0]!r}): run "
+            "calibration forward passes between step='prepare' and step='convert'"
+        )
+    handler = _HANDLERS.get(type(cfg))
+    if handler is None:
+        raise ValueError(f"no handler for {type(cfg).__name__}; supported: {', '.join(CONFIGS)}")
+    device = next(model.parameters(), torch.empty(0)).device
+    backend = kernels.resolve_backend(cfg.backend, device)
+    reduce = cfg.act_reduce_range == "on" or (
+        cfg.act_reduce_range == "auto" and cfg.a_bits == 8 and backend == "onednn"
+        and not kernels.full_range_exact()
+    )  # fmt: skip
+    num_chunks = 1 + max((max(k for k in m.rows) for m in layers.values()), default=-1)
+    ctx = _Ctx(cfg, chunk_weights_for(cfg, num_chunks), 7 if reduce else cfg.a_bits, keep_fp)
+    stats = {}
+    items = list(layers.items())
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc=f"convert {type(cfg).__name__}", unit="layer")
+    for name, layer in items:  # streamed: each layer's rows are freed after it
+        stats[name] = handler(layer, ctx)
+        layer.set_mode_(backend)
+    counts = {n: s["outlier_cols"] for n, s in stats.items()}
+    model.quantize_info = {
+        "config_type": type(cfg).__name__,
+        "config": to_dict(dataclasses.replace(cfg, step="convert")),
+        "backend": backend,
+        "act_bits_effective": ctx.a_bits,
+        "chunk_weights": ctx.chunk_w.tolist(),
+        "s2": s2_report(counts, {n: layers[n].in_features for n in layers}),
+        "layer_stats": stats,
+    }
+    log.info(
+        "converted %d layers (%s, W%dA%d, backend %s)",
+        len(layers), type(cfg).__name__, cfg.w_bits, ctx.a_bits, backend,
+    )  # fmt: skip
+    return model
+
+
+def quantize_(
+    model: nn.Module,
+    config: QuantConfig,
+    *,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    keep_fp: bool = False,
+    progress: bool = False,
+) -> nn.Module:
+    """Prepare or convert ``model`` in place (see the module docstring); returns it.
+
+    ``keep_fp`` keeps the FP weights beside the integers after convert, which
+    :func:`~diffkit.quantize.chunks.only_chunks` needs (the S1 sensitivity protocol).
+    ``progress`` shows a progress bar over the layers during convert (used by the CLI).
+    """
+    if type(config) not in _HANDLERS:
+        raise ValueError(
+            f"unsupported config {type(config).__name__}; use one of {', '.join(CONFIGS)}"
+        )
+    if config.step == "prepare":
+        return _prepare(model, config, filter_fn)
+    return _convert(model, config, keep_fp, progress)
+
+
+def set_backend_(model: nn.Module, backend: str) -> nn.Module:
+    """Switch every converted layer between 'simulate', 'onednn' and 'cuda'."""
+    resolved = kernels.resolve_backend(backend, next(model.parameters(), torch.empty(0)).device)
+    for m in quant_layers(model).values():
+        m.set_mode_(resolved)
+    return model
+
+
+def config_from_dict(data: dict) -> QuantConfig:
+    """{"method": "QARVDConfig" | "RTNConfig" | ..., **fields} -> config."""
+    data = dict(data)
+    name = data.pop("method", "QARVDConfig")
+    if name not in CONFIGS:
+        raise ValueError(f"method={name!r} is not supported; use one of {', '.join(CONFIGS)}")
+    return from_dict(CONFIGS[name], data)

@@ -1,0 +1,215 @@
+"""Calibration drivers and evaluation for the supported autoregressive video models.
+
+* ``moving-digits-causal`` (:mod:`diffkit.models.causal_wan`): the KV-cached chunk rollout is the
+  calibration driver (``chunk_context=chunk``); evaluation compares a quantized rollout with the FP
+  rollout under identical noise: per-chunk latent MSE, pixel PSNR, an FP-referenced Frechet
+  distance on the evaluation network's features, and per-frame digit accuracy.
+* diffusers ``SkyReelsV2Transformer3DModel`` (diffusion forcing, per-frame timesteps, block-causal
+  mask via ``_set_ar_attention``; no KV cache): all frames go through one call, so each token is
+  tagged with its frame block (:func:`skyreels_chunk_ids`) and calibration runs a few
+  diffusion-forcing calls with per-block noise levels (:func:`calibrate_skyreels`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffkit.core.metrics import frechet_distance
+from diffkit.quantize.chunks import chunk
+
+SUPPORTED_MODELS = ("CausalWan", "SkyReelsV2Transformer3DModel")
+
+
+def check_supported(model: nn.Module) -> str:
+    name = type(model).__name__
+    if name not in SUPPORTED_MODELS:
+        raise ValueError(
+            f"model class {name} has no calibration driver; supported: {', '.join(SUPPORTED_MODELS)}"
+        )
+    return name
+
+
+# ----------------------------------------------------------------------------- causal_wan
+def calibration_set(n: int, seed: int, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels (n, 2) (one digit, cycling through classes) and rollout noise for calibration."""
+    from diffkit.models.causal_wan import rollout_noise
+
+    g = torch.Generator().manual_seed(seed)
+    first = (torch.arange(n) + seed) % config["num_classes"]
+    labels = torch.stack([first, torch.full_like(first, -1)], 1)
+    return labels, rollout_noise(n, config, g)
+
+
+@torch.no_grad()
+def calibrate_causal(model: nn.Module, n: int = 4, seed: int = 0, batch: int = 4) -> None:
+    """Run ``n`` tagged calibration rollouts (the driver between prepare and convert)."""
+    from diffkit.models.causal_wan import rollout
+
+    labels, noise = calibration_set(n, seed, model.config)
+    for i in range(0, n, batch):
+        rollout(model, labels[i : i + batch], noise[i : i + batch], chunk_context=chunk)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, labels: torch.Tensor, noise: torch.Tensor, batch: int = 8, **kw):
+    from diffkit.models.causal_wan import rollout
+
+    prefix = kw.pop("prefix", None)
+    outs = [
+        rollout(
+            model,
+            labels[i : i + batch],
+            noise[i : i + batch],
+            prefix=None if prefix is None else prefix[i : i + batch],
+            **kw,
+        )
+        for i in range(0, len(labels), batch)
+    ]
+    return torch.cat(outs)
+
+
+def _crop_digit(frames: torch.Tensor, size: int = 16) -> torch.Tensor:
+    """(N, 1, S, S) frames in [-1, 1] -> the (N, 1, size, size) window with the most ink."""
+    mass = F.avg_pool2d(frames + 1, size, stride=1)  # (N, 1, S-size+1, S-size+1)
+    idx = mass.flatten(1).argmax(1)
+    w = mass.shape[-1]
+    ys, xs = idx // w, idx % w
+    return torch.stack(
+        [
+            frames[i, :, y : y + size, x : x + size]
+            for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))
+        ]
+    )
+
+
+@torch.no_grad()
+def video_features(
+    pixels: torch.Tensor, classifier: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame evaluation-network features and predicted digits of (N, F, 1, S, S) videos."""
+    frames = pixels.flatten(0, 1).clamp(-1, 1)
+    return classifier.embed(_crop_digit(frames))
+
+
+@torch.no_grad()
+def compare_rollouts(
+    fp: torch.Tensor,
+    q: torch.Tensor,
+    labels: torch.Tensor,
+    config: dict,
+    classifier: nn.Module | None = None,
+) -> dict:
+    """Metrics of quantized latents ``q`` against FP latents ``fp`` (same noise), (N, F, C, H, W)."""
+    from diffkit.models.causal_wan import decode_latents
+
+    ch = config["chunk_frames"]
+    n_chunks = fp.shape[1] // ch
+    err = (q.double() - fp.double()).pow(2)
+    px_fp, px_q = decode_latents(fp, config), decode_latents(q, config)
+    mse_px = (px_q - px_fp).double().pow(2)
+    out = {
+        "chunk_mse": [float(err[:, k * ch : (k + 1) * ch].mean()) for k in range(n_chunks)],
+        "chunk_psnr": [
+            10 * math.log10(4.0 / max(float(mse_px[:, k * ch : (k + 1) * ch].mean()), 1e-20))
+            for k in range(n_chunks)
+        ],
+        "video_mse": float(err.mean()),
+        "final_chunk_mse": float(err[:, -ch:].mean()),
+    }
+    if classifier is not None:
+        f_fp, p_fp = video_features(px_fp, classifier)
+        f_q, p_q = video_features(px_q, classifier)
+        target = labels[:, 0].repeat_interleave(fp.shape[1])
+        out["frechet_fp_ref"] = frechet_distance(f_fp, f_q) if len(f_fp) > 2 else float("nan")
+        out["digit_acc"] = float((p_q == target).float().mean())
+        out["digit_acc_fp"] = float((p_fp == target).float().mean())
+        out["agree_with_fp"] = float((p_q == p_fp).float().mean())
+    return out
+
+
+# ----------------------------------------------------------------------------- SkyReels-V2
+def skyreels_chunk_ids(model: nn.Module, latent_shape: tuple[int, ...]) -> torch.Tensor:
+    """Frame-block id of every token of a (B, C, F, H, W) latent after patching."""
+    check_supported(model)
+    p_t, p_h, p_w = model.config.patch_size
+    _, _, Fr, H, W = latent_shape
+    block = max(1, int(model.config.num_frame_per_block))
+    frames = Fr // p_t
+    return (torch.arange(frames) // block).repeat_interleave((H // p_h) * (W // p_w))
+
+
+@torch.no_grad()
+def calibrate_skyreels(
+    model: nn.Module,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    *,
+    levels: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0),
+    generator: torch.Generator | None = None,
+) -> None:
+    """Diffusion-forcing calibration calls: per-block timesteps that decrease with the block
+    index (earlier blocks cleaner, as in SkyReels-V2's asynchronous schedule), one call per level.
+    """
+    check_supported(model)
+    B, _, Fr = latents.shape[:3]
+    block = max(1, int(model.config.num_frame_per_block))
+    ids = skyreels_chunk_ids(model, tuple(latents.shape))
+    blocks = torch.arange(Fr) // block
+    n_blocks = int(blocks.max()) + 1
+    for level in levels:
+        t_block = torch.clamp(level - 250.0 * torch.arange(n_blocks), min=0.0)
+        t = t_block[blocks].expand(B, Fr)
+        sigma = (t / 1000.0)[:, None, :, None, None]
+        noise = torch.randn(latents.shape, generator=generator)
+        x = (1 - sigma) * latents + sigma * noise
+        with chunk(ids):
+            model(x, t.long(), encoder_hidden_states, enable_diffusion_forcing=True)
+
+
+def _median_time(fn, repeats: int) -> float:
+    import statistics
+    import time
+
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def evaluate_causal(
+    fp_model: nn.Module,
+    q_model: nn.Module,
+    *,
+    n: int = 8,
+    seed: int = 100,
+    classifier: nn.Module | None = None,
+    time_repeats: int = 3,
+) -> dict:
+    """FP vs quantized rollouts with identical noise: errors, bytes and rollout times."""
+    from diffkit.quantize.api import set_backend_
+    from diffkit.quantize.storage import packed_bytes
+
+    labels, noise = calibration_set(n, seed, fp_model.config)
+    fp = generate(fp_model, labels, noise)
+    q = generate(q_model, labels, noise)
+    out = compare_rollouts(fp, q, labels, fp_model.config, classifier)
+    out["bytes"] = packed_bytes(q_model)
+    backend = q_model.quantize_info.get("backend", "simulate")
+    one_l, one_n = labels[:1], noise[:1]
+    timing = {}
+    for _ in range(1):  # interleave FP / kernel / simulate so machine load hits all alike
+        timing["fp32"] = _median_time(lambda: generate(fp_model, one_l, one_n), time_repeats)
+        timing[backend] = _median_time(lambda: generate(q_model, one_l, one_n), time_repeats)
+        if backend != "simulate":
+            set_backend_(q_model, "simulate")
+            timing["simulate"] = _median_time(lambda: generate(q_model, one_l, one_n), time_repeats)
+            set_backend_(q_model, backend)
+    out["rollout_seconds"] = timing
+    return out
