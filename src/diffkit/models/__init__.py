@@ -61,6 +61,32 @@ _REGISTRY: dict[str, ZooEntry] = {
         ),
         # --- align (issue 3) ---
         # --- distill (issue 4) ---
+        ZooEntry(
+            "digits-patch-tokenizer",
+            "diffkit.models.patch_tokenizer",
+            "diffkit.zoo.digits_patch_tokenizer",
+            "FPD tokenizer: k-means (K=64) on 2x2 patches of 16x16 digits -> 8x8 = 64 tokens.",
+        ),
+        ZooEntry(
+            "digits-maskgit",
+            "diffkit.models.maskgit",
+            "diffkit.zoo.digits_maskgit",
+            "FPD teacher: tiny class-conditional MaskGIT over patch tokens (null class for CFG).",
+            depends_on=("digits-patch-tokenizer",),
+        ),
+        ZooEntry(
+            "digits-lifter",
+            "diffkit.models.digit_lifter",
+            "diffkit.zoo.digits_lifter",
+            "FPD feature lifter: small CNN trained on the train split (not the evaluation net).",
+        ),
+        ZooEntry(
+            "digits-fpd",
+            "diffkit.models.maskgit",
+            "diffkit.zoo.digits_fpd",
+            "One-step FPD student distilled from digits-maskgit (1 forward pass per sample).",
+            depends_on=("digits-patch-tokenizer", "digits-maskgit", "digits-lifter"),
+        ),
         # --- attention (issue 5) ---
         # --- quantize (issue 6) ---
         ZooEntry(

@@ -1,0 +1,243 @@
+"""Benchmark: FPD one-step student vs the multi-step MaskGIT teacher, naive KD and ablations.
+
+Spec distill-fpd.md (g). Everything is evaluated on the *evaluation network* (digit-classifier,
+never used for training) against the held-out test split: KID (x1e3), FID, class accuracy,
+precision / recall / coverage, within-class diversity relative to real data, unique token grids,
+NFE and measured wall-clock per 1000 samples (decoder included; teacher and student interleaved).
+
+    python benchmarks/distill.py            # the reduced CPU configuration (see --help)
+    python benchmarks/distill.py --steps 300 --train-seeds 0 1 2   # fuller
+
+Writes benchmarks/results/distill.json, distill.md and distill.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from diffkit import models
+from diffkit.distill import FPDConfig, KDPool, LifterConfig, NaiveKD
+from diffkit.distill.evaluate import evaluate_samples
+from diffkit.distill.pipeline import distill_digits, load_digits_zoo, sample_digits
+from diffkit.train import fit
+from diffkit.zoo.digits_fpd import FPD_CONFIG, TRAIN
+
+RESULTS = Path(__file__).parent / "results"
+KEYS = ("kid", "fid", "class_acc", "precision", "recall", "coverage", "diversity_ratio",
+        "unique_grids")  # fmt: skip
+
+
+def ablations(base: FPDConfig) -> dict[str, FPDConfig]:
+    r = dataclasses.replace
+    return {
+        "FPD-1 (STE, multi-tau, feature, student source)": base,
+        "ablation: soft embedding instead of STE": r(base, ste="soft"),
+        "ablation: single bandwidth (0.05)": r(base, bandwidths=(0.05,)),
+        "ablation: pixel-space drift": r(base, lifter=LifterConfig(space="pixel")),
+        "ablation: teacher refines random tokens": r(base, refine_source="random"),
+        "ablation: + GAN (hinge, spectral norm)": r(base, gan_weight=1.0),
+    }
+
+
+def evaluate(zoo, labels, seeds, student=None, steps=8, mode="categorical"):
+    runs = []
+    for s in seeds:
+        imgs, ids = sample_digits(zoo.teacher, zoo.tokenizer, labels, student=student,
+                                  steps=steps, mode=mode, seed=1000 + s)  # fmt: skip
+        m = evaluate_samples(imgs, labels, ids=ids, codebook_size=64)
+        runs.append(m)
+    return {
+        k: {"mean": statistics.fmean(r[k] for r in runs),
+            "std": statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0}
+        for k in KEYS
+    }  # fmt: skip
+
+
+def merge(per_seed):
+    """Mean over training seeds; std over training seeds (or over sampling seeds if only one)."""
+    return {
+        k: {
+            "mean": statistics.fmean(m[k]["mean"] for m in per_seed),
+            "std": (statistics.stdev([m[k]["mean"] for m in per_seed])
+                    if len(per_seed) > 1 else per_seed[0][k]["std"]),
+        }
+        for k in KEYS
+    }  # fmt: skip
+
+
+def timing(zoo, student, n=1000, repeats=3):
+    """Median seconds per n samples, teacher-8 (CFG) and student interleaved in one process."""
+    labels = torch.arange(10).repeat_interleave(n // 10)
+    t_teacher, t_student = [], []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        sample_digits(zoo.teacher, zoo.tokenizer, labels, steps=8, seed=r)
+        t_teacher.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sample_digits(zoo.teacher, zoo.tokenizer, labels, student=student, seed=r)
+        t_student.append(time.perf_counter() - t0)
+    return statistics.median(t_teacher), statistics.median(t_student)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--steps", type=int, default=100, help="FPD/KD training steps per run")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="training seeds")
+    p.add_argument("--eval-seeds", type=int, default=3, help="sampling seeds per model")
+    p.add_argument("--per-class", type=int, default=50, help="samples per class per evaluation")
+    p.add_argument("--skip-ablations", action="store_true", help="only FPD-1 among the variants")
+    p.add_argument("--name", default="distill", help="results file stem in benchmarks/results/")
+    args = p.parse_args()
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    t_start = time.perf_counter()
+    zoo = load_digits_zoo()
+    labels = torch.arange(10).repeat_interleave(args.per_class)
+    seeds = list(range(args.eval_seeds))
+    rows = []
+
+    def add(name, nfe, metrics, **extra):
+        rows.append({"method": name, "nfe": nfe, **metrics, **extra})
+        print(name, json.dumps({k: round(v["mean"], 4) for k, v in metrics.items()}), flush=True)
+
+    for T in (1, 2, 4, 8):
+        add(f"teacher, {T} step{'s' if T > 1 else ''} (CFG 2)", 2 * T,
+            evaluate(zoo, labels, seeds, steps=T))  # fmt: skip
+    init = zoo.teacher.make_student().eval()
+    add("student at init (teacher, 1 pass from z_init)", 1, evaluate(zoo, labels, seeds, init))
+    add("student at init, argmax tokens", 1, evaluate(zoo, labels, seeds, init, mode="argmax"))
+    shipped = models.load("digits-fpd")
+    add("FPD-1, shipped digits-fpd (300 steps)", 1, evaluate(zoo, labels, seeds, student=shipped))
+    add("FPD-1, shipped, argmax tokens", 1,
+        evaluate(zoo, labels, seeds, student=shipped, mode="argmax"))  # fmt: skip
+
+    train = dataclasses.replace(TRAIN, steps=args.steps)
+    # naive KD: CE on teacher-8 samples from the same z_init (one pool, one run per training seed)
+    pool = KDPool(zoo.teacher, 100, steps=8, guidance_scale=2.0,
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    kd_runs = []
+    for ts in args.train_seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            student = zoo.teacher.make_student()
+            kd_train = dataclasses.replace(train, batch_size=80, ema_decay=0.0, seed=ts)
+            fit(NaiveKD(zoo.teacher), student, pool, kd_train, tmp)
+            kd_runs.append(evaluate(zoo, labels, seeds, student=student.eval()))
+    add(f"naive KD ({args.steps} steps)", 1, merge(kd_runs))
+
+    variants = ablations(FPD_CONFIG)
+    if args.skip_ablations:
+        variants = dict(list(variants.items())[:1])
+    for name, cfg in variants.items():
+        per_seed = []
+        t0 = time.perf_counter()
+        for ts in args.train_seeds:
+            with tempfile.TemporaryDirectory() as tmp:
+                st, _ = distill_digits(cfg, dataclasses.replace(train, seed=ts), tmp, zoo=zoo)
+            per_seed.append(evaluate(zoo, labels, seeds, student=st))
+        merged = merge(per_seed)
+        add(f"{name} ({args.steps} steps)", 1, merged,
+            train_seconds=(time.perf_counter() - t0) / len(args.train_seeds))  # fmt: skip
+
+    t_teacher, t_student = timing(zoo, shipped)
+    real = evaluate_real(labels)
+    out = {
+        "device": "CPU (2 shared cores, torch threads <= 2)",
+        "loadavg_start_end": [list(LOAD0), list(os.getloadavg())],
+        "config": {
+            **vars(args),
+            "fpd": dataclasses.asdict(FPD_CONFIG),
+            "train": dataclasses.asdict(train),
+        },  # fmt: skip
+        "notes": "KID/FID on digit-classifier penultimate features vs the 359-image test split; "
+        "mean +- std over sampling seeds (and training seeds when several). Teacher sampling: "
+        "CFG 2, choice temperature 2, cosine schedule.",
+        "rows": rows,
+        "real_train_vs_test": real,
+        "seconds_per_1000": {
+            "teacher_8_steps_cfg": t_teacher,
+            "fpd_student": t_student,
+            "speedup": t_teacher / t_student,
+        },  # fmt: skip
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_md(out, args.name)
+    plot(out, args.name)
+    print(f"done in {out['wall_seconds']:.0f} s; speedup {t_teacher / t_student:.1f}x")
+
+
+def evaluate_real(labels):
+    from diffkit.data.digits import load_digits
+
+    tr = load_digits("train")
+    idx = torch.cat(
+        [torch.nonzero(tr.labels == c).flatten()[: (labels == c).sum()] for c in range(10)]
+    )
+    m = evaluate_samples(tr.images[idx], tr.labels[idx])
+    return {k: m[k] for k in KEYS if k in m}
+
+
+def write_md(out, name: str = "distill") -> None:
+    lines = [
+        "| method | NFE | KID | FID | class acc | precision | recall | coverage | diversity | unique |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in out["rows"]:
+        f = lambda k, d=3, r=r: f"{r[k]['mean']:.{d}f} ± {r[k]['std']:.{d}f}"  # noqa: E731
+        lines.append(
+            f"| {r['method']} | {r['nfe']} | {f('kid')} | {f('fid', 1)} | {f('class_acc')} | "
+            f"{f('precision', 2)} | {f('recall', 2)} | {f('coverage', 2)} | "
+            f"{f('diversity_ratio', 2)} | {f('unique_grids', 2)} |"
+        )
+    rr = out["real_train_vs_test"]
+    lines.append(
+        f"| real train images (floor) | – | {rr['kid']:.3f} | {rr['fid']:.1f} | {rr['class_acc']:.3f} "
+        f"| {rr['precision']:.2f} | {rr['recall']:.2f} | {rr['coverage']:.2f} | "
+        f"{rr['diversity_ratio']:.2f} | – |"
+    )
+    s = out["seconds_per_1000"]
+    lines += [
+        "",
+        f"Wall-clock per 1000 samples (decoder included, median of 3, interleaved): teacher 8 steps "
+        f"+ CFG {s['teacher_8_steps_cfg']:.2f} s, FPD student {s['fpd_student']:.3f} s "
+        f"(**{s['speedup']:.1f}x**). {out['device']}; load average {out['loadavg_start_end']}.",
+    ]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(out, name: str = "distill") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = out["rows"]
+    names = [r["method"].split(" (")[0] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    for ax, key, label in ((axes[0], "kid", "KID (lower is better)"),
+                           (axes[1], "class_acc", "class accuracy")):  # fmt: skip
+        ax.barh(range(len(rows)), [r[key]["mean"] for r in rows],
+                xerr=[r[key]["std"] for r in rows], color="tab:blue")  # fmt: skip
+        ax.set_yticks(range(len(rows)), names if ax is axes[0] else [""] * len(rows), fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"FPD vs teacher on digits (CPU); sampling speedup vs teacher-8 "
+                 f"{out['seconds_per_1000']['speedup']:.1f}x", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{name}.png")
+
+
+LOAD0 = os.getloadavg()
+
+if __name__ == "__main__":
+    main()

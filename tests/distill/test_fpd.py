@@ -1,0 +1,160 @@
+"""The FPD objective end to end on tiny random-init zoo architectures, plus bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffkit.core.objective import StepContext
+from diffkit.distill import (
+    FPD,
+    ClassConditionalTeacher,
+    FPDConfig,
+    KDPool,
+    LifterConfig,
+    NaiveKD,
+    PositiveQueue,
+    check_compatible,
+    sample_student,
+    student_input,
+)
+from diffkit.models.digit_lifter import DigitLifter
+from diffkit.models.maskgit import TinyMaskGIT
+from diffkit.models.patch_tokenizer import PatchTokenizer
+from diffkit.train import TrainConfig, fit
+
+
+@pytest.fixture
+def parts():
+    torch.manual_seed(0)
+    tok = PatchTokenizer()
+    tok.codebook.copy_(torch.rand(64, 4) * 2 - 1)
+    teacher = ClassConditionalTeacher(TinyMaskGIT(dim=32, depth=1, heads=2))
+    return tok, teacher, DigitLifter()
+
+
+def _ctx(step=0, seed=0):
+    return StepContext(
+        step=step, generator=torch.Generator().manual_seed(seed), sample_seeds=torch.arange(4)
+    )
+
+
+def test_student_input_mask_fraction(generator):
+    z = student_input(3, 64, 64, 64, 0.95, generator)
+    assert ((z == 64).sum(1) == round(0.95 * 64)).all() and (z <= 64).all()
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        FPDConfig(samples_per_group=4),
+        FPDConfig(samples_per_group=4, ste="soft", refine_source="random"),
+        FPDConfig(samples_per_group=3, bandwidths=(0.05,), lifter=LifterConfig(space="pixel")),
+        FPDConfig(samples_per_group=4, queue_size=6, gan_weight=1.0, gan_reg="r1"),
+        FPDConfig(samples_per_group=4, gan_weight=0.5, ste="gumbel"),
+    ],
+    ids=["default", "soft-random", "pixel-single-tau", "queue-gan-r1", "gumbel-gan-sn"],
+)
+def test_fpd_step_updates_every_student_param(parts, cfg):
+    tok, teacher, lifter = parts
+    real = torch.rand(20, 1, 16, 16) * 2 - 1
+    fpd = FPD(cfg, teacher=teacher, tokenizer=tok, lifter_backbone=lifter, real_images=real)
+    student = fpd.make_student()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    t_before = {k: v.clone() for k, v in teacher.net.state_dict().items()}
+    opt = torch.optim.SGD(student.parameters(), lr=1.0)
+    for step in range(2):
+        out = fpd(student, fpd.data().get_batch(torch.tensor([0, 3])), _ctx(step))
+        assert torch.isfinite(out.loss)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    for key in ("drift_norm/tau0.05", "refine_changed_frac", "token_entropy", "codebook_usage"):
+        if key.startswith("drift") and 0.05 not in cfg.bandwidths:
+            continue
+        assert key in out.metrics
+    changed = [k for k, v in student.state_dict().items() if not torch.equal(v, before[k])]
+    assert set(changed) == set(before), set(before) - set(changed)
+    for k, v in teacher.net.state_dict().items():  # the teacher is frozen
+        assert torch.equal(v, t_before[k])
+
+
+def test_fpd_deterministic(parts):
+    tok, teacher, lifter = parts
+    fpd = FPD(
+        FPDConfig(samples_per_group=4), teacher=teacher, tokenizer=tok, lifter_backbone=lifter
+    )
+    s = fpd.make_student()
+    a = fpd(s, {"cond": torch.tensor([1, 2])}, _ctx(seed=5))
+    b = fpd(s, {"cond": torch.tensor([1, 2])}, _ctx(seed=5))
+    assert torch.equal(a.loss, b.loss)
+
+
+def test_fit_with_fpd_and_resume(parts, tmp_path):
+    tok, teacher, lifter = parts
+    cfg = FPDConfig(samples_per_group=2, queue_size=4)
+    fpd = FPD(cfg, teacher=teacher, tokenizer=tok, lifter_backbone=lifter)
+    student = fpd.make_student()
+    tc = TrainConfig(steps=2, batch_size=2, lr=1e-4, log_every=1, ema_decay=0.9)
+    res = fit(fpd, student, fpd.data(100), tc, tmp_path)
+    assert res.step == 2 and "drift_loss" in res.metrics
+    ids = sample_student(
+        teacher, student, teacher.condition(torch.arange(4)),
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert ids.shape == (4, 64) and (ids < 64).all()
+    q = PositiveQueue(10, 4)
+    q.load_state_dict(fpd.queue.state_dict())
+    assert int(q.count.sum()) == 2 * 2 * 2  # 2 steps x 2 groups x 2 samples
+
+
+def test_naive_kd(parts, tmp_path):
+    _, teacher, _ = parts
+    pool = KDPool(teacher, 2, steps=2, generator=torch.Generator().manual_seed(0))
+    assert len(pool) == 20 and (pool.targets < 64).all()
+    student = teacher.make_student()
+    res = fit(NaiveKD(teacher), student, pool, TrainConfig(steps=2, batch_size=4), tmp_path)
+    assert "token_acc" in res.metrics
+
+
+def test_vocabulary_mismatch(parts):
+    _, teacher, lifter = parts
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        FPD(FPDConfig(), teacher=teacher, tokenizer=PatchTokenizer(codebook_size=32),
+            lifter_backbone=lifter)  # fmt: skip
+    with pytest.raises(ValueError, match="grid mismatch"):
+        check_compatible(teacher, PatchTokenizer(image_size=8))
+
+
+def test_mask_id_colliding_with_code():
+    net = TinyMaskGIT(dim=16, depth=1, heads=2)
+    net.mask_id = 5
+    with pytest.raises(ValueError, match="collides with a codebook entry"):
+        ClassConditionalTeacher(net)
+
+
+def test_unsupported_teacher_network():
+    with pytest.raises(ValueError, match="AmusedTeacher"):
+        ClassConditionalTeacher(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"samples_per_group": 1}, "samples_per_group=1"),
+        ({"r_init": 1.5}, "r_init"),
+        ({"remask_min": 0.6, "remask_max": 0.5}, "remask_min"),
+        ({"ste": "hard"}, "ste="),
+        ({"refine_source": "data"}, "refine_source"),
+        ({"bandwidths": (-1.0,)}, "bandwidths"),
+    ],
+)
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FPDConfig(**kwargs)
+
+
+def test_gan_needs_real_images(parts):
+    tok, teacher, lifter = parts
+    with pytest.raises(ValueError, match="real_images"):
+        FPD(FPDConfig(gan_weight=1.0), teacher=teacher, tokenizer=tok, lifter_backbone=lifter)
