@@ -1,0 +1,350 @@
+"""Exact dedup (stage 3) and pHash near-dup (stage 7): global stages that move only compact keys.
+
+Exact: group by ``sha256_bytes``, then by ``sha256_pixels`` (the pixel hash also catches lossless
+re-encodes and metadata-only changes), keep one deterministic representative per group.
+
+pHash near-dup: 64-bit hashes are split into ``m`` bands; by the generalised pigeonhole principle a
+pair at Hamming distance <= k agrees within ``floor(k / m)`` bits on at least one band (multi-index
+hashing, Norouzi et al. 2012; ``m = k + 1`` is plain banding with exact band matches). Candidates
+are verified with a popcount and merged with union-find. ``m`` is chosen to minimise the expected
+number of candidate pairs for the given N, which keeps lookup cost near-linear in N. Rows whose
+pixel entropy is below ``degenerate_entropy`` go to their own bucket with their own (strict)
+threshold instead of colliding with everything.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffkit.curate.schema import alive, drop_rows, pa, set_column
+from diffkit.curate.stage import Stage
+
+# ------------------------------------------------------------------- representative priority
+
+
+def priority_keys(table, source_priority: tuple[str, ...]) -> list[tuple]:
+    """Deterministic representative priority (spec (e) stage 3): source priority, larger min side,
+    higher aesthetic score (if present), longer alt text, smallest id. Lower tuple = preferred."""
+    rank = {s: i for i, s in enumerate(source_priority)}
+    src = table.column("source").to_pylist()
+    w = table.column("width").to_pylist()
+    h = table.column("height").to_pylist()
+    alt = table.column("alt_text").to_pylist()
+    ids = table.column("id").to_pylist()
+    aes = (
+        table.column("score_aesthetic").to_pylist()
+        if "score_aesthetic" in table.schema.names
+        else [0.0] * table.num_rows
+    )
+    return [
+        (rank.get(s, len(rank)), -min(a or 0, b or 0), -(e or 0.0), -len(t or ""), i)
+        for s, a, b, e, t, i in zip(src, w, h, aes, alt, ids)
+    ]
+
+
+def _key_table(table, extra: list[str], source_priority: tuple[str, ...]):
+    t = table.filter(pa().array(alive(table)))
+    pri = priority_keys(t, source_priority)
+    cols = {"id": t.column("id"), **{c: t.column(c) for c in extra}}
+    keys = pa().table(cols)
+    return keys.append_column("prio", [[repr(p) for p in pri]]), pri
+
+
+def _sorted_keys(key_tables):
+    """Concatenate per-shard key tables and sort them by priority (global, deterministic)."""
+    import ast
+
+    keys = pa().concat_tables(list(key_tables))
+    pri = [ast.literal_eval(p) for p in keys.column("prio").to_pylist()]
+    order = sorted(range(keys.num_rows), key=lambda i: pri[i])
+    return keys.take(pa().array(order, pa().int64()))
+
+
+def _apply_decisions(table, decisions, stage: str, reason: str, cols: dict):
+    d = {r["id"]: r for r in decisions.to_pylist()}
+    ids = table.column("id").to_pylist()
+    for col, typ in cols.items():
+        table = set_column(table, col, [d[i][col] if i in d else None for i in ids], typ)
+    drop = np.array([bool(d[i]["drop"]) if i in d else False for i in ids])
+    table = drop_rows(table, drop, stage, reason)
+    rep = [
+        False if (i in d and d[i]["drop"]) else (prev if prev is not None else True)
+        for i, prev in zip(
+            ids,
+            table.column("is_representative").to_pylist()
+            if "is_representative" in table.schema.names
+            else [None] * len(ids),
+        )
+    ]
+    return set_column(table, "is_representative", rep, pa().bool_())
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExactDedupConfig:
+    """Exact duplicates by bytes, then by canonical pixels.
+
+    Attributes:
+        use_pixels: Also group by ``sha256_pixels`` (catches re-encodes with identical pixels).
+        source_priority: Sources in order of preference for the representative.
+    """
+
+    use_pixels: bool = True
+    source_priority: tuple[str, ...] = ()
+
+
+class ExactDedup(Stage):
+    name = "exact_dedup"
+    kind = "global"
+
+    def __init__(self, config: ExactDedupConfig | None = None) -> None:
+        super().__init__(config or ExactDedupConfig())
+
+    def emit_keys(self, table):
+        return _key_table(table, ["sha256_bytes", "sha256_pixels"], self.config.source_priority)[0]
+
+    def reduce(self, key_tables):
+        keys = _sorted_keys(key_tables)
+        ids = keys.column("id").to_pylist()
+        hb = keys.column("sha256_bytes").to_pylist()
+        hp = keys.column("sha256_pixels").to_pylist()
+        seen_b: dict = {}
+        seen_p: dict = {}
+        drop, group = [], []
+        for i in range(len(ids)):
+            g = hp[i].hex()[:16] if hp[i] else hb[i].hex()[:16]
+            if hb[i] in seen_b or (
+                self.config.use_pixels and hp[i] is not None and hp[i] in seen_p
+            ):
+                drop.append(True)
+            else:
+                drop.append(False)
+                seen_b[hb[i]] = i
+                if hp[i] is not None:
+                    seen_p[hp[i]] = i
+            group.append(g)
+        return pa().table({"id": ids, "exact_group": group, "drop": drop})
+
+    def apply(self, table, decisions):
+        return _apply_decisions(
+            table, decisions, self.name, "exact_dup", {"exact_group": pa().string()}
+        )
+
+
+# ------------------------------------------------------------------- multi-index hashing
+
+
+def _band_layout(m: int) -> list[tuple[int, int]]:
+    """(shift, width) of m nearly equal bands covering 64 bits."""
+    widths = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
+    out, shift = [], 64
+    for w in widths:
+        shift -= w
+        out.append((shift, w))
+    return out
+
+
+def _ball(width: int, r: int) -> int:
+    return sum(math.comb(width, t) for t in range(r + 1))
+
+
+def choose_bands(n: int, k: int) -> int:
+    """Number of bands minimising expected work N*m*V(b, r) + N^2/2 * m*V(b, r) / 2^b."""
+    best, best_m = None, k + 1
+    for m in range(1, min(k + 1, 64) + 1):
+        b = 64 // m
+        r = k // m
+        v = _ball(b, r)
+        cost = n * m * v * (1 + 4 * n / 2 ** min(b, 62))
+        if best is None or cost < best:
+            best, best_m = cost, m
+    return best_m
+
+
+def _flip_masks(width: int, r: int) -> np.ndarray:
+    from itertools import combinations
+
+    masks = [0]
+    for t in range(1, r + 1):
+        for bits in combinations(range(width), t):
+            masks.append(sum(1 << b for b in bits))
+    return np.asarray(masks, np.uint64)
+
+
+def near_pairs(
+    hashes: np.ndarray, max_distance: int, n_bands: int | None = None, chunk: int = 1 << 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs ``i < j`` with Hamming(hashes[i], hashes[j]) <= max_distance (exact, no misses).
+
+    Multi-index hashing: ``m`` bands, each searched within radius ``floor(k/m)``; candidates are
+    verified by popcount. Returns index arrays ``(i, j)`` sorted lexicographically.
+    """
+    h = np.ascontiguousarray(hashes, dtype=np.uint64)
+    n, k = len(h), int(max_distance)
+    if k < 0:
+        raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    m = n_bands or choose_bands(n, k)
+    r = k // m
+    found = []
+    for shift, width in _band_layout(m):
+        mask = np.uint64((1 << width) - 1)
+        keys = (h >> np.uint64(shift)) & mask
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        table = width <= 24  # direct bucket table: probes are gathers, not binary searches
+        if table:
+            count = np.bincount(sk.astype(np.int64), minlength=1 << width)
+            start = np.concatenate([[0], np.cumsum(count)[:-1]])
+        for p in _flip_masks(width, r):
+            for s in range(0, n, chunk):
+                q = keys[s : s + chunk] ^ p
+                if table:
+                    qi = q.astype(np.int64)
+                    cnt, lo = count[qi], start[qi]
+                else:
+                    lo = np.searchsorted(sk, q, "left")
+                    cnt = np.searchsorted(sk, q, "right") - lo
+                tot = int(cnt.sum())
+                if tot == 0:
+                    continue
+                nz = np.flatnonzero(cnt)
+                cnt, lo = cnt[nz], lo[nz]
+                src = np.repeat(s + nz, cnt)
+                off = np.arange(tot) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+                dst = order[np.repeat(lo, cnt) + off]
+                keep = src < dst
+                src, dst = src[keep], dst[keep]
+                ok = np.bitwise_count(h[src] ^ h[dst]) <= k
+                if ok.any():
+                    found.append(src[ok].astype(np.int64) * n + dst[ok])
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    u = np.unique(np.concatenate(found))
+    return u // n, u % n
+
+
+def brute_force_pairs(hashes: np.ndarray, max_distance: int, chunk: int = 2048):
+    """The O(N^2) baseline: every pairwise Hamming distance (for tests and the benchmark)."""
+    h = np.asarray(hashes, np.uint64)
+    n = len(h)
+    out_i, out_j = [], []
+    for s in range(0, n, chunk):
+        d = np.bitwise_count(h[s : s + chunk, None] ^ h[None, :])
+        ii, jj = np.nonzero(d <= max_distance)
+        ii = ii + s
+        keep = ii < jj
+        out_i.append(ii[keep])
+        out_j.append(jj[keep])
+    if not out_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    i, j = np.concatenate(out_i), np.concatenate(out_j)
+    o = np.lexsort((j, i))
+    return i[o].astype(np.int64), j[o].astype(np.int64)
+
+
+def union_find(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Connected components: root index (smallest member index) of every element."""
+    parent = np.arange(n)
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(i.tolist(), j.tolist()):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(x) for x in range(n)], np.int64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhashDedupConfig:
+    """pHash near-duplicate removal.
+
+    Attributes:
+        max_distance: pHash Hamming threshold k (of 64 bits) for a candidate pair; calibrated on
+            the generated corpus (see docs/curate.md and benchmarks/results/curate.md).
+        verify_dhash_distance: Verification: a candidate pair is merged only if its dHash Hamming
+            distance is at most this as well (-1 disables). pHash and dHash err differently
+            (DCT vs gradient signs), so the pair test rejects look-alike scenes.
+        n_bands: Number of bands m for the multi-index lookup; 0 picks m for the data size.
+        degenerate_entropy: Rows whose pixel entropy is below this go to the degenerate bucket.
+        degenerate_max_distance: Threshold used inside the degenerate bucket.
+        source_priority: Sources in order of preference for the representative.
+    """
+
+    max_distance: int = 12
+    verify_dhash_distance: int = 8
+    n_bands: int = 0
+    degenerate_entropy: float = 2.5
+    degenerate_max_distance: int = 0
+    source_priority: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not 0 <= self.max_distance <= 32:
+            raise ValueError(f"max_distance must be in [0, 32], got {self.max_distance}")
+        if not 0 <= self.n_bands <= 64:
+            raise ValueError(f"n_bands must be in [0, 64], got {self.n_bands}")
+        if self.degenerate_max_distance < 0:
+            raise ValueError(
+                f"degenerate_max_distance must be >= 0, got {self.degenerate_max_distance}"
+            )
+
+
+def phash_clusters(hashes, entropy, cfg: PhashDedupConfig, dhashes=None) -> np.ndarray:
+    """Cluster root per row (rows assumed sorted by priority, so a root is its representative).
+
+    Candidate pairs come from the multi-index pHash lookup; with ``dhashes`` and
+    ``cfg.verify_dhash_distance >= 0`` they are verified on dHash before union-find."""
+    h = np.asarray(hashes, np.uint64)
+    dh = None if dhashes is None else np.asarray(dhashes, np.uint64)
+    ent = np.asarray(entropy, np.float64)
+    roots = np.arange(len(h))
+    for sel, k in (
+        (ent >= cfg.degenerate_entropy, cfg.max_distance),
+        (ent < cfg.degenerate_entropy, cfg.degenerate_max_distance),
+    ):
+        idx = np.flatnonzero(sel)
+        if len(idx) < 2:
+            continue
+        i, j = near_pairs(h[idx], k, cfg.n_bands or None)
+        if dh is not None and cfg.verify_dhash_distance >= 0:
+            ok = np.bitwise_count(dh[idx][i] ^ dh[idx][j]) <= cfg.verify_dhash_distance
+            i, j = i[ok], j[ok]
+        roots[idx] = idx[union_find(len(idx), i, j)]
+    return roots
+
+
+class PhashDedup(Stage):
+    name = "phash_dedup"
+    kind = "global"
+
+    def __init__(self, config: PhashDedupConfig | None = None) -> None:
+        super().__init__(config or PhashDedupConfig())
+
+    def emit_keys(self, table):
+        return _key_table(table, ["phash", "dhash", "hash_entropy"], self.config.source_priority)[0]
+
+    def reduce(self, key_tables):
+        keys = _sorted_keys(key_tables)
+        roots = phash_clusters(
+            keys.column("phash").to_numpy(),
+            keys.column("hash_entropy").to_numpy(),
+            self.config,
+            keys.column("dhash").to_numpy(),
+        )
+        ids = keys.column("id").to_pylist()
+        cluster = [int(ids[r][:15], 16) for r in roots]
+        drop = roots != np.arange(len(roots))
+        return pa().table({"id": ids, "phash_cluster": cluster, "drop": drop})
+
+    def apply(self, table, decisions):
+        return _apply_decisions(
+            table, decisions, self.name, "phash_dup", {"phash_cluster": pa().int64()}
+        )

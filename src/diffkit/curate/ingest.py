@@ -1,0 +1,344 @@
+"""Reading the input (a folder of images or a Parquet file) and the ingest/decode stage.
+
+Decode follows spec (e) stage 1: Pillow with ``MAX_IMAGE_PIXELS`` set and truncated images
+refused, EXIF transpose, sizes, SHA-256 of the bytes and of the canonical pixels (RGB8, alpha
+composited on white, with a ``w,h`` header), 8x8 DCT pHash and dHash (imagehash) and a pixel
+entropy that flags degenerate (blank, solid) images. Every failure is a tombstone with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from diffkit.curate.schema import (
+    INPUT_COLUMNS,
+    drop_rows,
+    error_reason,
+    pa,
+    require,
+    set_column,
+    stable_id,
+)
+from diffkit.curate.stage import Stage
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_EXT_MIME = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+}
+
+
+def _decode_text(v) -> tuple[str, bool]:
+    if v is None:
+        return "", True
+    if isinstance(v, str):
+        return v, True
+    try:
+        return bytes(v).decode("utf-8"), True
+    except UnicodeDecodeError:
+        return bytes(v).decode("utf-8", errors="replace"), False
+
+
+def read_input(path: str | Path):
+    """Load the input listing as one Arrow table (no image decoding).
+
+    ``path`` is a folder (images found recursively, sorted; optional ``metadata.parquet`` or
+    ``metadata.jsonl`` with a ``uri`` column relative to the folder; optional ``<stem>.txt`` alt
+    text) or a Parquet file, which must have ``source_key`` and ``image`` (bytes) or ``uri``.
+    A missing column or path is a configuration error raised before any work.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"curate input not found: {path}")
+    if path.is_dir():
+        rows = _read_dir(path)
+    elif path.suffix == ".parquet":
+        rows = _read_parquet(path)
+    else:
+        raise ValueError(f"curate input {path} must be a folder of images or a .parquet file")
+    cols = {c: [r.get(c, "") or "" for r in rows] for c in INPUT_COLUMNS if c != "alt_text"}
+    texts = [_decode_text(r.get("alt_text")) for r in rows]
+    cols["alt_text"] = [t for t, _ in texts]
+    ids = [stable_id(s, k) for s, k in zip(cols["source"], cols["source_key"])]
+    if len(set(ids)) != len(ids):
+        seen, dup = set(), None
+        for i, k in zip(ids, cols["source_key"]):
+            if i in seen:
+                dup = k
+                break
+            seen.add(i)
+        raise ValueError(f"duplicate (source, source_key) in input, e.g. source_key={dup!r}")
+    table = pa().table(
+        {
+            "id": ids,
+            **{c: pa().array(cols[c], pa().string()) for c in INPUT_COLUMNS},
+            "alt_text_valid": pa().array([ok for _, ok in texts], pa().bool_()),
+            "image": pa().array([r.get("image") for r in rows], pa().binary()),
+        }
+    )
+    order = np.argsort(np.asarray(ids), kind="stable")
+    return table.take(pa().array(order))
+
+
+def _read_dir(root: Path) -> list[dict]:
+    meta: dict[str, dict] = {}
+    if (root / "metadata.parquet").is_file():
+        for r in _pq_rows(root):
+            meta[r["uri"]] = r
+    elif (root / "metadata.jsonl").is_file():
+        for line in (root / "metadata.jsonl").read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                meta[r["uri"]] = r
+    rows = []
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        if rel.startswith("metadata.") or p.suffix == ".txt":
+            continue
+        m = dict(meta.get(rel, {}))
+        if not m and p.suffix.lower() not in IMAGE_EXTS:
+            continue
+        m.setdefault("source", root.name)
+        m.setdefault("source_key", rel)
+        m["uri"] = str(p)
+        if "alt_text" not in m and p.with_suffix(".txt").is_file():
+            m["alt_text"] = p.with_suffix(".txt").read_bytes()
+        rows.append(m)
+    return rows
+
+
+def _pq_rows(root: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(root / "metadata.parquet").to_pylist()
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    names = set(schema.names)
+    missing = [c for c in ("source_key",) if c not in names]
+    if missing or not ({"image", "uri"} & names):
+        raise ValueError(
+            f"input parquet {path} is missing column(s) {missing or ['image or uri']}; "
+            f"it has {sorted(names)}; required: source_key and image (bytes) or uri"
+        )
+    rows = pq.read_table(path).to_pylist()
+    for r in rows:
+        r.setdefault("source", path.stem)
+        uri = r.get("uri")
+        if uri and not Path(uri).is_absolute():
+            r["uri"] = str(path.parent / uri)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    """Decode guards and hashing.
+
+    Attributes:
+        max_pixels: Decompression-bomb guard: images whose header claims more pixels are dropped
+            (``decompression_bomb``) before any pixel is decoded.
+        max_bytes: Files larger than this many bytes are dropped unread (``max_bytes``).
+        hash_size: Side of the pHash/dHash grid (8 gives the spec's 64-bit hashes).
+        mime_mismatch: What to do when the file extension disagrees with the decoded format:
+            ``fix`` records the true MIME type, ``drop`` tombstones the row (``wrong_mime``).
+    """
+
+    max_pixels: int = 64_000_000
+    max_bytes: int = 64_000_000
+    hash_size: int = 8
+    mime_mismatch: Literal["fix", "drop"] = "fix"
+
+    def __post_init__(self):
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {self.max_bytes}")
+        if self.hash_size != 8:
+            raise ValueError(f"hash_size must be 8 (64-bit uint64 hashes), got {self.hash_size}")
+        if self.mime_mismatch not in ("fix", "drop"):
+            raise ValueError(f"mime_mismatch must be 'fix' or 'drop', got {self.mime_mismatch!r}")
+
+
+class DecodeFailure(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _bits_to_u64(bits: np.ndarray) -> int:
+    v = 0
+    for b in bits.flatten():
+        v = (v << 1) | int(bool(b))
+    return v
+
+
+def canonical_rgb(img):
+    """RGB8 after compositing any alpha on white (what ``sha256_pixels`` hashes)."""
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def pixel_entropy(gray32: np.ndarray) -> float:
+    """Shannon entropy (bits, max 6) of a 64-bin histogram of the 32x32 grayscale thumbnail."""
+    hist = np.bincount((gray32.astype(np.int64) >> 2).ravel(), minlength=64).astype(np.float64)
+    p = hist[hist > 0] / hist.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
+    """Decode one file; raise :class:`DecodeFailure` with a reason code on any problem."""
+    from PIL import Image, ImageFile, ImageOps
+
+    imagehash = require("imagehash", "curate ingest")
+    if len(data) == 0:
+        raise DecodeFailure("zero_bytes")
+    if len(data) > cfg.max_bytes:
+        raise DecodeFailure("max_bytes")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = cfg.max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(io.BytesIO(data))
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise DecodeFailure("decompression_bomb") from e
+            except Exception as e:
+                head = data[:64].lstrip().lower()
+                reason = (
+                    "wrong_mime" if head[:1] in (b"<", b"{") or head.isascii() else "decode_error"
+                )
+                raise DecodeFailure(reason) from e
+            w0, h0 = img.size
+            if w0 * h0 > cfg.max_pixels:
+                raise DecodeFailure("decompression_bomb")
+            fmt = (img.format or "").lower()
+            mime = Image.MIME.get(img.format or "", f"image/{fmt}")
+            try:
+                img.load()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise DecodeFailure("decompression_bomb") from e
+            except OSError as e:
+                raise DecodeFailure(
+                    "truncated" if "truncat" in str(e).lower() else "decode_error"
+                ) from e
+            except Exception as e:
+                raise DecodeFailure("decode_error") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    if ext and _EXT_MIME.get(ext.lower(), mime) != mime and cfg.mime_mismatch == "drop":
+        raise DecodeFailure("wrong_mime")
+    img = ImageOps.exif_transpose(img)
+    rgb = canonical_rgb(img)
+    w, h = rgb.size
+    px = hashlib.sha256(f"{w},{h};".encode() + rgb.tobytes()).digest()
+    ph = imagehash.phash(rgb, hash_size=cfg.hash_size)
+    dh = imagehash.dhash(rgb, hash_size=cfg.hash_size)
+    gray32 = np.asarray(rgb.convert("L").resize((32, 32), Image.BILINEAR))
+    return {
+        "mime": mime,
+        "width": w,
+        "height": h,
+        "sha256_pixels": px,
+        "phash": _bits_to_u64(ph.hash),
+        "dhash": _bits_to_u64(dh.hash),
+        "hash_entropy": pixel_entropy(gray32),
+    }
+
+
+class Ingest(Stage):
+    """Stage 1: decode, guard, measure and hash every row (CPU)."""
+
+    name = "ingest"
+    version = "1"
+
+    def __init__(self, config: IngestConfig | None = None) -> None:
+        super().__init__(config or IngestConfig())
+
+    def process(self, table):
+        n = table.num_rows
+        images = table.column("image").to_pylist()
+        uris = table.column("uri").to_pylist()
+        out = {
+            "mime": [""] * n,
+            "bytes_len": [0] * n,
+            "width": [0] * n,
+            "height": [0] * n,
+            "sha256_bytes": [None] * n,
+            "sha256_pixels": [None] * n,
+            "phash": [0] * n,
+            "dhash": [0] * n,
+            "hash_entropy": [0.0] * n,
+        }
+        reasons = [""] * n
+        for i in range(n):
+            try:
+                data = images[i]
+                if data is None:
+                    data = Path(uris[i]).read_bytes() if uris[i] else b""
+                    images[i] = data
+                out["bytes_len"][i] = len(data)
+                out["sha256_bytes"][i] = hashlib.sha256(data).digest()
+                ext = Path(uris[i]).suffix if uris[i] else ""
+                for k, v in decode_image(data, ext, self.config).items():
+                    out[k][i] = v
+            except DecodeFailure as e:
+                reasons[i] = e.reason
+            except FileNotFoundError:
+                reasons[i] = "missing_file"
+            except Exception as e:  # a bad row never fails the run
+                reasons[i] = error_reason(self.name, e)
+                log.debug("ingest row %d failed", i, exc_info=True)
+        P = pa()
+        table = set_column(table, "image", images, P.binary())
+        types = {
+            "mime": P.string(),
+            "bytes_len": P.int32(),
+            "width": P.int32(),
+            "height": P.int32(),
+            "sha256_bytes": P.binary(32),
+            "sha256_pixels": P.binary(32),
+            "phash": P.uint64(),
+            "dhash": P.uint64(),
+            "hash_entropy": P.float32(),
+        }
+        for k, t in types.items():
+            table = set_column(table, k, out[k], t)
+        bad = np.array([bool(r) for r in reasons])
+        table = drop_rows(table, bad, self.name, reasons)
+        valid = np.asarray(table.column("alt_text_valid").to_pylist(), bool)
+        return drop_rows(table, ~valid, self.name, "alt_text_encoding")
+
+
+def hamming(a, b) -> np.ndarray:
+    """Bitwise Hamming distance between uint64 arrays."""
+    x = np.bitwise_xor(np.asarray(a, np.uint64), np.asarray(b, np.uint64))
+    return np.bitwise_count(x).astype(np.int64)

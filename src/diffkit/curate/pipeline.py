@@ -1,0 +1,439 @@
+"""The pipeline: stage graph, on-disk layout, shard-level resume, errors table and stats.
+
+Layout of ``out_dir`` (identical for every executor, so a local run can resume on Ray)::
+
+    work/00_input/<fp>/<shard>.parquet            input shards (sorted by id)
+    work/<ii>_<stage>/<fp>/<shard>.parquet        map-stage outputs (+ <shard>.json timing)
+    work/<ii>_<stage>/<fp>/keys/<shard>.parquet   global stages: compact keys per shard
+    work/<ii>_<stage>/<fp>/decisions.parquet      global stages: one reduce
+    work/<ii>_<stage>/<fp>/completions/<name>     empty completion markers (datatrove pattern)
+    kept/ dropped/ wds/ manifest.json             outputs (Write stage)
+    errors.parquet stats.json run.json            per-run tables
+
+The unit of work is (stage fingerprint, shard). A stage's fingerprint hashes its version, config,
+model revision and the upstream fingerprint, so a changed config re-runs only that stage and the
+ones after it. Markers are written after the atomic data write, so a kill at any instant leaves
+either a complete shard or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffkit.core.io import atomic_write_bytes, atomic_write_json
+from diffkit.curate.annotate import Embed, EmbedConfig, Safety, SafetyConfig
+from diffkit.curate.caption import Recaption, RecaptionConfig
+from diffkit.curate.dedup import ExactDedup, ExactDedupConfig, PhashDedup, PhashDedupConfig
+from diffkit.curate.filters import (
+    Governance,
+    GovernanceConfig,
+    Policy,
+    PolicyConfig,
+    PreFilter,
+    PreFilterConfig,
+)
+from diffkit.curate.ingest import Ingest, IngestConfig, read_input
+from diffkit.curate.schema import PIPELINE_VERSION, is_error_reason, pa
+from diffkit.curate.semdedup import SemDedup, SemDedupConfig
+from diffkit.curate.stage import Stage, StageContext, fingerprint_of
+from diffkit.curate.write import Write, WriteConfig
+
+log = logging.getLogger(__name__)
+
+STAGES: dict[str, tuple[type[Stage], str]] = {
+    "ingest": (Ingest, "ingest"),
+    "prefilter": (PreFilter, "prefilter"),
+    "exact_dedup": (ExactDedup, "exact_dedup"),
+    "governance": (Governance, "governance"),
+    "embed": (Embed, "embed"),
+    "safety": (Safety, "safety"),
+    "policy": (Policy, "policy"),
+    "phash_dedup": (PhashDedup, "phash_dedup"),
+    "emb_dedup": (SemDedup, "emb_dedup"),
+    "recaption": (Recaption, "recaption"),
+    "write": (Write, "write"),
+}
+DEFAULT_STAGES = tuple(STAGES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurateConfig:
+    """A whole curation run (what ``recipes/curate/*.yaml`` holds).
+
+    Attributes:
+        stages: Stage names in order; ``ingest`` first, ``write`` last. Options: ingest,
+            prefilter, exact_dedup, governance, embed, safety, policy, phash_dedup, emb_dedup,
+            recaption, write. The default puts the policy before the near-dup stages so that an
+            unsafe image is never chosen as a family's representative.
+        shard_size: Rows per shard (the unit of work and of resume).
+        ingest: Decode guards (IngestConfig).
+        prefilter: Size, aspect, bytes, entropy and alt-text rules (PreFilterConfig).
+        exact_dedup: Byte and pixel hashes (ExactDedupConfig).
+        governance: Domains, licences, takedowns (GovernanceConfig).
+        embed: Embedders (EmbedConfig).
+        safety: Safety scorers (SafetyConfig).
+        policy: Thresholds on scores (PolicyConfig).
+        phash_dedup: pHash near-dup (PhashDedupConfig).
+        emb_dedup: Embedding near-dup (SemDedupConfig).
+        recaption: Captioners, QC and fusion (RecaptionConfig).
+        write: Outputs (WriteConfig).
+    """
+
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    shard_size: int = 256
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    prefilter: PreFilterConfig = field(default_factory=PreFilterConfig)
+    exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    policy: PolicyConfig = field(
+        default_factory=lambda: PolicyConfig(max_scores={"score_proxy_marker": 0.5})
+    )
+    phash_dedup: PhashDedupConfig = field(default_factory=PhashDedupConfig)
+    emb_dedup: SemDedupConfig = field(default_factory=SemDedupConfig)
+    recaption: RecaptionConfig = field(default_factory=RecaptionConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+
+    def __post_init__(self):
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"stages has unknown stage(s) {unknown}; options: {list(STAGES)}")
+        if not self.stages or self.stages[0] != "ingest" or self.stages[-1] != "write":
+            raise ValueError(
+                f"stages must start with 'ingest' and end with 'write', got {list(self.stages)}"
+            )
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"stages lists a stage twice: {list(self.stages)}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> CurateConfig:
+    """CurateConfig from a YAML recipe plus dotted ``key=value`` overrides."""
+    from diffkit.config import apply_overrides, from_dict, load_yaml
+
+    data = load_yaml(path) if path else {}
+    return from_dict(CurateConfig, apply_overrides(data, list(overrides)))
+
+
+def _check_columns(stages: list[Stage]) -> None:
+    """Configuration errors that can be found before any work: policy thresholds on scores that
+    no stage writes, and embedding dedup without an embedder before it."""
+    produced: set[str] = set()
+    for st in stages:
+        if isinstance(st, Safety):
+            produced.update(st.output_columns())
+        if isinstance(st, Policy) and st.config.missing == "error":
+            for col in list(st.config.max_scores) + list(st.config.min_scores):
+                if col not in produced:
+                    raise ValueError(
+                        f"policy threshold on {col!r}, but no earlier stage writes it; "
+                        f"score columns available: {sorted(produced)}"
+                    )
+        if isinstance(st, Embed):
+            produced.add(st.column)
+        if isinstance(st, SemDedup) and not any(c.startswith("emb_") for c in produced):
+            raise ValueError("emb_dedup needs the `embed` stage before it in `stages`")
+
+
+@dataclass
+class StageRun:
+    """What the driver records about one stage in one run."""
+
+    name: str
+    fingerprint: str
+    kind: str
+    device: str
+    shards_run: int = 0
+    shards_skipped: int = 0
+    wall_s: float = 0.0
+
+
+class Pipeline:
+    """An ordered list of stages plus the run driver (resume, errors, stats)."""
+
+    def __init__(
+        self, stages: list[Stage], shard_size: int = 256, config: CurateConfig | None = None
+    ):
+        if not stages or not isinstance(stages[0], Ingest) or not isinstance(stages[-1], Write):
+            raise ValueError("a Pipeline must start with Ingest and end with Write")
+        self.stages = stages
+        self.shard_size = shard_size
+        self.config = config
+        _check_columns(stages)
+
+    @classmethod
+    def from_config(cls, cfg: CurateConfig) -> Pipeline:
+        stages = [STAGES[name][0](getattr(cfg, STAGES[name][1])) for name in cfg.stages]
+        return cls(stages, cfg.shard_size, cfg)
+
+    # ------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _input_fingerprint(table) -> str:
+        h = hashlib.sha256()
+        cols = [c for c in table.schema.names if c != "image"]
+        h.update(json.dumps(table.select(cols).to_pydict(), sort_keys=True, default=str).encode())
+        for b in table.column("image").to_pylist():
+            h.update(hashlib.sha256(b).digest() if b is not None else b"-")
+        return h.hexdigest()[:16]
+
+    def _shards(self, n: int) -> list[str]:
+        return [f"{i:05d}" for i in range((n + self.shard_size - 1) // self.shard_size or 1)]
+
+    # ------------------------------------------------------------------------------- run
+    def run(
+        self,
+        input_path: str | Path,
+        out_dir: str | Path,
+        executor=None,
+        *,
+        retry_failed: bool = False,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> dict:
+        """Run (or resume) the pipeline; returns the run summary written to ``stats.json``."""
+        from diffkit.curate.executors import LocalExecutor, ShardTask
+
+        executor = executor or LocalExecutor()
+        out = Path(out_dir)
+        table = read_input(input_path)  # configuration errors surface here, before any work
+        out.mkdir(parents=True, exist_ok=True)
+        prev = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+        attempt = int(prev.get("attempt", 0)) + (1 if retry_failed else 0)
+        fp = fingerprint_of(
+            PIPELINE_VERSION, "input", self._input_fingerprint(table), self.shard_size
+        )
+        shards = self._shards(table.num_rows)
+        in_dir = out / "work" / "00_input" / fp
+        for k, s in enumerate(shards):
+            if not (in_dir / "completions" / s).exists():
+                part = table.slice(k * self.shard_size, self.shard_size)
+                part = part.append_column(
+                    "status", pa().array(["keep"] * part.num_rows, pa().string())
+                )
+                part = part.append_column(
+                    "drop_stage", pa().array([None] * part.num_rows, pa().string())
+                )
+                part = part.append_column(
+                    "drop_reason", pa().array([None] * part.num_rows, pa().string())
+                )
+                _write_table(in_dir / f"{s}.parquet", part)
+                _touch(in_dir / "completions" / s)
+        retry = _failed_shards(out) if retry_failed else {}
+        ctx = StageContext(device="cpu", attempt=attempt, extra={"out_dir": str(out)})
+        runs, upstream, prev_dir = [], fp, in_dir
+        invalid: set[str] = set()  # shards invalidated by --retry-failed from some stage on
+        stage_dirs = []
+        for i, st in enumerate(self.stages, start=1):
+            sfp = st.fingerprint(upstream)
+            sdir = out / "work" / f"{i:02d}_{st.name}" / sfp
+            stage_dirs.append((st, sdir))
+            invalid |= set(retry.get(st.name, ()))
+            for s in invalid:
+                for m in (sdir / "completions" / s, sdir / "keys" / "completions" / s):
+                    m.unlink(missing_ok=True)
+            if invalid and st.kind == "global":
+                (sdir / "decisions.parquet").unlink(missing_ok=True)
+                shutil.rmtree(sdir / "completions", ignore_errors=True)
+            run = StageRun(st.name, sfp, st.kind, st.device())
+            t0 = time.perf_counter()
+            report = (lambda d, t, name=st.name: progress(name, d, t)) if progress else None
+            tasks = [
+                ShardTask(
+                    s,
+                    str(prev_dir / f"{s}.parquet"),
+                    str(sdir / f"{s}.parquet"),
+                    str(sdir / "completions" / s),
+                )
+                for s in shards
+            ]
+            if st.kind == "global":
+                key_tasks = [
+                    ShardTask(
+                        t.shard,
+                        t.in_path,
+                        str(sdir / "keys" / f"{t.shard}.parquet"),
+                        str(sdir / "keys" / "completions" / t.shard),
+                    )
+                    for t in tasks
+                ]
+                todo = [t for t in key_tasks if not Path(t.marker).exists()]
+                executor.run(st, "keys", todo, ctx, report)
+                dec = sdir / "decisions.parquet"
+                if not dec.exists():
+                    import pyarrow.parquet as pq
+
+                    keys = [pq.read_table(t.out_path) for t in key_tasks]
+                    _write_table(dec, st.reduce(keys))
+                todo = [t for t in tasks if not Path(t.marker).exists()]
+                executor.run(st, "apply", todo, ctx, report, decisions=str(dec))
+            else:
+                todo = [t for t in tasks if not Path(t.marker).exists()]
+                if st.kind == "sink":
+                    ctx.extra["fingerprint"] = sfp
+                executor.run(st, "sink" if st.kind == "sink" else "map", todo, ctx, report)
+            run.shards_run, run.shards_skipped = len(todo), len(tasks) - len(todo)
+            run.wall_s = time.perf_counter() - t0
+            runs.append(run)
+            upstream, prev_dir = sfp, sdir
+        sink, sink_dir = stage_dirs[-1]
+        files = [json.loads((sink_dir / f"{s}.json").read_text())["files"] for s in shards]
+        sink.finalize(out, files, sink_dir.name, table.num_rows)
+        summary = _summarise(out, stage_dirs, shards, runs, attempt, table.num_rows)
+        atomic_write_json(
+            out / "run.json",
+            {
+                "attempt": attempt,
+                "input": str(input_path),
+                "fingerprints": {r.name: r.fingerprint for r in runs},
+                "stage_dirs": [str(d.relative_to(out)) for _, d in stage_dirs],
+                "config": _cfg_dict(self.config),
+            },
+        )
+        return summary
+
+
+def _cfg_dict(cfg):
+    if cfg is None:
+        return None
+    from diffkit.curate.stage import _jsonable
+
+    return _jsonable(cfg)
+
+
+def _write_table(path: Path, table) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _touch(path: Path) -> None:
+    atomic_write_bytes(path, b"")
+
+
+def _failed_shards(out: Path) -> dict[str, set[str]]:
+    p = out / "errors.parquet"
+    if not p.is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    res: dict[str, set[str]] = {}
+    for r in pq.read_table(p).to_pylist():
+        res.setdefault(r["stage"], set()).add(r["shard"])
+    return res
+
+
+def _summarise(out: Path, stage_dirs, shards, runs, attempt: int, n_in: int) -> dict:
+    """Per-stage stats (rows in/kept/dropped by reason and source, timing) and errors.parquet."""
+    import pyarrow.parquet as pq
+
+    stats, errors = [], []
+    for (st, sdir), run in zip(stage_dirs, runs):
+        if st.kind == "sink":
+            continue
+        rows_in = kept = 0
+        by_reason: dict[str, int] = {}
+        by_source: dict[str, dict[str, int]] = {}
+        busy, n_rows = 0.0, 0
+        for s in shards:
+            t = pq.read_table(
+                sdir / f"{s}.parquet",
+                columns=["id", "source", "status", "drop_stage", "drop_reason"],
+            )
+            side = sdir / f"{s}.json"
+            if side.is_file():
+                info = json.loads(side.read_text())
+                busy += info.get("seconds", 0.0)
+                n_rows += info.get("rows", 0)
+            for r in t.to_pylist():
+                if r["drop_stage"] not in (None, st.name) and r["status"] == "drop":
+                    continue  # dropped upstream: not an input of this stage
+                rows_in += 1
+                if r["status"] == "keep":
+                    kept += 1
+                    continue
+                by_reason[r["drop_reason"]] = by_reason.get(r["drop_reason"], 0) + 1
+                src = by_source.setdefault(r["source"] or "", {})
+                src[r["drop_reason"]] = src.get(r["drop_reason"], 0) + 1
+                if is_error_reason(r["drop_reason"]):
+                    errors.append(
+                        {
+                            "stage": st.name,
+                            "shard": s,
+                            "id": r["id"],
+                            "reason": r["drop_reason"],
+                            "attempt": attempt,
+                        }
+                    )
+        stats.append(
+            {
+                "stage": st.name,
+                "kind": st.kind,
+                "fingerprint": run.fingerprint,
+                "device": run.device,
+                "rows_in": rows_in,
+                "kept": kept,
+                "dropped": rows_in - kept,
+                "dropped_by_reason": dict(sorted(by_reason.items())),
+                "dropped_by_source": {
+                    k: dict(sorted(v.items())) for k, v in sorted(by_source.items())
+                },
+                "shards_run": run.shards_run,
+                "shards_skipped": run.shards_skipped,
+                "wall_s": round(run.wall_s, 4),
+                "busy_s": round(busy, 4),
+                "rows_per_s": round(n_rows / busy, 2) if busy > 0 else None,
+            }
+        )
+    err_schema = pa().schema(
+        [
+            ("stage", pa().string()),
+            ("shard", pa().string()),
+            ("id", pa().string()),
+            ("reason", pa().string()),
+            ("attempt", pa().int64()),
+        ]
+    )
+    _write_table(out / "errors.parquet", pa().Table.from_pylist(errors, schema=err_schema))
+    manifest = json.loads((out / "manifest.json").read_text())
+    summary = {
+        "rows_in": n_in,
+        "kept": manifest["kept"],
+        "dropped": manifest["dropped"],
+        "errors": len(errors),
+        "attempt": attempt,
+        "stages": stats,
+        "load_avg": list(os.getloadavg()),
+    }
+    atomic_write_json(out / "stats.json", summary)
+    return summary
+
+
+def last_work_dir(out_dir: str | Path) -> Path | None:
+    """The last non-sink stage output folder of the latest run (rows with image bytes)."""
+    out = Path(out_dir)
+    run = json.loads((out / "run.json").read_text())
+    dirs = [out / d for d in run.get("stage_dirs", [])]
+    dirs = [d for d in dirs if "_write" not in d.parent.name and d.is_dir()]
+    return dirs[-1] if dirs else None
+
+
+def concat_work(folder: Path, columns=None):
+    import pyarrow.parquet as pq
+
+    parts = sorted(p for p in folder.glob("*.parquet") if p.name != "decisions.parquet")
+    return pa().concat_tables(
+        [pq.read_table(p, columns=columns) for p in parts], promote_options="permissive"
+    )

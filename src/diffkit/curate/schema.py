@@ -1,0 +1,121 @@
+"""The record schema, stable ids and tombstone helpers shared by every curation stage.
+
+One row per (image, text) pair; a dropped row is never deleted, it becomes a tombstone with
+``status="drop"``, ``drop_stage`` and ``drop_reason`` (MONET, arXiv 2605.21272, keeps a raw -> final
+funnel; we keep the rows so ``rows in == kept + dropped`` holds at every stage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+PIPELINE_VERSION = "diffkit-curate/1"
+INSTALL_HINT = "pip install 'diffkit[curate]'"
+
+# Input columns: `source_key` is required; either `image` (bytes) or `uri` must be present.
+INPUT_COLUMNS = ("source", "source_key", "url", "uri", "license", "license_url", "alt_text")
+
+# Reason codes (a row error is recorded as "error:<stage>:<ExceptionName>").
+REASONS = (
+    "decode_error",
+    "truncated",
+    "decompression_bomb",
+    "zero_bytes",
+    "wrong_mime",
+    "min_side",
+    "min_area",
+    "aspect",
+    "min_bytes",
+    "low_entropy",
+    "alt_text_rule",
+    "exact_dup",
+    "blocked_domain",
+    "license",
+    "takedown",
+    "phash_dup",
+    "emb_dup",
+    "nsfw",
+    "unsafe_text",
+    "caption_failed",
+)
+
+
+def pa():
+    """pyarrow, imported lazily with an install hint."""
+    try:
+        import pyarrow
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"diffkit.curate needs pyarrow: {INSTALL_HINT}") from e
+    return pyarrow
+
+
+def require(module: str, what: str):
+    """Import an optional dependency or raise an ImportError naming the extra to install."""
+    import importlib
+    import logging
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{what} needs the `{module}` package: {INSTALL_HINT}") from e
+
+
+def stable_id(source: str, source_key: str) -> str:
+    """A stable 128-bit id of (source, source_key) (blake2b-128; the spec names xxh128, which is not
+    installed here: any stable 128-bit hash of the pair serves the same purpose)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(source.encode("utf-8", "surrogateescape"))
+    h.update(b"\x00")
+    h.update(source_key.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def alive(table) -> Any:
+    """Boolean numpy mask of rows still kept."""
+    import numpy as np
+
+    return np.asarray(table.column("status").to_numpy(zero_copy_only=False) == "keep")
+
+
+def set_column(table, name: str, values, type=None):
+    """Replace or append column ``name``."""
+    arr = (
+        values if isinstance(values, (pa().Array, pa().ChunkedArray)) else pa().array(values, type)
+    )
+    i = table.schema.get_field_index(name)
+    if i >= 0:
+        return table.set_column(i, name, arr)
+    return table.append_column(name, arr)
+
+
+def drop_rows(table, mask, stage: str, reasons) -> Any:
+    """Tombstone rows where ``mask`` is true and the row is still kept.
+
+    ``reasons`` is one string or a per-row sequence. Already-dropped rows keep their first reason.
+    """
+    import numpy as np
+
+    mask = np.asarray(mask, bool) & alive(table)
+    if not mask.any():
+        return table
+    n = table.num_rows
+    reasons = [reasons] * n if isinstance(reasons, str) else list(reasons)
+    status = table.column("status").to_pylist()
+    dstage = table.column("drop_stage").to_pylist()
+    dreason = table.column("drop_reason").to_pylist()
+    for i in np.flatnonzero(mask):
+        status[i], dstage[i], dreason[i] = "drop", stage, reasons[i]
+    table = set_column(table, "status", status, pa().string())
+    table = set_column(table, "drop_stage", dstage, pa().string())
+    return set_column(table, "drop_reason", dreason, pa().string())
+
+
+def is_error_reason(reason: str | None) -> bool:
+    return bool(reason) and reason.startswith("error:")
+
+
+def error_reason(stage: str, exc: BaseException) -> str:
+    return f"error:{stage}:{type(exc).__name__}"

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from diffkit.curate.dedup import (
+    ExactDedup,
+    PhashDedupConfig,
+    brute_force_pairs,
+    choose_bands,
+    near_pairs,
+    phash_clusters,
+    union_find,
+)
+from diffkit.curate.semdedup import SemDedupConfig, semdedup
+
+
+def _hashes(n, n_near, k, seed=0):
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(
+        0, 2, n
+    ).astype(np.uint64)
+    for _ in range(n_near):  # plant near pairs at distance 0..k+2
+        i, j = rng.integers(n, size=2)
+        bits = rng.choice(64, size=int(rng.integers(0, k + 3)), replace=False)
+        h[j] = h[i] ^ np.uint64(sum(1 << int(b) for b in bits))
+    return h
+
+
+@pytest.mark.parametrize("k,bands", [(0, None), (3, None), (6, None), (8, 9), (8, 3), (10, None)])
+def test_multi_index_lookup_equals_brute_force(k, bands):
+    h = _hashes(3000, 300, k)
+    a = near_pairs(h, k, bands)
+    b = brute_force_pairs(h, k)
+    assert len(b[0]) > 50
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_choose_bands_grows_key_length_with_n():
+    assert choose_bands(1000, 8) >= choose_bands(1_000_000, 8)
+    assert 1 <= choose_bands(10, 0) <= 1
+
+
+def test_union_find_roots_are_smallest_members():
+    roots = union_find(6, np.array([3, 1, 4]), np.array([4, 2, 5]))
+    assert roots.tolist() == [0, 1, 1, 3, 3, 3]
+
+
+def test_degenerate_bucket_is_kept_apart():
+    h = np.array([0b1111, 0b1111, 0b1110, 0b1111], np.uint64)
+    ent = np.array([5.0, 5.0, 0.5, 0.5])
+    cfg = PhashDedupConfig(max_distance=4, degenerate_entropy=2.5, verify_dhash_distance=-1)
+    roots = phash_clusters(h, ent, cfg)
+    assert roots.tolist() == [0, 0, 2, 3]  # degenerate rows: exact only, never merged with others
+
+
+def _keys(rows):
+    return pa.Table.from_pylist(rows)
+
+
+def test_exact_dedup_representative_is_deterministic():
+    from diffkit.curate.dedup import ExactDedupConfig
+
+    st = ExactDedup(ExactDedupConfig(source_priority=("good",)))
+    hb, hp = b"a" * 32, b"p" * 32
+    base = dict(status="keep", drop_stage=None, drop_reason=None, sha256_pixels=hp, alt_text="x")
+    rows = [
+        dict(id="b", source="other", width=300, height=300, sha256_bytes=hb, **base),
+        dict(id="a", source="other", width=100, height=100, sha256_bytes=b"z" * 32, **base),
+        dict(id="c", source="good", width=50, height=50, sha256_bytes=hb, **base),
+    ]
+    t = _keys(rows)
+    for split in ([t], [t.slice(0, 1), t.slice(1)], [t.slice(2), t.slice(0, 2)]):
+        dec = st.reduce([st.emit_keys(x) for x in split])
+        kept = sorted(
+            i for i, d in zip(dec.column("id").to_pylist(), dec.column("drop").to_pylist()) if not d
+        )
+        assert kept == ["c"]  # source priority beats size; same pixels -> one group
+    out = st.apply(t, dec)
+    assert out.column("drop_reason").to_pylist() == ["exact_dup", "exact_dup", None]
+
+
+def test_semdedup_drops_near_copies_keeps_distinct():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(40, 16)).astype(np.float32)
+    noisy = base[:10] + 0.01 * rng.normal(size=(10, 16)).astype(np.float32)
+    x = np.concatenate([base, noisy])
+    cluster, nn, drop, dup_of = semdedup(x, SemDedupConfig(threshold=0.99, n_clusters=3, seed=0))
+    assert drop[:40].sum() == 0 and drop[40:].all()
+    assert (dup_of[40:] == np.arange(10)).all()
+    assert (nn[40:] > 0.99).all() and len(cluster) == 50

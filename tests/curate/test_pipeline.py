@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pyarrow.parquet as pq
+import pytest
+
+from diffkit.core.io import sha256_file
+from diffkit.curate.evaluate import evaluate_dedup, load_outputs
+from diffkit.curate.executors import LocalExecutor
+from diffkit.curate.pipeline import Pipeline, load_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus, tmp_path_factory, small_config):
+    out = tmp_path_factory.mktemp("run") / "out"
+    summary = Pipeline.from_config(small_config()).run(corpus, out)
+    return out, summary
+
+
+def test_every_row_accounted_for(run_dir, corpus):
+    out, summary = run_dir
+    gt = pq.read_table(corpus / "ground_truth.parquet")
+    rows = load_outputs(out)
+    assert (
+        summary["rows_in"] == gt.num_rows == rows.num_rows == summary["kept"] + summary["dropped"]
+    )
+    assert len(set(rows.column("id").to_pylist())) == rows.num_rows  # nothing duplicated
+    for st in summary["stages"]:
+        assert st["rows_in"] == st["kept"] + st["dropped"]
+    # stage chain: each stage's input is the previous stage's kept count
+    for a, b in zip(summary["stages"], summary["stages"][1:]):
+        assert b["rows_in"] == a["kept"]
+
+
+def test_planted_rows_get_their_reasons(run_dir, corpus):
+    out, _ = run_dir
+    got = {r["source_key"]: r for r in load_outputs(out).to_pylist()}
+    for g in pq.read_table(corpus / "ground_truth.parquet").to_pylist():
+        r = got[g["source_key"]]
+        if g["expect_reason"]:
+            assert r["drop_reason"] == g["expect_reason"], (g, r["drop_reason"])
+        if g["role"] in ("exact_bytes", "exact_pixels"):
+            assert r["status"] == "drop"
+        if g["role"] == "caption" and g["expect"] == "keep":
+            assert r["status"] == "keep", r
+
+
+def test_dedup_quality_on_small_corpus(run_dir, corpus):
+    m = evaluate_dedup(run_dir[0], corpus)
+    assert m["false_merges"] == 0
+    assert m["pairwise_precision"] >= 0.95
+    assert m["per_transform_recall"]["exact_bytes"]["recall"] == 1.0
+
+
+def test_outputs_tars_and_manifest(run_dir):
+    out, summary = run_dir
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["kept"] == summary["kept"] and man["rows_in"] == summary["rows_in"]
+    for e in man["files"]:
+        assert sha256_file(out / e["path"]) == e["sha256"]
+    tars = sorted((out / "wds").glob("*.tar"))
+    assert tars and not list((out / "wds").glob("*.tmp"))
+    n = 0
+    for t in tars:
+        with tarfile.open(t) as tf:
+            names = tf.getnames()
+            n += sum(x.endswith(".json") for x in names)
+            meta = json.loads(tf.extractfile([x for x in names if x.endswith(".json")][0]).read())
+            assert meta["status"] == "keep" and "caption_fused" in meta
+    assert n == summary["kept"]
+    wds = pytest.importorskip("webdataset")
+    samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False))
+    assert len(samples) == summary["kept"]
+    assert (out / "index.faiss").is_file()
+    kept = pq.read_table(out / "kept")
+    assert "image" not in kept.schema.names and set(kept.column("status").to_pylist()) == {"keep"}
+    assert (out / "report").exists() is False  # report is built on demand
+
+
+def test_rerun_skips_everything_and_is_identical(run_dir, corpus, small_config):
+    out, _ = run_dir
+    before = (out / "manifest.json").read_bytes()
+    s = Pipeline.from_config(small_config()).run(corpus, out)
+    assert all(st["shards_run"] == 0 for st in s["stages"])
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_changed_threshold_reruns_only_downstream(corpus, tmp_path, small_config):
+    out = tmp_path / "o"
+    Pipeline.from_config(small_config()).run(corpus, out)
+    s = Pipeline.from_config(small_config(**{"phash_dedup.max_distance": 4})).run(corpus, out)
+    ran = {st["stage"]: st["shards_run"] for st in s["stages"]}
+    upstream = ("ingest", "prefilter", "exact_dedup", "governance", "embed", "safety", "policy")
+    assert all(ran[k] == 0 for k in upstream)
+    assert ran["phash_dedup"] > 0 and ran["emb_dedup"] > 0 and ran["recaption"] > 0
+
+
+def test_process_pool_matches_in_process(corpus, tmp_path, run_dir, small_config):
+    out = tmp_path / "pool"
+    ex = LocalExecutor(workers=2)
+    Pipeline.from_config(small_config()).run(corpus, out, ex)
+    ex.close()
+    assert (out / "manifest.json").read_bytes() == (run_dir[0] / "manifest.json").read_bytes()
+
+
+def test_config_errors_before_work(corpus, tmp_path, small_config, recipe):
+    with pytest.raises(ValueError, match="policy threshold"):
+        Pipeline.from_config(small_config(**{"policy.max_scores": "{score_nope: 0.5}"}))
+    with pytest.raises(ValueError, match="unknown stage"):
+        load_config(recipe, ["stages=[ingest, nope, write]"])
+    with pytest.raises(ValueError, match="start with 'ingest'"):
+        load_config(recipe, ["stages=[prefilter, write]"])
+    with pytest.raises(ValueError, match="emb_dedup needs"):
+        Pipeline.from_config(small_config(stages="[ingest, emb_dedup, write]"))
+    with pytest.raises(ValueError, match="min_side"):
+        load_config(recipe, ["prefilter.min_side=-1"])
+    with pytest.raises(FileNotFoundError):
+        Pipeline.from_config(small_config()).run(tmp_path / "missing", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
