@@ -88,6 +88,22 @@ _REGISTRY: dict[str, ZooEntry] = {
             depends_on=("digits-patch-tokenizer", "digits-maskgit", "digits-lifter"),
         ),
         # --- attention (issue 5) ---
+        ZooEntry(
+            "moving-digits-wan",
+            "diffkit.models.moving_digits_wan",
+            "diffkit.zoo.moving_digits_wan",
+            "Tiny diffusers WanTransformer3DModel (3 layers, 2 heads x 32) trained by rectified "
+            "flow on one-digit moving-digit videos: 8x32x32 pixels -> 2,048 tokens.",
+            depends_on=("digit-classifier",),
+        ),
+        ZooEntry(
+            "moving-digits-wan-ropeslr",
+            "diffkit.attention.pretrained",
+            "diffkit.zoo.moving_digits_wan_ropeslr",
+            "moving-digits-wan with RoPeSLR self-attention (density 0.1) after stage-1 alignment; "
+            "stores only the new RoPeSLR parameters.",
+            depends_on=("moving-digits-wan", "digit-classifier"),
+        ),
         # --- quantize (issue 6) ---
         ZooEntry(
             "moving-digits-causal",

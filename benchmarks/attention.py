@@ -1,0 +1,457 @@
+"""Benchmark of RoPeSLR (diffkit.attention) against dense SDPA, in one run per part.
+
+(a) speed: attention FLOPs (analytic, spec b.6; cross-checked with torch.utils.flop_counter at
+    the smallest L) and CPU wall time vs ``scaled_dot_product_attention`` (4-D input), selection
+    included, measurements interleaved method by method, median of ``--reps`` after warm-up.
+(b) error vs density on held-out q/k/v of the tiny Wan zoo model: sparse-only, an SLA-style
+    sparse + linear baseline (projection fitted by least squares on training q/k/v), RoPeSLR
+    before and after stage-1 alignment: relative L2, cosine, attention-mass recall.
+(c) sample quality of the tiny Wan model (evaluation-network FID/KID, per-frame digit accuracy):
+    dense vs spike-only vs RoPeSLR, same seeds.
+
+    python benchmarks/attention.py --part a --part b --part c
+Writes benchmarks/results/attention*.json|png|md. Records os.getloadavg() and the device.
+"""
+
+# ruff: noqa: B023  (the timing lambdas run inside the loop iteration that defines them)
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diffkit.attention import RoPeSLRConfig, RoPeSLRParams, ropeslr_attention
+from diffkit.attention.profiler import analytic_flops, counted_flops
+
+RESULTS = Path(__file__).parent / "results"
+warnings.filterwarnings("ignore")
+
+
+def _env() -> dict:
+    return {
+        "device": "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def _grid(L: int) -> tuple[int, int, int]:
+    f = {4096: (16, 16, 16), 8192: (8, 32, 32), 16384: (16, 32, 32), 32768: (32, 32, 32)}
+    return f.get(L, (1, 1, L))
+
+
+# ----------------------------------------------------------------------------- (a) speed
+def part_a(lengths, dims, densities, reps, block, tile, heads, device) -> list[dict]:
+    rows = []
+    for d in dims:
+        for L in lengths:
+            if L == 32768 and d == 128 and device == "cpu":
+                continue  # see the reduction note in the results
+            grid = _grid(L)
+            g = torch.Generator().manual_seed(0)
+            q, k, v, qp, kp = (
+                torch.randn(1, heads, L, d, generator=g).to(device) for _ in range(5)
+            )
+            cfgs = {
+                rho: RoPeSLRConfig(
+                    density=rho,
+                    block_size=block,
+                    tile=tile,
+                    backend="flex",
+                    rank=0,
+                    rank_ref_tokens=L,
+                )
+                for rho in densities
+            }
+            params = RoPeSLRParams(cfgs[densities[0]], heads, d).to(device)
+            fns = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v)}
+            for rho, c in cfgs.items():
+                fns[f"ropeslr@{rho}"] = lambda c=c: ropeslr_attention(
+                    q, k, v, config=c, params=params, q_pre=qp, k_pre=kp, grid=grid
+                )
+                fns[f"spike@{rho}"] = lambda c=c: ropeslr_attention(
+                    q, k, v, config=RoPeSLRConfig(**{**c.__dict__, "background": False}), grid=grid
+                )
+            first = {}
+            with torch.no_grad():
+                for name, fn in fns.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    first[name] = time.perf_counter() - t0
+                times = {name: [] for name in fns}
+                n_rep = reps if L <= 16384 else max(3, reps // 2)
+                for _ in range(n_rep):  # interleaved: every method once per round
+                    for name, fn in fns.items():
+                        if device != "cpu":
+                            torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        fn()
+                        if device != "cpu":
+                            torch.cuda.synchronize()
+                        times[name].append(time.perf_counter() - t0)
+            base = statistics.median(times["sdpa"])
+            n = -(-L // block)
+            for name in fns:
+                rho = None if name == "sdpa" else float(name.split("@")[1])
+                med = statistics.median(times[name])
+                row = {
+                    "L": L,
+                    "d": d,
+                    "heads": heads,
+                    "method": name.split("@")[0],
+                    "density": rho,
+                    "median_s": med,
+                    "first_call_s": first[name],
+                    "speedup_vs_sdpa": base / med,
+                    "reps": len(times[name]),
+                    "loadavg": os.getloadavg()[0],
+                }
+                if rho is not None:
+                    kb = max(1, min(n, math.ceil(round(rho * n, 9))))
+                    fl = analytic_flops(L, d, kb, block, params.rank, name.startswith("ropeslr"))
+                    row.update(flop_reduction=fl["reduction"], k_blocks=kb)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def flop_crosscheck(L=4096, d=64, rho=0.1, block=128, tile=(4, 4, 8)) -> dict:
+    g = torch.Generator().manual_seed(0)
+    q, k, v, qp, kp = (torch.randn(1, 1, L, d, generator=g) for _ in range(5))
+    c = RoPeSLRConfig(
+        density=rho, block_size=block, tile=tile, backend="reference", rank_ref_tokens=L
+    )
+    p = RoPeSLRParams(c, 1, d)
+    with torch.no_grad():
+        counted = counted_flops(
+            lambda: ropeslr_attention(
+                q, k, v, config=c, params=p, q_pre=qp, k_pre=kp, grid=_grid(L)
+            )
+        )
+    n = -(-L // block)
+    an = analytic_flops(L, d, math.ceil(rho * n), block, p.rank)
+    return {
+        "L": L,
+        "d": d,
+        "density": rho,
+        "counted": counted,
+        "analytic_total": an["total"],
+        "analytic_dense": an["dense"],
+        "ratio_counted_over_analytic": counted / an["total"],
+        "reduction_counted": an["dense"] / counted,
+    }
+
+
+# ----------------------------------------------------------------------------- (b) error
+def capture_qkv(model, batch_videos, labels, sigmas, seed=0):
+    """Per layer: list of (q, k, v, q_pre, k_pre) post/pre-RoPE (B, H, L, d) from dense forwards."""
+    from diffkit.attention.processors import ropeslr_state
+    from diffkit.core.schedules import FlowMatching
+    from diffkit.models import moving_digits_wan as mdw
+
+    st = ropeslr_state(model)
+    store = {}
+    procs = [m.processor for n, m in model.named_modules() if n.endswith("attn1")]
+    originals = []
+    for p in procs:
+        orig = p._attend
+        originals.append(orig)
+
+        def rec(q, k, v, q_pre, k_pre, grid, sink=(None, None, None), p=p):
+            store.setdefault(p.layer, []).append(
+                [t.detach().clone() for t in (q, k, v, q_pre, k_pre)]
+            )
+            return F.scaled_dot_product_attention(q, k, v)
+
+        object.__setattr__(p, "_attend", rec)
+    sched = FlowMatching(shift=2.0)
+    g = torch.Generator().manual_seed(seed)
+    x0 = mdw.to_model(batch_videos)
+    with torch.no_grad():
+        for s in sigmas:
+            t = torch.full((len(x0),), s)
+            xt = sched.add_noise(x0, torch.randn(x0.shape, generator=g), t)
+            model(
+                xt,
+                sched.model_t(t),
+                mdw.condition(labels, model.config.text_dim),
+                return_dict=False,
+            )
+    for p, o in zip(procs, originals):
+        object.__setattr__(p, "_attend", o)
+    return store, st.grid
+
+
+def _metrics(out, ref):
+    rel = float((out - ref).norm() / ref.norm())
+    cos = float(F.cosine_similarity(out.flatten(2), ref.flatten(2), dim=-1).mean())
+    return rel, cos
+
+
+def sla_fit(samples, cfg, grid):
+    """SLA-style baseline: o = o_sparse + (phi(q) (phi(k)^T v) / phi(q).sum(phi(k))) W, phi =
+    softmax over features, linear branch over ALL keys (as in the SLA code); W (per head, d x d)
+    fitted by least squares to the residual on training samples."""
+    xs, ys = [], []
+    for q, k, v, *_ in samples:
+        o_s = ropeslr_attention(
+            q, k, v, config=RoPeSLRConfig(**{**cfg.__dict__, "background": False}), grid=grid
+        )
+        lin = _linear(q, k, v)
+        xs.append(lin)
+        ys.append(F.scaled_dot_product_attention(q, k, v) - o_s)
+    X = torch.cat(xs, 0).transpose(0, 1).flatten(1, 2).double()  # (H, N, d)
+    Y = torch.cat(ys, 0).transpose(0, 1).flatten(1, 2).double()
+    # Linear-attention outputs are nearly collinear: solve in fp64 with a relative ridge.
+    xtx = X.transpose(1, 2) @ X
+    lam = 1e-3 * xtx.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(X.shape[-1])
+    return torch.linalg.solve(xtx + lam, X.transpose(1, 2) @ Y).float()  # (H, d, d)
+
+
+def _linear(q, k, v):
+    pq, pk = torch.softmax(q, -1), torch.softmax(k, -1)
+    kv = pk.transpose(-1, -2) @ v
+    z = pq @ pk.sum(2, keepdim=True).transpose(-1, -2)
+    return (pq @ kv) / z
+
+
+def part_b(densities, n_train=4, n_test=4) -> dict:
+    from diffkit import models
+    from diffkit.attention.layout import selection_mask
+    from diffkit.attention.ropeslr import plan_blocks
+    from diffkit.data import make_moving_digits
+    from diffkit.zoo.moving_digits_wan import video_config
+
+    model = models.load("moving-digits-wan-ropeslr")
+    trained = {
+        m.processor.layer: m.processor.params
+        for n, m in model.named_modules()
+        if n.endswith("attn1")
+    }
+    base_cfg = model.blocks[0].attn1.processor.config
+    tr = make_moving_digits(n_train, video_config("train"), seed=101)
+    te = make_moving_digits(n_test, video_config("test"), seed=202)
+    sig = [0.9, 0.6, 0.3]
+    train_qkv, grid = capture_qkv(model, tr.videos, tr.labels[:, 0], sig, seed=1)
+    test_qkv, _ = capture_qkv(model, te.videos, te.labels[:, 0], sig, seed=2)
+    torch.manual_seed(0)
+    fresh = {i: RoPeSLRParams(base_cfg, p.heads, p.head_dim) for i, p in trained.items()}
+    rows = []
+    for rho in densities:
+        cfg = RoPeSLRConfig(**{**base_cfg.__dict__, "density": rho})
+        acc = {m: [] for m in ("sparse_only", "sla_style", "ropeslr_init", "ropeslr_aligned")}
+        recall = []
+        for layer in sorted(test_qkv):
+            W = sla_fit(train_qkv[layer], cfg, grid)
+            for q, k, v, qp, kp in test_qkv[layer]:
+                ref = F.scaled_dot_product_attention(q, k, v)
+                spk = RoPeSLRConfig(**{**cfg.__dict__, "background": False})
+                o_s = ropeslr_attention(q, k, v, config=spk, grid=grid)
+                acc["sparse_only"].append(_metrics(o_s, ref))
+                sla = o_s + torch.einsum("bhld,hde->bhle", _linear(q, k, v), W)
+                acc["sla_style"].append(_metrics(sla, ref))
+                for name, prm in (
+                    ("ropeslr_init", fresh[layer]),
+                    ("ropeslr_aligned", trained[layer]),
+                ):
+                    with torch.no_grad():
+                        o = ropeslr_attention(
+                            q, k, v, config=cfg, params=prm, q_pre=qp, k_pre=kp, grid=grid
+                        )
+                    acc[name].append(_metrics(o, ref))
+                plan = plan_blocks(q, k, cfg, grid)
+                qq, kk = q[:, :, plan.perm], k[:, :, plan.perm]
+                P = torch.softmax(qq @ kk.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1)
+                m = selection_mask(plan.idx, plan.valid, plan.n).repeat_interleave(
+                    cfg.block_size, -1
+                )
+                m = m.repeat_interleave(cfg.block_size, -2)[..., : q.shape[2], : q.shape[2]]
+                recall.append(float((P * m).sum(-1).mean()))
+        row = {"density": rho, "mass_recall": statistics.mean(recall)}
+        for name, vals in acc.items():
+            row[f"{name}_rel_l2"] = statistics.mean(v[0] for v in vals)
+            row[f"{name}_cosine"] = statistics.mean(v[1] for v in vals)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {
+        "rows": rows,
+        "grid": grid,
+        "layers": len(test_qkv),
+        "samples_per_layer": len(sig) * n_test,
+        "sigmas": sig,
+        "note": "toy model: tiny Wan trained on moving digits on this CPU",
+    }
+
+
+# ----------------------------------------------------------------------------- (c) quality
+def part_c(n: int, steps: int) -> dict:
+    from diffkit import models
+    from diffkit.attention.processors import ropeslr_state
+    from diffkit.zoo.moving_digits_wan import evaluate
+
+    out = {}
+    dense = models.load("moving-digits-wan")
+    out["dense"] = evaluate(dense, seed=0, n=n, steps=steps)
+    rs = models.load("moving-digits-wan-ropeslr")
+    out["ropeslr_aligned"] = evaluate(rs, seed=0, n=n, steps=steps)
+    st = ropeslr_state(rs)
+    for m in rs.modules():
+        if hasattr(m, "processor") and hasattr(m.processor, "params"):
+            object.__setattr__(
+                m.processor,
+                "config",
+                RoPeSLRConfig(**{**m.processor.config.__dict__, "background": False}),
+            )
+    out["spike_only"] = evaluate(rs, seed=0, n=n, steps=steps)
+    del st
+    for k, v in out.items():
+        print(k, json.dumps(v), flush=True)
+    return out
+
+
+def _plots_and_table(res: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    md = [
+        "# RoPeSLR benchmark (`benchmarks/attention.py`)",
+        "",
+        f"Environment: `{json.dumps(res['env'])}`",
+        "",
+    ]
+    if "speed" in res:
+        rows = res["speed"]
+        md += [
+            "## (a) attention speed vs dense SDPA",
+            "",
+            "| L | d | density | method | median s | speedup vs SDPA | analytic FLOP reduction |",
+            "|---:|---:|---:|---|---:|---:|---:|",
+        ]
+        for r in rows:
+            if r["method"] == "sdpa":
+                md.append(f"| {r['L']} | {r['d']} | 1 | sdpa | {r['median_s']:.3f} | 1.00 | 1.0 |")
+            else:
+                md.append(
+                    f"| {r['L']} | {r['d']} | {r['density']} | {r['method']} | {r['median_s']:.3f} | "
+                    f"{r['speedup_vs_sdpa']:.2f} | {r['flop_reduction']:.1f} |"
+                )
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for d in sorted({r["d"] for r in rows}):
+            for rho in sorted({r["density"] for r in rows if r["density"]}):
+                pts = [
+                    (r["L"], r["speedup_vs_sdpa"])
+                    for r in rows
+                    if r["d"] == d and r["density"] == rho and r["method"] == "ropeslr"
+                ]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=f"RoPeSLR d={d} rho={rho}")
+        ax.axhline(1, color="k", lw=0.5)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens L")
+        ax.set_ylabel("speedup vs SDPA (wall time)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "attention_speed.png", dpi=110)
+        if "flop_crosscheck" in res:
+            md += ["", f"FLOP counter cross-check: `{json.dumps(res['flop_crosscheck'])}`"]
+    if "error" in res:
+        rows = res["error"]["rows"]
+        md += [
+            "",
+            "## (b) error vs density (held-out q/k/v of the tiny Wan model; toy-model results)",
+            "",
+            "| density | mass recall | sparse-only | SLA-style | RoPeSLR init | RoPeSLR aligned |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            md.append(
+                f"| {r['density']} | {r['mass_recall']:.3f} | {r['sparse_only_rel_l2']:.4f} | "
+                f"{r['sla_style_rel_l2']:.4f} | {r['ropeslr_init_rel_l2']:.4f} | {r['ropeslr_aligned_rel_l2']:.4f} |"
+            )
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in ("sparse_only", "sla_style", "ropeslr_init", "ropeslr_aligned"):
+            ax.plot(
+                [r["density"] for r in rows],
+                [r[f"{name}_rel_l2"] for r in rows],
+                marker="o",
+                label=name,
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("density")
+        ax.set_ylabel("relative L2 error vs dense")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "attention_error.png", dpi=110)
+    if "quality" in res:
+        md += [
+            "",
+            "## (c) tiny Wan sample quality (same seeds)",
+            "",
+            "| attention | FID | KID | frame accuracy |",
+            "|---|---:|---:|---:|",
+        ]
+        for k, v in res["quality"].items():
+            md.append(f"| {k} | {v['fid']:.2f} | {v['kid']:.4f} | {v['frame_accuracy']:.3f} |")
+    (RESULTS / "attention.md").write_text("\n".join(md) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", action="append", choices=["a", "b", "c"])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
+    ap.add_argument("--dims", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--tile", type=int, nargs=3, default=[4, 4, 8])
+    ap.add_argument("--heads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quality-videos", type=int, default=20)
+    ap.add_argument("--quality-steps", type=int, default=20)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "attention.json"
+    res = json.loads(path.read_text()) if path.is_file() else {}
+    res["env"] = _env()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    parts = args.part or ["a", "b", "c"]
+    if "a" in parts:
+        res["speed"] = part_a(
+            args.lengths,
+            args.dims,
+            args.densities,
+            args.reps,
+            args.block,
+            tuple(args.tile),
+            args.heads,
+            device,
+        )
+        res["flop_crosscheck"] = flop_crosscheck()
+        res["speed_settings"] = vars(args)
+    if "b" in parts:
+        res["error"] = part_b([1.0, 0.5, 0.3, 0.2, 0.1, 0.05])
+    if "c" in parts:
+        res["quality"] = part_c(args.quality_videos, args.quality_steps)
+    res["env"]["loadavg_end"] = os.getloadavg()
+    path.write_text(json.dumps(res, indent=1))
+    _plots_and_table(res)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

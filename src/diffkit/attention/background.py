@@ -1,0 +1,252 @@
+"""RoPeSLR's background path and merge (arXiv 2605.20659; spec b.3-b.4).
+
+The paper's "RoPE dilemma": linear attention on post-RoPE q/k loses 3D RoPE's relative-position
+structure. RoPeSLR instead uses a *head-wise low-rank* parameterisation of pre-RoPE (normed) q/k,
+c = SiLU(q U^h), plus a learnable 3D *absolute* position embedding P(t, h, w) whose inner product
+is a translation-invariant kernel:
+
+    P_a(x) . P_a(x') = sum_m alpha_{a,m}^2 cos(omega_{a,m} (x - x'))      (fourier mode; Bochner)
+
+so phi_q(i) . phi_k(j) = <c_i, c_j> + gamma<c_i, P_j> + gamma<P_i, c_j> + gamma^2 kappa(Delta_ij)
+synthesises relative distance decay inside an O(L) path. The background covers only the
+*complement* of the spike blocks (per-block states S_J = Phi_J^T V_J; S~_I = S - sum_{J in sel(I)}
+S_J), so at density 1 it vanishes and RoPeSLR equals dense attention. Merge (RoLa-style):
+o = rms(o_s) (o_s / rms(o_s) + g RMSNorm(phi_q S~)), g = sigmoid(w . q_h + b_h).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffkit.attention.config import RoPeSLRConfig
+from diffkit.attention.sparse import gather_blocks
+from diffkit.core.rope import split_3d
+
+log = logging.getLogger(__name__)
+
+
+def fourier_frequencies(num: int, max_len: int) -> torch.Tensor:
+    """``num`` angular frequencies log-spaced from pi / (2 N_max) to pi / 2."""
+    lo, hi = math.pi / (2 * max_len), math.pi / 2
+    if num == 1:
+        return torch.tensor([lo])
+    return torch.logspace(math.log10(lo), math.log10(hi), num, dtype=torch.float64).float()
+
+
+def fourier_ape(
+    positions: torch.Tensor, omegas: list[torch.Tensor], alphas: list[torch.Tensor]
+) -> torch.Tensor:
+    """P(t, h, w) = [P_t ; P_h ; P_w], P_a(x) = [alpha cos(omega x), alpha sin(omega x)].
+
+    positions (L, 3); omegas[a] (m_a,); alphas[a] (H, m_a) -> (H, L, sum 2 m_a).
+    """
+    parts = []
+    for a in range(3):
+        ang = positions[:, a, None].to(omegas[a].dtype) * omegas[a]  # (L, m)
+        al = alphas[a][:, None, :]  # (H, 1, m)
+        parts += [al * ang.cos(), al * ang.sin()]
+    return torch.cat(parts, -1)
+
+
+def feature_map(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "silu":
+        return F.silu(x)
+    if kind == "elu1":
+        return F.elu(x) + 1
+    raise ValueError(f"feature_map {kind!r} is not supported; use 'silu' or 'elu1'")
+
+
+def rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+
+
+class RoPeSLRParams(nn.Module):
+    """The new, learnable parameters of one attention layer (spec b.3-b.5).
+
+    U_q, U_k (H or 1, d, r); APE (fourier: beta (H, r/2), optional omega; table: E_a); per-head
+    pe_scale gamma (H,); gate w (H, d) zero-initialised and b (H,); mass-merge log lambda (H,).
+    About H (2 d r + r + d + 1) numbers per layer.
+    """
+
+    def __init__(self, config: RoPeSLRConfig, heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.config, self.heads, self.head_dim = config, heads, head_dim
+        r = config.rank_for(head_dim)
+        try:
+            self.axis_dims = split_3d(r)
+        except ValueError as e:
+            raise ValueError(f"RoPeSLR rank r={r} cannot be split over (t, h, w): {e}") from None
+        self.rank = r
+        hu = 1 if config.share_across_heads else heads
+        self.u_q = nn.Parameter(torch.randn(hu, head_dim, r) / math.sqrt(head_dim))
+        self.u_k = nn.Parameter(torch.randn(hu, head_dim, r) / math.sqrt(head_dim))
+        self.pe_scale = nn.Parameter(torch.full((heads,), float(config.pe_scale_init)))
+        self.gate_w = nn.Parameter(torch.zeros(heads, head_dim))
+        self.gate_b = nn.Parameter(torch.full((heads,), float(config.gate_bias_init)))
+        self.log_lambda = nn.Parameter(torch.zeros(heads))
+        omegas, betas = [], []
+        for dim_a, n_max in zip(self.axis_dims, config.ape_max_len):
+            m = dim_a // 2
+            om = fourier_frequencies(m, n_max)
+            # alpha^2 proportional to omega^-2, normalised to sum 1/3 per axis: the kernel
+            # kappa(Delta) then decreases monotonically over [0, N_max) at initialisation.
+            a2 = (om[0] / om).pow(2) / (om[0] / om).pow(2).sum() / 3
+            alpha = a2.sqrt()
+            betas.append((torch.expm1(alpha).log()).expand(heads, m).clone())
+            omegas.append(om)
+        self.beta = nn.Parameter(torch.cat(betas, -1))
+        log_om = torch.cat(omegas).log()
+        if config.learn_freqs:
+            self.log_omega = nn.Parameter(log_om)
+        else:
+            self.register_buffer("log_omega", log_om)
+        self._splits = [d // 2 for d in self.axis_dims]
+        if config.ape == "table":
+            with torch.no_grad():
+                for a, n_max in enumerate(config.ape_max_len):
+                    pos = torch.zeros(n_max, 3, dtype=torch.long)
+                    pos[:, a] = torch.arange(n_max)
+                    full = self.fourier(pos)  # (H, N, r)
+                    lo = sum(self.axis_dims[:a])
+                    setattr(
+                        self,
+                        f"table_{'thw'[a]}",
+                        nn.Parameter(full[..., lo : lo + self.axis_dims[a]].clone()),
+                    )
+        self._warned = False
+
+    # -- position embedding ------------------------------------------------------------------
+    def fourier(self, positions: torch.Tensor) -> torch.Tensor:
+        om = self.log_omega.exp().split(self._splits)
+        al = F.softplus(self.beta).split(self._splits, dim=-1)
+        return fourier_ape(positions, list(om), list(al))
+
+    def ape(self, positions: torch.Tensor) -> torch.Tensor:
+        """P(pos) (H, L, r) for integer positions (L, 3)."""
+        if self.config.ape == "fourier":
+            return self.fourier(positions)
+        tables = [self.table_t, self.table_h, self.table_w]
+        out = []
+        for a in range(3):
+            n_max = tables[a].shape[1]
+            pos = positions[:, a]
+            if int(pos.max()) >= n_max:
+                if not self._warned:
+                    log.warning(
+                        "RoPeSLR table APE: grid position %d on axis %s exceeds the table size %d; "
+                        "positions are clamped (use ape='fourier' to extrapolate)",
+                        int(pos.max()),
+                        "thw"[a],
+                        n_max,
+                    )
+                    self._warned = True
+                pos = pos.clamp(max=n_max - 1)
+            out.append(tables[a][:, pos.to(tables[a].device)])
+        return torch.cat(out, -1)
+
+    # -- features ----------------------------------------------------------------------------
+    def features(
+        self, x: torch.Tensor, u: torch.Tensor, positions: torch.Tensor | None
+    ) -> torch.Tensor:
+        """phi(x) (B, H, L, r or 2r) from pre-RoPE x (B, H, L, d)."""
+        cfg = self.config
+        c = feature_map(torch.einsum("bhld,hdr->bhlr", x, u.to(x.dtype)), cfg.feature_map)
+        if cfg.ape == "none" or positions is None:
+            return c
+        p = self.ape(positions).to(x.dtype) * self.pe_scale.to(x.dtype)[:, None, None]
+        p = p.unsqueeze(0).expand(x.shape[0], -1, -1, -1)
+        return c + p if cfg.inject == "add" else torch.cat([c, p], -1)
+
+    def gate(self, q_pre: torch.Tensor) -> torch.Tensor:
+        """g (B, H, L, 1) = sigmoid(w_h . q + b_h)."""
+        z = torch.einsum("bhld,hd->bhl", q_pre, self.gate_w.to(q_pre.dtype))
+        return torch.sigmoid(z + self.gate_b.to(q_pre.dtype)[:, None])[..., None]
+
+
+def block_states(phi_k: torch.Tensor, v: torch.Tensor, block: int) -> tuple[torch.Tensor, ...]:
+    """Per-block S_J = Phi_J^T V_J (B, H, n, r, d) and z_J = sum_j phi_j (B, H, n, r)."""
+    length = phi_k.shape[2]
+    n = -(-length // block)
+    pad = n * block - length
+    if pad:
+        phi_k, v = F.pad(phi_k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
+    pk = phi_k.unflatten(2, (n, block))
+    vb = v.unflatten(2, (n, block))
+    return torch.einsum("bhnjr,bhnjd->bhnrd", pk, vb), pk.sum(3)
+
+
+def complement_states(
+    states: torch.Tensor, idx: torch.Tensor | None, valid: torch.Tensor | None
+) -> torch.Tensor:
+    """S~_I = sum_J S_J - sum_{J in sel(I)} S_J (B, H, n, ...); all keys when idx is None."""
+    n = states.shape[2]
+    total = states.sum(2, keepdim=True)
+    if idx is None:
+        return total.expand(-1, -1, n, *states.shape[3:])
+    if n <= 1024:
+        # Sum over the NON-selected blocks with one matmul (n^2 r d MACs): no cancellation, so
+        # a full selection gives exactly 0 (the RMS norm downstream would amplify round-off).
+        keep = torch.ones(*idx.shape[:-1], n, dtype=states.dtype, device=states.device)
+        keep.scatter_(-1, idx, (~valid).to(states.dtype))
+        return (keep @ states.flatten(3)).view(states.shape)
+    extra = (1,) * (states.dim() - 3)
+    sel = gather_blocks(states, idx) * valid.view(*valid.shape, *extra).to(states.dtype)
+    out = total - sel.sum(3)
+    full = (valid.sum(-1) == n).view(*valid.shape[:-1], *extra)
+    return out.masked_fill(full, 0.0)
+
+
+def background(
+    phi_q: torch.Tensor,
+    phi_k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor | None,
+    valid: torch.Tensor | None,
+    block: int,
+    normalize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-rank background over the complement: (N, Z) = (phi_q S~_I, phi_q . z~_I).
+
+    N (B, H, L, d) is RMS-normalised over d when ``normalize`` (gated merge).
+    """
+    length = phi_q.shape[2]
+    n = -(-length // block)
+    pad = n * block - length
+    states, zs = block_states(phi_k, v, block)
+    s_c = complement_states(states, idx, valid)  # (B, H, n, r, d)
+    z_c = complement_states(zs, idx, valid)  # (B, H, n, r)
+    pq = F.pad(phi_q, (0, 0, 0, pad)) if pad else phi_q
+    pq = pq.unflatten(2, (n, block))
+    num = (pq @ s_c).flatten(2, 3)[:, :, :length]
+    den = (pq @ z_c[..., None]).flatten(2, 3)[:, :, :length, 0]
+    if normalize:
+        num = num / rms(num)
+    return num, den
+
+
+def merge_gated(o_s: torch.Tensor, o_bg: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """o = rms(o_s) (o_s / rms(o_s) + g o_bg) = o_s + g rms(o_s) o_bg (spec b.4)."""
+    return o_s + gate * rms(o_s) * o_bg
+
+
+def merge_mass(
+    o_s: torch.Tensor, lse: torch.Tensor, num: torch.Tensor, den: torch.Tensor, lam: torch.Tensor
+) -> torch.Tensor:
+    """o = (e^lse o_s + lambda N) / (e^lse + lambda Z), stabilised by the running max (b.4).
+
+    lam (H,) > 0; Z is clamped at 0 (features are positive but the APE need not be).
+    """
+    lam = lam.to(o_s.dtype)[:, None]
+    mass_bg = (lam * den).clamp(min=0)
+    log_bg = torch.log(mass_bg.clamp(min=torch.finfo(o_s.dtype).tiny))
+    m = torch.maximum(lse, log_bg)
+    w_s = torch.exp(lse - m)
+    w_bg = torch.exp(-m) * lam
+    numer = w_s[..., None] * o_s + w_bg[..., None] * num
+    denom = w_s + w_bg * den.clamp(min=0)
+    return numer / denom[..., None]

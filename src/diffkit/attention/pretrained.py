@@ -1,0 +1,80 @@
+"""Zoo architecture module of ``moving-digits-wan-ropeslr``: the tiny Wan model with RoPeSLR.
+
+The member stores only the RoPeSLR parameters (``ropeslr.safetensors``) and its config
+(``ropeslr.json``); the backbone is the ``moving-digits-wan`` member it depends on.
+Also holds :func:`make_inputs`, the noised-input builder the alignment/fine-tune objectives use
+for the moving-digit videos.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from diffkit import config as cfglib
+from diffkit import models
+from diffkit.attention.config import RoPeSLRConfig
+from diffkit.attention.processors import apply_ropeslr_
+from diffkit.core.io import load_tensors
+from diffkit.core.schedules import FlowMatching
+from diffkit.models import moving_digits_wan as mdw
+
+BASE = "moving-digits-wan"
+#: RoPeSLR config of the shipped member (2,048 tokens = 32 blocks of 64; density 0.1 -> 4 blocks).
+DEFAULT_CONFIG: dict = {
+    "density": 0.1,
+    "block_size": 64,
+    "tile": [4, 4, 4],
+    "ape_max_len": [16, 32, 32],
+    "backend": "reference",
+}
+WEIGHTS = "ropeslr.safetensors"
+CONFIG = "ropeslr.json"
+
+
+def ropeslr_config(config: dict) -> RoPeSLRConfig:
+    return cfglib.from_dict(RoPeSLRConfig, dict(config))
+
+
+def build(config: dict):
+    """A randomly initialised moving-digits-wan backbone with fresh RoPeSLR processors."""
+    model = mdw.build(mdw.DEFAULT_CONFIG)
+    apply_ropeslr_(model, ropeslr_config(config))
+    return model
+
+
+def load_dir(path: str | Path):
+    """The shipped ``moving-digits-wan`` backbone + the RoPeSLR parameters stored in ``path``."""
+    path = Path(path)
+    cfg = json.loads((path / CONFIG).read_text())
+    model = models.load(BASE)
+    apply_ropeslr_(model, ropeslr_config(cfg))
+    missing, unexpected = model.load_state_dict(load_tensors(path / WEIGHTS), strict=False)
+    if unexpected or any(".processor.params." in k for k in missing):
+        raise ValueError(f"RoPeSLR weights in {path} do not match: unexpected={unexpected}")
+    return model
+
+
+def make_inputs(schedule: FlowMatching | None = None, label_dropout: float = 0.0):
+    """``make_inputs(model, batch, ctx)`` for the moving-digit videos (rectified flow)."""
+    schedule = schedule or FlowMatching(shift=2.0)
+
+    def fn(model, batch, ctx):
+        x0 = mdw.to_model(batch["x"])
+        b = x0.shape[0]
+        noise = ctx.randn(*x0.shape[1:])
+        t = schedule.shift_sigma(ctx.rand(salt=1).flatten())
+        labels = batch["y"][:, 0]
+        if label_dropout > 0:
+            drop = ctx.rand(salt=2).flatten() < label_dropout
+            labels = torch.where(drop, torch.full((b,), mdw.NULL_CLASS), labels)
+        kwargs = {
+            "hidden_states": schedule.add_noise(x0, noise, t),
+            "timestep": schedule.model_t(t),
+            "encoder_hidden_states": mdw.condition(labels, model.config.text_dim),
+        }
+        return kwargs, x0, noise, t
+
+    return fn

@@ -1,0 +1,316 @@
+"""Drop-in diffusers attention processors: ``apply_ropeslr_(transformer, RoPeSLRConfig)``.
+
+* ``WanTransformer3DModel``: every self-attention ``blocks.*.attn1`` gets a
+  :class:`RoPeSLRWanProcessor` (cross-attention ``attn2`` is untouched). The processor reproduces
+  ``WanAttnProcessor`` (projections, RMSNorm across heads, interleaved 3D RoPE, output projection)
+  and replaces only the attention itself.
+* ``HunyuanVideoTransformer3DModel``: the joint video+text attentions of the dual-stream
+  (``transformer_blocks.*.attn``) and single-stream (``single_transformer_blocks.*.attn``) blocks.
+  RoPE and sparsity act on the video tokens; text tokens are a dense "sink" segment: every video
+  query attends them exactly, and text queries attend all tokens densely (key padding honoured).
+
+The grid shape is not passed to processors, so a forward pre-hook on the transformer reads the
+latent shape and patch size into a shared :class:`RoPeSLRState`. The processors are ``nn.Module``
+objects, so their parameters appear in ``transformer.state_dict()`` and are saved with it.
+``apply_ropeslr_`` returns the replaced processors; :func:`remove_ropeslr_` restores them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffkit.attention.background import RoPeSLRParams
+from diffkit.attention.config import RoPeSLRConfig
+from diffkit.attention.ropeslr import ropeslr_attention
+from diffkit.core.rope import apply_rope, split_3d
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = ("WanTransformer3DModel", "HunyuanVideoTransformer3DModel")
+
+
+@dataclass
+class RoPeSLRState:
+    """Per-forward context shared by a transformer's RoPeSLR processors (not a module).
+
+    ``mode``: "sparse" (RoPeSLR), "dense" (the original attention, e.g. a teacher pass), "align"
+    (compute both, record the per-layer MSE, pass the dense output on: stage-1 alignment) or
+    "aux" (compute both, record the MSE, pass the sparse output on: stage-2 auxiliary loss).
+    """
+
+    config: RoPeSLRConfig
+    grid: tuple[int, int, int] | None = None
+    step: int = 0
+    last_t: float | None = None
+    mode: str = "sparse"
+    density: float | None = None
+    losses: list = field(default_factory=list)
+    layer_errors: dict = field(default_factory=dict)
+
+    def dense_now(self, layer: int) -> bool:
+        c = self.config
+        return (
+            self.mode == "dense" or layer < c.dense_first_layers or self.step < c.dense_first_steps
+        )
+
+
+def _observe(state: RoPeSLRState, grid: tuple[int, int, int], timestep) -> None:
+    state.grid = grid
+    if timestep is None:
+        return
+    t = float(torch.as_tensor(timestep).float().flatten()[0])
+    if state.last_t is None or t > state.last_t:  # a new sampling run starts from high noise
+        state.step = 0
+    elif t < state.last_t:
+        state.step += 1
+    state.last_t = t
+
+
+class _RoPeSLRProcessorBase(nn.Module):
+    def __init__(self, config: RoPeSLRConfig, heads: int, head_dim: int, layer: int, state) -> None:
+        super().__init__()
+        self.config, self.layer, self.heads = config, layer, heads
+        self.params = RoPeSLRParams(config, heads, head_dim)
+        object.__setattr__(self, "state", state)  # shared, not a submodule
+
+    def _attend(self, q, k, v, q_pre, k_pre, grid, sink=(None, None, None)) -> torch.Tensor:
+        """(B, H, L, d) tensors -> attention output, honouring mode and dense switches."""
+        st = self.state
+        dense = None
+        if st.dense_now(self.layer) or st.mode in ("align", "aux") or self.config.dense_heads:
+            with torch.set_grad_enabled(
+                torch.is_grad_enabled() and st.mode not in ("align", "aux")
+            ):
+                dense = self._dense(q, k, v, sink)
+        if st.dense_now(self.layer):
+            return dense
+        out = ropeslr_attention(
+            q,
+            k,
+            v,
+            config=self.config,
+            params=self.params,
+            q_pre=q_pre,
+            k_pre=k_pre,
+            grid=grid,
+            density=st.density,
+            sink_k=sink[0],
+            sink_v=sink[1],
+            sink_mask=sink[2],
+        )
+        if self.config.dense_heads:
+            heads = [h for h in self.config.dense_heads if h < self.heads]
+            out = out.clone()
+            out[:, heads] = dense[:, heads]
+        if st.mode in ("align", "aux"):
+            dense = dense.detach()
+            err = (out - dense).pow(2).mean()
+            st.losses.append(err / dense.pow(2).mean().clamp(min=1e-12))
+            st.layer_errors[self.layer] = float(err.detach())
+            return dense if st.mode == "align" else out
+        return out
+
+    @staticmethod
+    def _dense(q, k, v, sink) -> torch.Tensor:
+        if sink[0] is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        kk, vv = torch.cat([k, sink[0]], 2), torch.cat([v, sink[1]], 2)
+        mask = None
+        if sink[2] is not None:
+            ones = torch.ones(q.shape[0], k.shape[2], dtype=torch.bool, device=q.device)
+            mask = torch.cat([ones, sink[2].bool()], 1)[:, None, None, :]
+        return F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
+
+
+class RoPeSLRWanProcessor(_RoPeSLRProcessorBase):
+    """RoPeSLR for ``WanAttention`` self-attention (``attn1``); same I/O as ``WanAttnProcessor``."""
+
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None
+    ):
+        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+            raise ValueError("RoPeSLRWanProcessor is for self-attention (attn1) only")
+        if attention_mask is not None:
+            raise ValueError("RoPeSLRWanProcessor does not support an attention_mask")
+        if getattr(attn, "fused_projections", False):
+            q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))  # (B, S, H, D)
+        q_pre, k_pre = q, k
+        if rotary_emb is not None:
+            cos, sin = rotary_emb
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        tr = [t.transpose(1, 2) for t in (q, k, v, q_pre, k_pre)]  # (B, H, S, D)
+        grid = self.state.grid
+        if grid is not None and grid[0] * grid[1] * grid[2] != q.shape[1]:
+            grid = None
+        out = self._attend(*tr, grid)
+        out = out.transpose(1, 2).flatten(2, 3).type_as(hidden_states)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class RoPeSLRHunyuanProcessor(_RoPeSLRProcessorBase):
+    """RoPeSLR for HunyuanVideo's joint attention; same I/O as ``HunyuanVideoAttnProcessor2_0``."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        image_rotary_emb=None,
+    ):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        joint = attn.add_q_proj is None and encoder_hidden_states is not None
+        if joint:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        n_txt = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else 0
+        n_vid = hidden_states.shape[1] - (n_txt if joint else 0)
+        if attn.add_q_proj is not None and encoder_hidden_states is not None:
+            eq = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            ek = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            ev = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            if attn.norm_added_q is not None:
+                eq = attn.norm_added_q(eq)
+            if attn.norm_added_k is not None:
+                ek = attn.norm_added_k(ek)
+            q, k, v = torch.cat([q, eq], 1), torch.cat([k, ek], 1), torch.cat([v, ev], 1)
+        qv_pre, kv_pre = q[:, :n_vid], k[:, :n_vid]
+        qv, kv = qv_pre, kv_pre
+        if image_rotary_emb is not None:
+            qv = apply_rotary_emb(qv, image_rotary_emb, sequence_dim=1)
+            kv = apply_rotary_emb(kv, image_rotary_emb, sequence_dim=1)
+        t = lambda x: x.transpose(1, 2)  # noqa: E731  (B, S, H, D) -> (B, H, S, D)
+        key_mask = None
+        if attention_mask is not None and n_txt:
+            key_mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, n_vid:].bool()
+        sink = (t(k[:, n_vid:]), t(v[:, n_vid:]), key_mask) if n_txt else (None, None, None)
+        grid = self.state.grid
+        if grid is not None and grid[0] * grid[1] * grid[2] != n_vid:
+            grid = None
+        o_vid = self._attend(t(qv), t(kv), t(v[:, :n_vid]), t(qv_pre), t(kv_pre), grid, sink)
+        outs = [o_vid]
+        if n_txt:  # text queries: dense over all keys (video keys with RoPE)
+            k_all = torch.cat([t(kv), sink[0]], 2)
+            v_all = torch.cat([t(v[:, :n_vid]), sink[1]], 2)
+            mask = None
+            if attention_mask is not None:
+                mask = attention_mask.reshape(attention_mask.shape[0], 1, 1, -1).bool()
+            outs.append(
+                F.scaled_dot_product_attention(t(q[:, n_vid:]), k_all, v_all, attn_mask=mask)
+            )
+        hs = torch.cat(outs, 2).transpose(1, 2).flatten(2, 3).to(q.dtype)
+        if encoder_hidden_states is None:
+            return hs
+        hs, enc = hs[:, :n_vid], hs[:, n_vid:]
+        if getattr(attn, "to_out", None) is not None:
+            hs = attn.to_out[1](attn.to_out[0](hs))
+        if getattr(attn, "to_add_out", None) is not None:
+            enc = attn.to_add_out(enc)
+        return hs, enc
+
+
+def _targets(transformer) -> tuple[str, list[tuple[str, nn.Module]], tuple[int, int, int]]:
+    name = type(transformer).__name__
+    cfg = transformer.config
+    if name == "WanTransformer3DModel" or any(
+        c.__name__ == "WanTransformer3DModel" for c in type(transformer).__mro__
+    ):
+        mods = [(n, m) for n, m in transformer.named_modules() if n.endswith(".attn1")]
+        return "wan", mods, tuple(cfg.patch_size)
+    if name == "HunyuanVideoTransformer3DModel":
+        mods = [
+            (n, m)
+            for n, m in transformer.named_modules()
+            if n.endswith(".attn")
+            and n.startswith(("transformer_blocks.", "single_transformer_blocks."))
+        ]
+        return "hunyuan", mods, (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
+    raise ValueError(
+        f"apply_ropeslr_ does not support {name}; supported transformer classes: {', '.join(SUPPORTED)}"
+    )
+
+
+def apply_ropeslr_(
+    transformer: nn.Module, config: RoPeSLRConfig, layers: list[int] | None = None
+) -> dict[str, object]:
+    """Install RoPeSLR processors in place; returns {module name: replaced processor}.
+
+    ``layers`` restricts to these self-attention layer indices (default: all). The new
+    parameters are created in the transformer's dtype and device.
+    """
+    if getattr(transformer, "_ropeslr_state", None) is not None:
+        raise ValueError("RoPeSLR is already applied to this transformer; remove_ropeslr_ first")
+    kind, mods, patch = _targets(transformer)
+    heads = mods[0][1].heads
+    head_dim = mods[0][1].to_q.out_features // heads
+    try:
+        split_3d(head_dim)
+    except ValueError as e:
+        raise ValueError(f"RoPeSLR needs a head_dim that the 3D split can divide: {e}") from None
+    state = RoPeSLRState(config=config)
+    cls = RoPeSLRWanProcessor if kind == "wan" else RoPeSLRHunyuanProcessor
+    ref = next(transformer.parameters())
+    replaced = {}
+    for i, (name, mod) in enumerate(mods):
+        if layers is not None and i not in layers:
+            continue
+        replaced[name] = mod.processor
+        proc = cls(config, heads, head_dim, i, state).to(device=ref.device, dtype=ref.dtype)
+        mod.set_processor(proc)
+
+    def hook(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        ts = args[1] if len(args) > 1 else kwargs.get("timestep")
+        f, h, w = x.shape[-3:]
+        _observe(state, (f // patch[0], h // patch[1], w // patch[2]), ts)
+
+    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    transformer._ropeslr_state = state
+    transformer._ropeslr_hook = handle
+    log.info("RoPeSLR installed on %d %s attention layers", len(replaced), kind)
+    return replaced
+
+
+def remove_ropeslr_(transformer: nn.Module, replaced: dict[str, object]) -> None:
+    """Undo :func:`apply_ropeslr_`: restore the processors and drop the hook."""
+    mods = dict(transformer.named_modules())
+    for name, proc in replaced.items():
+        mods[name].set_processor(proc)
+    handle = getattr(transformer, "_ropeslr_hook", None)
+    if handle is not None:
+        handle.remove()
+    transformer._ropeslr_state = None
+    transformer._ropeslr_hook = None
+
+
+def ropeslr_state(transformer: nn.Module) -> RoPeSLRState:
+    """The shared state of a transformer with RoPeSLR applied."""
+    st = getattr(transformer, "_ropeslr_state", None)
+    if st is None:
+        raise ValueError("RoPeSLR is not applied to this transformer; call apply_ropeslr_ first")
+    return st
+
+
+def ropeslr_parameters(transformer: nn.Module) -> list[nn.Parameter]:
+    """The new RoPeSLR parameters (what stage-1 alignment trains)."""
+    return [p for n, p in transformer.named_parameters() if ".processor.params." in n]
+
+
+def ropeslr_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the RoPeSLR entries of ``transformer.state_dict()``."""
+    return {k: v for k, v in transformer.state_dict().items() if ".processor.params." in k}

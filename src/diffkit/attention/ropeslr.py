@@ -1,0 +1,205 @@
+"""RoPeSLR attention end to end: spike (exact block-sparse softmax on post-RoPE q/k) + background
+(head-wise low-rank + learnable 3D APE over the complement) + gated merge (arXiv 2605.20659).
+
+:func:`ropeslr_attention` is the pure function used by the diffusers processors, the trainer, the
+profiler and the benchmark. Inputs follow SDPA's (B, H, L, d) layout in frame-major token order;
+the function permutes to tile-major order internally and returns frame-major outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from diffkit.attention.background import RoPeSLRParams, background, merge_gated, merge_mass
+from diffkit.attention.config import RoPeSLRConfig
+from diffkit.attention.layout import (
+    block_scores,
+    block_tiles,
+    forced_blocks,
+    grid_positions,
+    inverse_permutation,
+    num_blocks,
+    num_selected,
+    select_blocks,
+    tile_permutation,
+)
+from diffkit.attention.sparse import (
+    block_sparse_flex,
+    block_sparse_reference,
+    dense_partial,
+    merge_partials,
+)
+
+
+@dataclass
+class BlockPlan:
+    """The token order and block selection of one attention call."""
+
+    perm: torch.Tensor | None  # (L,) frame-major -> tile-major, None = identity
+    inv: torch.Tensor | None
+    positions: torch.Tensor  # (L, 3) integer (t, h, w) in tile-major order
+    idx: torch.Tensor  # (B, H, n, k)
+    valid: torch.Tensor  # (B, H, n, k)
+    n: int
+    density: float  # the budget rho(L)
+
+    @property
+    def achieved_density(self) -> float:
+        """Fraction of (query block, key block) pairs computed exactly."""
+        return float(self.valid.float().sum(-1).mean() / self.n)
+
+
+def _grid_for(length: int, grid: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    if grid is None:
+        return (1, 1, length)
+    if grid[0] * grid[1] * grid[2] != length:
+        raise ValueError(
+            f"grid {tuple(grid)} has {grid[0] * grid[1] * grid[2]} tokens, not L={length}"
+        )
+    return tuple(int(g) for g in grid)
+
+
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[:, :, index] (index_select is ~3x faster than advanced indexing on CPU)."""
+    return torch.index_select(x, 2, index)
+
+
+@functools.lru_cache(maxsize=32)
+def _layout(
+    grid: tuple[int, int, int], tile: tuple[int, int, int], block: int, radius: int, tiled: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Shape-only layout (cached): perm, inverse, tile-major positions, forced-block mask."""
+    length = grid[0] * grid[1] * grid[2]
+    n = num_blocks(length, block)
+    pos = grid_positions(grid)
+    if not tiled:
+        return None, None, pos, forced_blocks(n)
+    perm = tile_permutation(grid, tile)
+    tiles = block_tiles(grid, tile, perm, block)
+    return perm, inverse_permutation(perm), pos[perm], forced_blocks(n, tiles, radius)
+
+
+def plan_blocks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    config: RoPeSLRConfig,
+    grid: tuple[int, int, int] | None = None,
+    density: float | None = None,
+) -> BlockPlan:
+    """Tile-major permutation + pooled scores + budget + forced blocks + selection (b.1-b.2).
+
+    ``q``, ``k`` are post-RoPE, frame-major (B, H, L, d). ``density`` overrides the config's
+    budget (used by density annealing).
+    """
+    length = q.shape[2]
+    g = _grid_for(length, grid)
+    n = num_blocks(length, config.block_size)
+    perm, inv, pos, forced = _layout(
+        g, tuple(config.tile), config.block_size, config.local_radius, grid is not None
+    )
+    dev = q.device
+    perm, inv = (perm.to(dev), inv.to(dev)) if perm is not None else (None, None)
+    pos = pos.to(dev)
+    if perm is not None:
+        q, k = _take(q, perm), _take(k, perm)
+    rho = config.density_for(length) if density is None else density
+    scores = block_scores(q, k, config.block_size)
+    idx, valid = select_blocks(scores, num_selected(rho, n), forced, config.selection, config.top_p)
+    return BlockPlan(perm, inv, pos, idx, valid, n, rho)
+
+
+def spike(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: BlockPlan,
+    config: RoPeSLRConfig,
+    need_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Exact block-sparse softmax on tile-major (permuted) tensors -> (o_s, lse_s).
+
+    On CPU, compiled FlexAttention cannot return lse; when ``need_lse`` (mass merge, text sinks)
+    the reference backend is used instead.
+    """
+    backend = config.backend
+    if backend == "auto":
+        backend = "flex" if (q.is_cuda and not torch.is_grad_enabled()) else "reference"
+    if backend == "flex":
+        if torch.is_grad_enabled() and q.requires_grad and not q.is_cuda:
+            raise ValueError(
+                "backend='flex' has no backward on CPU (PyTorch); use backend='reference' to train"
+            )
+        if not (need_lse and not q.is_cuda):
+            return block_sparse_flex(
+                q, k, v, plan.idx, plan.valid, config.block_size, return_lse=need_lse
+            )
+    return block_sparse_reference(q, k, v, plan.idx, plan.valid, config.block_size)
+
+
+def ropeslr_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    config: RoPeSLRConfig,
+    params: RoPeSLRParams | None = None,
+    q_pre: torch.Tensor | None = None,
+    k_pre: torch.Tensor | None = None,
+    grid: tuple[int, int, int] | None = None,
+    density: float | None = None,
+    sink_k: torch.Tensor | None = None,
+    sink_v: torch.Tensor | None = None,
+    sink_mask: torch.Tensor | None = None,
+    plan: BlockPlan | None = None,
+) -> torch.Tensor:
+    """RoPeSLR attention output (B, H, L, d), frame-major like the inputs.
+
+    Args:
+        q, k, v: post-RoPE queries/keys and values (B, H, L, d), frame-major over ``grid``.
+        config: the method's options.
+        params: this layer's learnable parameters; None (or ``config.background=False``) = spike
+            path only.
+        q_pre, k_pre: pre-RoPE (normed) q/k for the background features and the gate.
+        grid: (frames, height, width) token grid; None = a 1D sequence (no tiling).
+        density: overrides the budget (annealing).
+        sink_k, sink_v, sink_mask: extra keys every query attends exactly (HunyuanVideo's text
+            tokens), (B, H, S, d) with a key mask (B, S) (True = attend).
+        plan: a precomputed :class:`BlockPlan` (the profiler reuses one).
+    """
+    if q.dim() != 4:
+        raise ValueError(f"expected (B, H, L, d) inputs, got q of shape {tuple(q.shape)}")
+    plan = plan or plan_blocks(q, k, config, grid, density)
+    if plan.perm is not None:
+        p = plan.perm
+        q, k, v = _take(q, p), _take(k, p), _take(v, p)
+        if q_pre is not None:
+            q_pre, k_pre = _take(q_pre, p), _take(k_pre, p)
+    need_lse = sink_k is not None or (
+        config.background and params is not None and config.merge == "mass"
+    )
+    o_s, lse = spike(q, k, v, plan, config, need_lse)
+    if sink_k is not None:
+        o_t, lse_t = dense_partial(q, sink_k, sink_v, sink_mask)
+        o_s, lse = merge_partials(o_s, lse, o_t, lse_t)
+    out = o_s
+    if config.background and params is not None:
+        if q_pre is None or k_pre is None:
+            raise ValueError("the background path needs the pre-RoPE q_pre and k_pre")
+        hu = params.u_q.shape[0]
+        u_q = params.u_q.expand(q.shape[1], -1, -1) if hu == 1 else params.u_q
+        u_k = params.u_k.expand(q.shape[1], -1, -1) if hu == 1 else params.u_k
+        phi_q = params.features(q_pre, u_q, plan.positions)
+        phi_k = params.features(k_pre, u_k, plan.positions)
+        sel = (plan.idx, plan.valid) if config.complement else (None, None)
+        gated = config.merge == "gated"
+        num, den = background(phi_q, phi_k, v, *sel, config.block_size, normalize=gated)
+        if gated:
+            out = merge_gated(o_s, num, params.gate(q_pre))
+        else:
+            out = merge_mass(o_s, lse, num, den, params.log_lambda.exp())
+    if plan.inv is not None:
+        out = _take(out, plan.inv)
+    return out

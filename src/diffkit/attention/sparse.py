@@ -1,0 +1,216 @@
+"""Exact block-sparse softmax attention returning (output, log-sum-exp) (spec b.2 step 5).
+
+Two backends over the same ``(idx, valid)`` block selection, proven equal by one test suite:
+
+* :func:`block_sparse_reference`: pure PyTorch, gather + batched matmul, fp64-capable and
+  differentiable; query blocks are processed in chunks to bound memory.
+* :func:`block_sparse_flex`: FlexAttention with a ``BlockMask`` built directly from the top-k
+  indices (``BlockMask.from_kv_blocks``, no mask_mod tracing). Only the ragged last key block is a
+  "partial" block masked by ``kv_idx < L``; the block count is padded to a bucket so nearby lengths
+  share one compiled kernel. Forward-only on CPU (PyTorch has no CPU flex backward).
+
+Both return ``o`` (B, H, L, d) and ``lse`` (B, H, L) in natural-log units.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+
+from diffkit.attention.layout import num_blocks
+
+log = logging.getLogger(__name__)
+
+_MAX_CHUNK_ELEMENTS = 1 << 24
+
+
+def gather_blocks(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, H, n, ...) indexed by idx (B, H, m, k) -> (B, H, m, k, ...)."""
+    b, h = idx.shape[:2]
+    flat = x.reshape(b * h, x.shape[2], *x.shape[3:])
+    rows = torch.arange(b * h, device=x.device)[:, None]
+    out = flat[rows, idx.reshape(b * h, -1)]
+    return out.view(*idx.shape, *x.shape[3:])
+
+
+def block_sparse_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    block: int,
+    scale: float | None = None,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scale) v restricted to the selected key blocks of each query block."""
+    bsz, heads, length, d = q.shape
+    n = num_blocks(length, block)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    pad = n * block - length
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    qb = q.unflatten(2, (n, block))
+    kb = k.unflatten(2, (n, block))
+    vb = v.unflatten(2, (n, block))
+    kk = idx.shape[-1]
+    key_pos = idx[..., None] * block + torch.arange(block, device=q.device)  # (B, H, n, k, b)
+    key_ok = (key_pos < length) & valid[..., None]
+    if chunk is None:
+        per_block = kk * block * max(d, block) * bsz * heads
+        chunk = max(1, min(n, _MAX_CHUNK_ELEMENTS // max(1, per_block)))
+    outs, lses = [], []
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        ci = idx[:, :, s:e]
+        kg = gather_blocks(kb, ci).flatten(3, 4)  # (B, H, m, k*b, d)
+        vg = gather_blocks(vb, ci).flatten(3, 4)
+        att = (qb[:, :, s:e] @ kg.transpose(-1, -2)) * scale  # (B, H, m, b, k*b)
+        mask = key_ok[:, :, s:e].flatten(3, 4)[:, :, :, None, :]
+        att = att.masked_fill(~mask, float("-inf"))
+        lse = torch.logsumexp(att, dim=-1)
+        outs.append(torch.exp(att - lse[..., None]) @ vg)
+        lses.append(lse)
+    o = torch.cat(outs, 2).flatten(2, 3)[:, :, :length]
+    lse = torch.cat(lses, 2).flatten(2, 3)[:, :, :length]
+    return o, lse
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _flex_fn(compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not compiled:
+        return flex_attention
+    if "flex" not in _COMPILED:
+        _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED["flex"]
+
+
+def bucket_blocks(n: int, multiple: int = 16) -> int:
+    """Block count padded up to a multiple of ``multiple`` (one compiled kernel per bucket)."""
+    return -(-n // multiple) * multiple
+
+
+def flex_block_mask(idx: torch.Tensor, valid: torch.Tensor, length: int, block: int, n_pad: int):
+    """``BlockMask`` from the selection: full blocks + the ragged tail block as a partial one.
+
+    Padded query blocks (beyond n) attend to block 0 only; their rows are discarded.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    bsz, heads, n, kk = idx.shape
+    dev = idx.device
+    ragged = length % block != 0
+    tail = n - 1
+    is_partial = valid & (idx == tail) if ragged else torch.zeros_like(valid)
+    is_full = valid & ~is_partial
+    big = n_pad + 1
+
+    def pack(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cnt = sel.sum(-1).to(torch.int32)
+        ordered = torch.where(sel, idx, torch.full_like(idx, big)).sort(-1).values
+        ordered = torch.where(ordered == big, torch.zeros_like(ordered), ordered)
+        ind = torch.zeros(bsz, heads, n_pad, n_pad, dtype=torch.int32, device=dev)
+        ind[:, :, :n, :kk] = ordered.to(torch.int32)
+        num = torch.zeros(bsz, heads, n_pad, dtype=torch.int32, device=dev)
+        num[:, :, :n] = cnt
+        return num, ind
+
+    full_num, full_ind = pack(is_full)
+    part_num, part_ind = pack(is_partial)
+    part_num[:, :, n:] = 1  # padded query rows: one (masked-out) block so no row is empty
+    limit = torch.tensor(length, device=dev)
+    # Eager (uncompiled) flex evaluates mask_mod densely and ignores block sparsity, so the
+    # mask_mod also encodes the selection; compiled flex only calls it on the partial tail block.
+    sel = torch.zeros(bsz, heads, n_pad, n_pad, dtype=torch.bool, device=dev)
+    sel[:, :, :n, :n] = torch.zeros(bsz, heads, n, n, dtype=torch.bool, device=dev).scatter(
+        -1, idx, valid
+    )
+    sel[:, :, n:, 0] = True
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx < limit) & sel[b, h, q_idx // block, kv_idx // block]
+
+    return BlockMask.from_kv_blocks(
+        part_num,
+        part_ind,
+        full_num,
+        full_ind,
+        BLOCK_SIZE=block,
+        mask_mod=mask_mod,
+        seq_lengths=(n_pad * block, n_pad * block),
+    )
+
+
+def block_sparse_flex(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    block: int,
+    scale: float | None = None,
+    compiled: bool = True,
+    bucket: int = 16,
+    return_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The same computation as :func:`block_sparse_reference` through FlexAttention.
+
+    Compiled flex on CPU cannot return the log-sum-exp (PyTorch 2.13: "torch.compile on CPU only
+    supports inference and return_lse is not supported yet"); pass ``return_lse=False`` there
+    (lse is then None).
+    """
+    from torch.nn.attention.flex_attention import AuxRequest
+
+    bsz, heads, length, d = q.shape
+    n = num_blocks(length, block)
+    n_pad = bucket_blocks(n, bucket)
+    pad = n_pad * block - length
+    qp, kp, vp = (F.pad(t, (0, 0, 0, pad)) if pad else t for t in (q, k, v))
+    mask = flex_block_mask(idx, valid, length, block, n_pad)
+    kernel_options = None
+    if q.is_cuda:
+        kernel_options = {"BLOCK_M": min(block, 64), "BLOCK_N": min(block, 64)}
+    if return_lse and compiled and not q.is_cuda:
+        raise ValueError(
+            "compiled FlexAttention on CPU cannot return the log-sum-exp; use return_lse=False "
+            "or the reference backend"
+        )
+    fn = _flex_fn(compiled)
+    aux_req = AuxRequest(lse=True) if return_lse else None
+    res = fn(
+        qp, kp, vp, block_mask=mask, scale=scale, kernel_options=kernel_options, return_aux=aux_req
+    )
+    if not return_lse:
+        o = res[0] if isinstance(res, tuple) else res
+        return o[:, :, :length], None
+    o, aux = res
+    return o[:, :, :length], aux.lse[:, :, :length]
+
+
+def merge_partials(
+    o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact softmax over the union of two disjoint key sets from their partial results."""
+    lse = torch.logaddexp(lse1, lse2)
+    w1 = torch.exp(lse1 - lse)[..., None]
+    w2 = torch.exp(lse2 - lse)[..., None]
+    return w1 * o1 + w2 * o2, lse
+
+
+def dense_partial(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense softmax attention with (o, lse); ``key_mask`` (B, S_k) True = attend."""
+    att = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if key_mask is not None:
+        att = att.masked_fill(~key_mask[:, None, None, :].to(torch.bool), float("-inf"))
+    lse = torch.logsumexp(att, -1)
+    o = torch.exp(att - lse[..., None]) @ v
+    return torch.nan_to_num(o), lse

@@ -1,0 +1,19 @@
+"""The shipped RoPeSLR zoo member: loads onto its backbone, and alignment lowered the error."""
+
+import torch
+
+from diffkit import models
+
+
+def test_shipped_member_loads_with_ropeslr_and_alignment_helped():
+    m = models.load("moving-digits-wan-ropeslr")
+    procs = [mod.processor for n, mod in m.named_modules() if n.endswith("attn1")]
+    assert procs and all(type(p).__name__ == "RoPeSLRWanProcessor" for p in procs)
+    metrics = models.metrics("moving-digits-wan-ropeslr")
+    before = metrics["heldout_layer_rel_mse_before"]
+    after = metrics["heldout_layer_rel_mse_after"]
+    assert all(after[k] < before[k] for k in before), (before, after)
+    x = torch.randn(1, 1, 8, 32, 32)
+    with torch.no_grad():
+        out = m(x, torch.tensor([500.0]), torch.zeros(1, 1, 16), return_dict=False)[0]
+    assert out.shape == x.shape and torch.isfinite(out).all()
