@@ -60,6 +60,22 @@ _REGISTRY: dict[str, ZooEntry] = {
             "Never a training signal.",
         ),
         # --- align (issue 3) ---
+        ZooEntry(
+            "digits-unet-eps",
+            "diffkit.models.digits_unet",
+            "diffkit.zoo.digits_unet_eps",
+            "Class-conditional diffusers UNet2DConditionModel (eps-prediction DDPM) on 16x16 "
+            "digits; class tokens as encoder_hidden_states. Base model for align.",
+            depends_on=("digit-classifier",),
+        ),
+        ZooEntry(
+            "digits-sd3-flow",
+            "diffkit.models.digits_sd3",
+            "diffkit.zoo.digits_sd3_flow",
+            "Class-conditional diffusers SD3Transformer2DModel (rectified flow) on 16x16 digits. "
+            "Base model for align.",
+            depends_on=("digit-classifier",),
+        ),
         # --- distill (issue 4) ---
         ZooEntry(
             "digits-patch-tokenizer",
