@@ -27,7 +27,10 @@ def main() -> None:
         p.error("name at least one zoo model, or pass --all")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    for name in zoo.train_order(args.names or models.list_models()):
+    # --all trains everything in dependency order; named members train alone and expect their
+    # dependencies to be present already (zoo.train checks and says which to build first).
+    names = zoo.train_order() if args.all else args.names
+    for name in names:
         t0 = time.perf_counter()
         zoo.train(name, seed=args.seed, progress=True)
         logging.info("%s done in %.1f s", name, time.perf_counter() - t0)
