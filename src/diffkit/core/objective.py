@@ -51,19 +51,18 @@ class StepContext:
 
     def rand(self, *shape: int, salt: int = 0) -> torch.Tensor:
         """Per-sample uniform [0, 1) numbers of shape (len(sample_seeds), *shape)."""
-        g = torch.Generator()
-        out = []
-        for s in self.sample_seeds.tolist():
-            g.manual_seed((int(s) * 1_000_003 + salt) % (2**63 - 1))
-            out.append(torch.rand(shape, generator=g))
-        return torch.stack(out)
+        return _per_sample(torch.rand, self.sample_seeds, shape, salt)
 
 
-def per_sample_randn(seeds: torch.Tensor, shape: tuple[int, ...], salt: int = 0) -> torch.Tensor:
-    """Stack of ``randn(shape)`` drawn from one generator per seed."""
+def _per_sample(draw, seeds: torch.Tensor, shape: tuple[int, ...], salt: int) -> torch.Tensor:
     g = torch.Generator()
     out = []
     for s in seeds.tolist():
         g.manual_seed((int(s) * 1_000_003 + salt) % (2**63 - 1))
-        out.append(torch.randn(shape, generator=g))
+        out.append(draw(shape, generator=g))
     return torch.stack(out)
+
+
+def per_sample_randn(seeds: torch.Tensor, shape: tuple[int, ...], salt: int = 0) -> torch.Tensor:
+    """Stack of ``randn(shape)`` drawn from one generator per seed."""
+    return _per_sample(torch.randn, seeds, shape, salt)
