@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from diffkit import models, zoo
+from diffkit import zoo
 
 
 def main() -> None:
