@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from diffkit.core.io import atomic_write_json, save_model_dir
 from diffkit.data.digits import load_digits
 from diffkit.models.digit_classifier import DEFAULT_CONFIG, accuracy, build
+from diffkit.zoo._classifier import fit_classifier
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +43,19 @@ def train(out_dir: str | Path, *, seed: int = 0, progress: bool = False) -> dict
     tr, te = load_digits("train"), load_digits("test")
     model = build(DEFAULT_CONFIG)
     s = SETTINGS
-    opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
-    steps_per_epoch = (len(tr) + s["batch_size"] - 1) // s["batch_size"]
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=s["lr"], total_steps=s["epochs"] * steps_per_epoch
+    fit_classifier(
+        model,
+        tr.images,
+        tr.labels,
+        epochs=s["epochs"],
+        batch_size=s["batch_size"],
+        lr=s["lr"],
+        weight_decay=s["weight_decay"],
+        augment=lambda x, gen: _augment(x, s["max_shift"], gen),
+        generator=g,
+        desc="digit-classifier",
+        progress=progress,
     )
-    iterator = range(s["epochs"])
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="digit-classifier", unit="epoch")
-    for epoch in iterator:
-        model.train()
-        perm = torch.randperm(len(tr), generator=g)
-        for i in range(0, len(tr), s["batch_size"]):
-            idx = perm[i : i + s["batch_size"]]
-            x = _augment(tr.images[idx], s["max_shift"], g)
-            loss = F.cross_entropy(model(x), tr.labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        log.info("epoch %d loss %.4f", epoch, loss.item())
-    model.eval()
     metrics = {
         "train_accuracy": accuracy(model, tr.images, tr.labels),
         "test_accuracy": accuracy(model, te.images, te.labels),

@@ -11,11 +11,11 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from diffkit.core.io import atomic_write_json, save_model_dir
 from diffkit.data.digits import load_digits
 from diffkit.models.digit_lifter import DEFAULT_CONFIG, build
+from diffkit.zoo._classifier import fit_classifier
 
 log = logging.getLogger(__name__)
 
@@ -28,27 +28,20 @@ def train(out_dir: str | Path, *, seed: int = 0, progress: bool = False) -> dict
     g = torch.Generator().manual_seed(seed + s["seed_offset"])
     tr, te = load_digits("train"), load_digits("test")
     model = build(DEFAULT_CONFIG)
-    opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], weight_decay=1e-4)
-    n_steps = s["epochs"] * ((len(tr) + s["batch_size"] - 1) // s["batch_size"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s["lr"], total_steps=n_steps)
-    it = range(s["epochs"])
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="digits-lifter", unit="epoch")
-    for _ in it:
-        model.train()
-        perm = torch.randperm(len(tr), generator=g)
-        for i in range(0, len(tr), s["batch_size"]):
-            idx = perm[i : i + s["batch_size"]]
-            x = tr.images[idx]
-            x = x + s["noise"] * torch.randn(x.shape, generator=g)  # robustness to generated noise
-            loss = F.cross_entropy(model(x), tr.labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
+    fit_classifier(
+        model,
+        tr.images,
+        tr.labels,
+        epochs=s["epochs"],
+        batch_size=s["batch_size"],
+        lr=s["lr"],
+        weight_decay=1e-4,
+        # Gaussian pixel noise: robustness to generated samples.
+        augment=lambda x, gen: x + s["noise"] * torch.randn(x.shape, generator=gen),
+        generator=g,
+        desc="digits-lifter",
+        progress=progress,
+    )
     with torch.no_grad():
         acc = float((model(te.images).argmax(1) == te.labels).float().mean())
         acc_tr = float((model(tr.images).argmax(1) == tr.labels).float().mean())
