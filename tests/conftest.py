@@ -46,3 +46,49 @@ def _seed():
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def single_vs_torchrun(tmp_path):
+    """Run ``script OUT`` once plainly and once under ``torchrun --nproc_per_node 2`` (gloo, CPU).
+
+    The script must save its final weights to ``OUT/final.safetensors`` (rank 0). Returns the two
+    state dicts ``(single, two_ranks)``. A free port is picked per run, so tests cannot collide.
+    """
+    import subprocess
+    import sys
+
+    from diffkit.core.io import load_tensors
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(script) -> tuple[dict, dict]:
+        one, two = tmp_path / "one", tmp_path / "two"
+        r = subprocess.run(
+            [sys.executable, str(script), str(one)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        r = subprocess.run(
+            [*launcher, "--master_port", str(_free_port()), str(script), str(two)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        return load_tensors(one / "final.safetensors"), load_tensors(two / "final.safetensors")
+
+    return run

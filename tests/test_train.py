@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -164,7 +163,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
 
 
 @pytest.mark.distributed
-def test_torchrun_two_ranks_equals_single_process(tmp_path):
+def test_torchrun_two_ranks_equals_single_process(tmp_path, single_vs_torchrun):
     script = tmp_path / "ddp.py"
     script.write_text(
         textwrap.dedent(
@@ -183,35 +182,6 @@ def test_torchrun_two_ranks_equals_single_process(tmp_path):
         """
         )
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "one")],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert single.returncode == 0, single.stderr
-    multi = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29531",
-            str(script),
-            str(tmp_path / "two"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert multi.returncode == 0, multi.stderr[-3000:]
-    from diffkit.core.io import load_tensors
-
-    a = load_tensors(tmp_path / "one" / "final.safetensors")
-    b = load_tensors(tmp_path / "two" / "final.safetensors")
+    a, b = single_vs_torchrun(script)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)

@@ -34,40 +34,10 @@ if not dist.is_initialized() or dist.get_rank() == 0:
 
 
 @pytest.mark.distributed
-def test_torchrun_two_ranks_equals_single_process(tmp_path):
+def test_torchrun_two_ranks_equals_single_process(tmp_path, single_vs_torchrun):
     script = tmp_path / "ddp_align.py"
     script.write_text(textwrap.dedent(SCRIPT.format(here=str(Path(__file__).parent))))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "one")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29547",
-            str(script),
-            str(tmp_path / "two"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    from diffkit.core.io import load_tensors
-
-    a = load_tensors(tmp_path / "one" / "final.safetensors")
-    b = load_tensors(tmp_path / "two" / "final.safetensors")
+    a, b = single_vs_torchrun(script)
     assert set(a) == set(b) and any(k.startswith("ref.") for k in a)
     # Equal up to float round-off of the different per-rank batch shapes, which Adam can amplify
     # to ~lr on parameters whose gradient is ~0; the per-sample noise and timesteps are identical.
