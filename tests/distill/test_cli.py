@@ -62,10 +62,16 @@ def test_distill_digits_smoke(tmp_path, capsys):
     assert 0 <= m["eval"]["class_acc"] <= 1
     assert (tmp_path / "student" / "model.safetensors").is_file()
     assert (tmp_path / "samples.png").is_file()
+    # the student's sampling mode follows its training routing (recipe: ste argmax)
+    recorded = json.loads((tmp_path / "student" / "sampling.json").read_text())["sample_mode"]
+    assert recorded == ("argmax" if "ste: argmax" in recipe.read_text() else "categorical")
     out = tmp_path / "grid.png"
     assert _run(["distill", "sample", "--model", str(tmp_path / "student"), "--out", str(out),
                  "--per-class", "2"]) == 0  # fmt: skip
     assert out.is_file()
+    assert _run(["distill", "sample", "--model", str(tmp_path / "student"), "--out", str(out),
+                 "--mode", "nearest"]) == 2  # fmt: skip
+    assert "--mode" in capsys.readouterr().err
     assert _run(["distill", "sample", "--model", "digits-maskgit", "--steps", "2",
                  "--per-class", "1", "--out", str(out)]) == 0  # fmt: skip
 

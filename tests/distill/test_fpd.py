@@ -52,8 +52,16 @@ def test_student_input_mask_fraction(generator):
         FPDConfig(samples_per_group=3, bandwidths=(0.05,), lifter=LifterConfig(space="pixel")),
         FPDConfig(samples_per_group=4, queue_size=6, gan_weight=1.0, gan_reg="r1"),
         FPDConfig(samples_per_group=4, gan_weight=0.5, ste="gumbel"),
+        FPDConfig(samples_per_group=4, ste="argmax", queue_size=4, exclude_own_refinement=False),
     ],
-    ids=["default", "soft-random", "pixel-single-tau", "queue-gan-r1", "gumbel-gan-sn"],
+    ids=[
+        "default",
+        "soft-random",
+        "pixel-single-tau",
+        "queue-gan-r1",
+        "gumbel-gan-sn",
+        "argmax-own-refinement-kept",
+    ],  # fmt: skip
 )
 def test_fpd_step_updates_every_student_param(parts, cfg):
     tok, teacher, lifter = parts
@@ -77,6 +85,24 @@ def test_fpd_step_updates_every_student_param(parts, cfg):
     assert set(changed) == set(before), set(before) - set(changed)
     for k, v in teacher.net.state_dict().items():  # the teacher is frozen
         assert torch.equal(v, t_before[k])
+
+
+def test_sample_mode_follows_routing():
+    modes = {m: FPDConfig(ste=m).sample_mode for m in ("categorical", "gumbel", "argmax", "soft")}
+    assert modes == {"categorical": "categorical", "gumbel": "categorical", "argmax": "argmax",
+                     "soft": "argmax"}  # fmt: skip
+
+
+def test_own_refinement_exclusion_changes_the_loss(parts):
+    tok, teacher, lifter = parts
+    losses = []
+    for excl in (True, False):
+        fpd = FPD(FPDConfig(samples_per_group=4, exclude_own_refinement=excl), teacher=teacher,
+                  tokenizer=tok, lifter_backbone=lifter)  # fmt: skip
+        torch.manual_seed(0)
+        s = fpd.make_student()
+        losses.append(float(fpd(s, {"cond": torch.tensor([1, 2])}, _ctx(seed=5)).loss))
+    assert losses[0] != pytest.approx(losses[1], rel=1e-4)
 
 
 def test_fpd_deterministic(parts):

@@ -74,15 +74,22 @@ def distill(
         return
     from diffkit.core.io import atomic_write_json, save_model_dir
     from diffkit.distill.evaluate import evaluate_samples
-    from diffkit.distill.pipeline import distill_digits, load_digits_zoo, sample_digits
+    from diffkit.distill.pipeline import (
+        distill_digits,
+        load_digits_zoo,
+        sample_digits,
+        write_sample_mode,
+    )
     from diffkit.report import make_grid
 
     zoo = load_digits_zoo()
     student, last = distill_digits(fpd_cfg, train_cfg, out_dir / "run", zoo=zoo, progress=True)
     save_model_dir(out_dir / "student", student.state_dict(), student.config)
+    write_sample_mode(out_dir / "student", fpd_cfg.sample_mode)
     n = int(data.get("eval_samples_per_class", 50))
     labels = torch.arange(10).repeat_interleave(n)
-    images, ids = sample_digits(zoo.teacher, zoo.tokenizer, labels, student=student, seed=0)
+    images, ids = sample_digits(zoo.teacher, zoo.tokenizer, labels, student=student, seed=0,
+                                mode=fpd_cfg.sample_mode)  # fmt: skip
     metrics = evaluate_samples(images, labels, ids=ids, codebook_size=64)
     atomic_write_json(out_dir / "metrics.json", {"train": last, "eval": metrics})
     k = min(n, 10)
@@ -115,6 +122,11 @@ def sample(
     per_class: int = typer.Option(8, min=1, help="Samples per class (one row per class)."),
     steps: int = typer.Option(8, min=1, help="Teacher steps (only for digits-maskgit)."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    mode: str = typer.Option(
+        "auto",
+        help="Student tokens: argmax | categorical | auto (the mode recorded with the student: "
+        "its training routing, FPDConfig.sample_mode; categorical if none is recorded).",
+    ),
 ) -> None:
     """Write a grid of class-conditional samples (one-step student, or the multi-step teacher)."""
     import time
@@ -122,18 +134,22 @@ def sample(
     import torch
 
     from diffkit import models
-    from diffkit.distill.pipeline import load_digits_zoo, sample_digits
+    from diffkit.distill.pipeline import load_digits_zoo, sample_digits, sample_mode_of
     from diffkit.models.maskgit import load_dir
     from diffkit.report import make_grid
 
     zoo = load_digits_zoo()
     labels = torch.arange(10).repeat_interleave(per_class)
+    if mode not in ("auto", "argmax", "categorical"):
+        raise typer.BadParameter(f"--mode {mode!r}: use auto, argmax or categorical")
     student = None
+    if mode == "auto":
+        mode = sample_mode_of(model) if model != "digits-maskgit" else "categorical"
     if model != "digits-maskgit":
         student = models.load(model) if model in models.list_models() else load_dir(model).eval()
     t0 = time.perf_counter()
     images, _ = sample_digits(zoo.teacher, zoo.tokenizer, labels, student=student, steps=steps,
-                              seed=seed)  # fmt: skip
+                              seed=seed, mode=mode)  # fmt: skip
     dt = time.perf_counter() - t0
     _save_png(make_grid(images, nrow=per_class, scale=3), out)
     nfe = 1 if student is not None else 2 * steps

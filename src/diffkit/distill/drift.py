@@ -64,12 +64,15 @@ def drift_field(
     pos_weight: torch.Tensor | None = None,
     neg_weight: torch.Tensor | None = None,
     exclude: torch.Tensor | None = None,
+    exclude_pos: torch.Tensor | None = None,
     x_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw drift V (..., N, C) at ``x`` from positives (..., P, C) and negatives (..., M, C).
 
     Distances are used as given (normalise beforehand). ``exclude`` (..., N, M) bool removes
-    (x_i, neg_k) pairs (the self-pair when the negatives are x itself); ``pos_weight`` /
+    (x_i, neg_k) pairs (the self-pair when the negatives are x itself); ``exclude_pos`` (..., N, P)
+    removes (x_i, pos_j) pairs (a positive derived from x_i itself, e.g. its own refinement);
+    ``pos_weight`` /
     ``neg_weight`` (..., P) / (..., M) weight targets (0 = padding); ``x_valid`` (..., N) marks real
     generated rows for the softmax over generated samples. Returns (V, row-kernel entropy (..., N)).
     """
@@ -84,10 +87,12 @@ def drift_field(
         -1,
     )
     penalty = (w <= 0).float()[..., None, :] * _MASK_DIST
-    if exclude is not None:
-        penalty = penalty + torch.cat([torch.zeros_like(d[..., :P]), exclude.float()], -1) * (
-            _MASK_DIST
-        )
+    if exclude is not None or exclude_pos is not None:
+        ex_p = torch.zeros_like(d[..., :P]) if exclude_pos is None else exclude_pos.float()
+        ex_n = torch.zeros_like(d[..., P:]) if exclude is None else exclude.float()
+        penalty = penalty + torch.cat(
+            [ex_p.expand_as(d[..., :P]), ex_n.expand_as(d[..., P:])], -1
+        ) * (_MASK_DIST)
     if x_valid is not None:
         penalty = penalty + (~x_valid).float()[..., :, None] * _MASK_DIST
     logits = -(d + penalty) / tau
@@ -114,13 +119,16 @@ def drift_targets(
     neg_weight: float | torch.Tensor = 1.0,
     x_valid: torch.Tensor | None = None,
     pos_valid: torch.Tensor | None = None,
+    exclude_pos: torch.Tensor | None = None,
     normalize_features: bool = True,
     normalize_drift: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Normalised features and their frozen drift targets for one feature type.
 
     The generated samples x (..., N, C) are their own negatives (self-pair excluded); ``neg``
-    (..., U, C) adds extra negatives (e.g. unconditional samples for CFG) with ``neg_weight``.
+    (..., U, C) adds extra negatives (e.g. unconditional samples for CFG) with ``neg_weight``;
+    ``exclude_pos`` (..., N, P) bool drops (x_i, pos_j) pairs (x_i's own refinement, see
+    :class:`DriftConfig`).
     Returns (scale S, target = sg(x/S + sum_tau V~_tau) in scaled units, diagnostics).
     """
     xs = x.detach().float()
@@ -149,7 +157,10 @@ def drift_targets(
     with torch.no_grad():
         if normalize_features:
             d = torch.cdist(xs, torch.cat([pos, neg_all], -2))
-            keep = torch.cat([torch.ones(*lead, N, pos.shape[-2], dtype=torch.bool), ~exclude], -1)
+            keep_pos = torch.ones(*lead, N, pos.shape[-2], dtype=torch.bool)
+            if exclude_pos is not None:
+                keep_pos = keep_pos & ~exclude_pos
+            keep = torch.cat([keep_pos, ~exclude], -1)
             wt = keep * xv[..., :, None] * torch.cat([pos_w, neg_w], -1)[..., None, :]
             scale = ((d * wt).sum() / wt.sum().clamp_min(1e-12)).clamp_min(1e-6) / math.sqrt(C)
         else:
@@ -161,7 +172,7 @@ def drift_targets(
         for tau in taus:
             v, ent = drift_field(
                 x_n, pos_n, neg_n, tau * math.sqrt(C), pos_weight=pos_w, neg_weight=neg_w,
-                exclude=exclude, x_valid=xv,
+                exclude=exclude, exclude_pos=exclude_pos, x_valid=xv,
             )  # fmt: skip
             ms = v.pow(2).sum() / (n_valid * C)
             diag[f"drift_norm_tau{tau:g}"] = ms.sqrt()
@@ -195,7 +206,9 @@ class DriftLoss:
     ``loss(gen, pos, groups)`` takes dicts of features {name: (B, C) or (B, S, C)} (S locations,
     one drift problem per location, normalisation shared across locations), the student's
     features ``gen`` (with grad), positives ``pos`` (detached; (Bp, ...) with ``pos_groups``), and
-    optional unconditional negatives ``uncond``. Returns (loss, diagnostics).
+    optional unconditional negatives ``uncond``. ``pos_source`` (Bp,) gives, for each positive, the
+    index into ``gen`` of the sample it was derived from (-1: independent); that pair is left out
+    of the estimate (like the self-pair among the negatives). Returns (loss, diagnostics).
     """
 
     def __init__(self, config: DriftConfig | None = None):
@@ -213,6 +226,7 @@ class DriftLoss:
         groups: torch.Tensor,
         *,
         pos_groups: torch.Tensor | None = None,
+        pos_source: torch.Tensor | None = None,
         uncond: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
@@ -226,6 +240,10 @@ class DriftLoss:
         gi, gv = group_layout(groups)
         keep = torch.isin(pos_groups, uniq)
         pi, pv = group_layout(pos_groups[keep])
+        exclude_pos = None
+        if pos_source is not None:  # (Bp,) index of the generated sample a positive came from
+            src = pos_source[keep][pi]  # (G, Pmax)
+            exclude_pos = (src[:, None, :] == gi[:, :, None]) & pv[:, None, :] & gv[:, :, None]
         total = gen[next(iter(gen))].new_zeros(())
         diags: dict[str, float] = {}
         for name in gen:
@@ -239,7 +257,7 @@ class DriftLoss:
             xv = gv.expand(x.shape[0], -1, -1)
             scale, target, d = drift_targets(
                 x, y, taus=cfg.bandwidths, neg=neg, neg_weight=cfg.uncond_weight, x_valid=xv,
-                pos_valid=pv.expand(y.shape[0], -1, -1),
+                pos_valid=pv.expand(y.shape[0], -1, -1), exclude_pos=exclude_pos,
                 normalize_features=cfg.normalize_features, normalize_drift=cfg.normalize_drift,
             )  # fmt: skip
             sq = (x / scale - target).pow(2).sum(-1)

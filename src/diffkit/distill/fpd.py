@@ -57,6 +57,12 @@ class FPDConfig:
         normalize_drift: per-bandwidth unit-RMS drift normalisation.
         lifter: which features the drift is computed on (see LifterConfig).
         queue_size: positives kept per condition in a FIFO queue (0 = only this batch's positives).
+        exclude_own_refinement: leave each draft's own refinement out of its positives, as its
+            own sample is left out of its negatives. The refinement is not an independent draw of
+            p_theta K_r given the draft (it shares 1 - r of its tokens), so keeping it makes the
+            estimate biased: attraction to a near-copy of itself, repulsion from independent
+            samples, i.e. a net spreading push even at the fixed point ([ours]; measured in
+            docs/distill.md).
         gan_weight: lambda_gan of the optional unconditional hinge GAN on images (0 = off).
         gan_reg: discriminator regulariser: "spectral" norm or "r1" gradient penalty.
         r1_gamma: R1 weight when gan_reg = "r1".
@@ -77,10 +83,17 @@ class FPDConfig:
     normalize_drift: bool = True
     lifter: LifterConfig = field(default_factory=LifterConfig)
     queue_size: int = 0
+    exclude_own_refinement: bool = True
     gan_weight: float = 0.0
     gan_reg: Literal["spectral", "r1"] = "spectral"
     r1_gamma: float = 1.0
     disc_lr: float = 2e-4
+
+    @property
+    def sample_mode(self) -> Literal["categorical", "argmax"]:
+        """How the trained student's tokens are drawn at inference, matching its training routing:
+        sampled for ``categorical``/``gumbel`` drafts, argmax for ``argmax`` (and ``soft``)."""
+        return "categorical" if self.ste in ("categorical", "gumbel") else "argmax"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.r_init <= 1.0:
@@ -329,6 +342,7 @@ class FPD:
         # 3. drift in lifted feature space, grouped by condition
         f_gen = self.lifter(x)
         pos, pos_groups = f_pos, groups
+        pos_source = torch.arange(B) if cfg.exclude_own_refinement else None
         if self.queue is not None:
             queued, qg = self.queue.get(groups)
             if len(qg):
@@ -337,8 +351,10 @@ class FPD:
                     for k in f_pos
                 }
                 pos_groups = torch.cat([groups, qg])
+                if pos_source is not None:
+                    pos_source = torch.cat([pos_source, torch.full((len(qg),), -1)])
             self.queue.push(f_pos, groups)
-        loss, diag = self.drift(f_gen, pos, groups, pos_groups=pos_groups)
+        loss, diag = self.drift(f_gen, pos, groups, pos_groups=pos_groups, pos_source=pos_source)
         metrics: dict[str, float] = {"drift_loss": float(loss.detach())}
         for tau in cfg.bandwidths:
             norms = [v for k, v in diag.items() if k.endswith(f"drift_norm_tau{tau:g}")]

@@ -26,6 +26,25 @@ log = logging.getLogger(__name__)
 
 # The teacher's sampling settings used throughout (chosen on the teacher alone, see docs).
 TEACHER_SAMPLING = {"guidance_scale": 2.0, "choice_temperature": 2.0}
+SAMPLING_FILE = "sampling.json"  # beside a saved student: {"sample_mode": "argmax" | "categorical"}
+
+
+def write_sample_mode(student_dir: str | Path, mode: str) -> None:
+    """Record how a saved student's tokens are drawn (its training routing, FPDConfig.sample_mode)."""
+    from diffkit.core.io import atomic_write_json
+
+    atomic_write_json(Path(student_dir) / SAMPLING_FILE, {"sample_mode": mode})
+
+
+def sample_mode_of(model: str | Path) -> Literal["categorical", "argmax"]:
+    """The recorded sampling mode of a zoo student (its metrics) or a student folder; categorical
+    when nothing is recorded."""
+    import json
+
+    if str(model) in models.list_models():
+        return models.metrics(str(model)).get("sample_mode", "categorical")
+    f = Path(model) / SAMPLING_FILE
+    return json.loads(f.read_text())["sample_mode"] if f.is_file() else "categorical"
 
 
 @dataclass

@@ -13,7 +13,7 @@ ORDER = 40
 def build(section, ctx) -> None:
     from diffkit import models
     from diffkit.distill.evaluate import evaluate_samples
-    from diffkit.distill.pipeline import load_digits_zoo, sample_digits
+    from diffkit.distill.pipeline import load_digits_zoo, sample_digits, sample_mode_of
     from diffkit.report import make_grid
 
     zoo = load_digits_zoo()
@@ -34,7 +34,7 @@ def build(section, ctx) -> None:
     for name, kw, nfe in (
         ("teacher, 8 steps + CFG", {"steps": 8}, 16),
         ("teacher, 1 step + CFG", {"steps": 1}, 2),
-        ("FPD student, 1 step", {"student": student}, 1),
+        ("FPD student, 1 step", {"student": student, "mode": sample_mode_of("digits-fpd")}, 1),
     ):
         ctx.status(f"distill: {name}")
         t0 = time.perf_counter()
