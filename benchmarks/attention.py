@@ -83,6 +83,15 @@ def part_a(lengths, dims, densities, reps, block, tile, heads, device) -> list[d
                 fns[f"spike@{rho}"] = lambda c=c: ropeslr_attention(
                     q, k, v, config=RoPeSLRConfig(**{**c.__dict__, "background": False}), grid=grid
                 )
+            # the zoo member's merge (mass, elu+1): needs the spike's log-sum-exp, which compiled
+            # FlexAttention cannot return on CPU, so on CPU this runs the reference spike path
+            rho_m = 0.1 if 0.1 in cfgs else densities[0]
+            c_mass = RoPeSLRConfig(**{**cfgs[rho_m].__dict__, "merge": "mass",
+                                      "feature_map": "elu1"})  # fmt: skip
+            p_mass = RoPeSLRParams(c_mass, heads, d).to(device)
+            fns[f"ropeslr_mass@{rho_m}"] = lambda: ropeslr_attention(
+                q, k, v, config=c_mass, params=p_mass, q_pre=qp, k_pre=kp, grid=grid
+            )
             first = {}
             with torch.no_grad():
                 for name, fn in fns.items():

@@ -38,31 +38,52 @@ def fourier_frequencies(num: int, max_len: int) -> torch.Tensor:
     return torch.logspace(math.log10(lo), math.log10(hi), num, dtype=torch.float64).float()
 
 
+def fourier_ape_axis(
+    coords: torch.Tensor, omega: torch.Tensor, alpha: torch.Tensor
+) -> torch.Tensor:
+    """P_a(x) = [alpha cos(omega x), alpha sin(omega x)]: coords (N,), omega (m,), alpha (H, m)
+    -> (H, N, 2m). P(t, h, w) = [P_t ; P_h ; P_w] concatenates the three axes."""
+    ang = coords[:, None].to(omega.dtype) * omega  # (N, m)
+    al = alpha[:, None, :]  # (H, 1, m)
+    return torch.cat([al * ang.cos(), al * ang.sin()], -1)
+
+
 def fourier_ape(
     positions: torch.Tensor, omegas: list[torch.Tensor], alphas: list[torch.Tensor]
 ) -> torch.Tensor:
-    """P(t, h, w) = [P_t ; P_h ; P_w], P_a(x) = [alpha cos(omega x), alpha sin(omega x)].
-
-    positions (L, 3); omegas[a] (m_a,); alphas[a] (H, m_a) -> (H, L, sum 2 m_a).
-    """
-    parts = []
-    for a in range(3):
-        ang = positions[:, a, None].to(omegas[a].dtype) * omegas[a]  # (L, m)
-        al = alphas[a][:, None, :]  # (H, 1, m)
-        parts += [al * ang.cos(), al * ang.sin()]
-    return torch.cat(parts, -1)
+    """P(t, h, w) (H, L, r) at positions (L, 3); omegas[a] (m_a,), alphas[a] (H, m_a)."""
+    return torch.cat(
+        [fourier_ape_axis(positions[:, a], omegas[a], alphas[a]) for a in range(3)], -1
+    )
 
 
-def feature_map(x: torch.Tensor, kind: str) -> torch.Tensor:
+def grid_positions_like(grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """Integer (t, h, w) of every frame-major token of ``grid``, (L, 3) on ``device``."""
+    axes = [torch.arange(g, device=device) for g in grid]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).flatten(0, 2)
+
+
+def feature_map(x: torch.Tensor, kind: str, inplace: bool = False) -> torch.Tensor:
+    """SiLU or elu + 1 of the projected features; ``inplace`` overwrites ``x`` (used on a fresh
+    projection outside autograd, which saves an (L, r) allocation per call)."""
     if kind == "silu":
-        return F.silu(x)
+        return F.silu(x, inplace=inplace)
     if kind == "elu1":
-        return F.elu(x) + 1
+        return F.elu(x, inplace=inplace).add_(1) if inplace else F.elu(x) + 1
     raise ValueError(f"feature_map {kind!r} is not supported; use 'silu' or 'elu1'")
 
 
+def _project(x: torch.Tensor, u: torch.Tensor, kind: str) -> torch.Tensor:
+    """feature_map(x U): (B, H, L, d) @ (H, d, r), the map applied in place to the fresh product
+    unless autograd records it."""
+    c = x @ u.to(x.dtype)
+    return feature_map(c, kind, inplace=not c.requires_grad)
+
+
 def rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return x.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+    """sqrt(mean(x^2) + eps) over the last dim, (..., 1), in one reduction pass."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return (norm.square() / x.shape[-1] + eps).sqrt()
 
 
 class RoPeSLRParams(nn.Module):
@@ -108,59 +129,78 @@ class RoPeSLRParams(nn.Module):
         self._splits = [d // 2 for d in self.axis_dims]
         if config.ape == "table":
             with torch.no_grad():
+                om, al = self.log_omega.exp().split(self._splits), F.softplus(self.beta)
                 for a, n_max in enumerate(config.ape_max_len):
-                    pos = torch.zeros(n_max, 3, dtype=torch.long)
-                    pos[:, a] = torch.arange(n_max)
-                    full = self.fourier(pos)  # (H, N, r)
-                    lo = sum(self.axis_dims[:a])
-                    setattr(
-                        self,
-                        f"table_{'thw'[a]}",
-                        nn.Parameter(full[..., lo : lo + self.axis_dims[a]].clone()),
-                    )
+                    lo = sum(self._splits[:a])
+                    tab = fourier_ape_axis(
+                        torch.arange(n_max), om[a], al[:, lo : lo + self._splits[a]]
+                    )  # (H, N, r_a)
+                    setattr(self, f"table_{'thw'[a]}", nn.Parameter(tab))
         self._warned = False
 
     # -- position embedding ------------------------------------------------------------------
-    def fourier(self, positions: torch.Tensor) -> torch.Tensor:
-        om = self.log_omega.exp().split(self._splits)
-        al = F.softplus(self.beta).split(self._splits, dim=-1)
-        return fourier_ape(positions, list(om), list(al))
+    def axis_ape(self, axis: int, coords: torch.Tensor) -> torch.Tensor:
+        """P_a(x) (H, N, r_a) of axis ``axis`` at integer coordinates ``coords`` (N,)."""
+        if self.config.ape == "fourier":
+            lo = sum(self._splits[:axis])
+            om = self.log_omega[lo : lo + self._splits[axis]].exp()
+            al = F.softplus(self.beta[:, lo : lo + self._splits[axis]])
+            return fourier_ape_axis(coords, om, al)
+        table = (self.table_t, self.table_h, self.table_w)[axis]
+        n_max = table.shape[1]
+        if int(coords.max()) >= n_max:
+            if not self._warned:
+                log.warning(
+                    "RoPeSLR table APE: grid position %d on axis %s exceeds the table size %d; "
+                    "positions are clamped (use ape='fourier' to extrapolate)",
+                    int(coords.max()),
+                    "thw"[axis],
+                    n_max,
+                )
+                self._warned = True
+            coords = coords.clamp(max=n_max - 1)
+        return table[:, coords.to(table.device)]
 
     def ape(self, positions: torch.Tensor) -> torch.Tensor:
         """P(pos) (H, L, r) for integer positions (L, 3)."""
-        if self.config.ape == "fourier":
-            return self.fourier(positions)
-        tables = [self.table_t, self.table_h, self.table_w]
-        out = []
-        for a in range(3):
-            n_max = tables[a].shape[1]
-            pos = positions[:, a]
-            if int(pos.max()) >= n_max:
-                if not self._warned:
-                    log.warning(
-                        "RoPeSLR table APE: grid position %d on axis %s exceeds the table size %d; "
-                        "positions are clamped (use ape='fourier' to extrapolate)",
-                        int(pos.max()),
-                        "thw"[a],
-                        n_max,
-                    )
-                    self._warned = True
-                pos = pos.clamp(max=n_max - 1)
-            out.append(tables[a][:, pos.to(tables[a].device)])
-        return torch.cat(out, -1)
+        return torch.cat([self.axis_ape(a, positions[:, a]) for a in range(3)], -1)
 
     # -- features ----------------------------------------------------------------------------
     def features(
         self, x: torch.Tensor, u: torch.Tensor, positions: torch.Tensor | None
     ) -> torch.Tensor:
-        """phi(x) (B, H, L, r or 2r) from pre-RoPE x (B, H, L, d)."""
+        """phi(x) (B, H, L, r or 2r) from pre-RoPE x (B, H, L, d) at any integer positions."""
         cfg = self.config
-        c = feature_map(torch.einsum("bhld,hdr->bhlr", x, u.to(x.dtype)), cfg.feature_map)
+        c = _project(x, u, cfg.feature_map)
         if cfg.ape == "none" or positions is None:
             return c
         p = self.ape(positions).to(x.dtype) * self.pe_scale.to(x.dtype)[:, None, None]
         p = p.unsqueeze(0).expand(x.shape[0], -1, -1, -1)
         return c + p if cfg.inject == "add" else torch.cat([c, p], -1)
+
+    def grid_features(
+        self, x: torch.Tensor, u: torch.Tensor, grid: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """:meth:`features` of frame-major x over a (t, h, w) grid, the fast path.
+
+        With inject="add" the APE is added axis by axis as broadcast (H, N_a, r_a) tables into
+        the channel slices of c, so no (L, r) position tensor is built.
+        """
+        cfg = self.config
+        if cfg.ape == "none" or cfg.inject == "concat":
+            pos = grid_positions_like(grid, x.device) if cfg.ape != "none" else None
+            return self.features(x, u, pos)
+        c = _project(x, u, cfg.feature_map)
+        gamma = self.pe_scale.to(x.dtype)[:, None, None]
+        c6 = c.view(*c.shape[:2], *grid, c.shape[-1])  # (B, H, t, h, w, r)
+        lo = 0
+        for a in range(3):
+            tab = self.axis_ape(a, torch.arange(grid[a], device=x.device)).to(x.dtype) * gamma
+            shape = [tab.shape[0], 1, 1, 1, tab.shape[-1]]
+            shape[1 + a] = grid[a]
+            c6[..., lo : lo + tab.shape[-1]] += tab.view(shape)
+            lo += tab.shape[-1]
+        return c
 
     def gate(self, q_pre: torch.Tensor) -> torch.Tensor:
         """g (B, H, L, 1) = sigmoid(w_h . q + b_h)."""
@@ -168,7 +208,9 @@ class RoPeSLRParams(nn.Module):
         return torch.sigmoid(z + self.gate_b.to(q_pre.dtype)[:, None])[..., None]
 
 
-def block_states(phi_k: torch.Tensor, v: torch.Tensor, block: int) -> tuple[torch.Tensor, ...]:
+def block_states(
+    phi_k: torch.Tensor, v: torch.Tensor, block: int, need_z: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-block S_J = Phi_J^T V_J (B, H, n, r, d) and z_J = sum_j phi_j (B, H, n, r)."""
     length = phi_k.shape[2]
     n = -(-length // block)
@@ -177,7 +219,7 @@ def block_states(phi_k: torch.Tensor, v: torch.Tensor, block: int) -> tuple[torc
         phi_k, v = F.pad(phi_k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
     pk = phi_k.unflatten(2, (n, block))
     vb = v.unflatten(2, (n, block))
-    return torch.einsum("bhnjr,bhnjd->bhnrd", pk, vb), pk.sum(3)
+    return pk.transpose(-1, -2) @ vb, pk.sum(3) if need_z else None
 
 
 def complement_states(
@@ -208,30 +250,40 @@ def background(
     idx: torch.Tensor | None,
     valid: torch.Tensor | None,
     block: int,
-    normalize: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    need_den: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Low-rank background over the complement: (N, Z) = (phi_q S~_I, phi_q . z~_I).
 
-    N (B, H, L, d) is RMS-normalised over d when ``normalize`` (gated merge).
+    N is (B, H, L, d); Z (B, H, L) only when ``need_den`` (the mass merge), else None.
     """
     length = phi_q.shape[2]
     n = -(-length // block)
     pad = n * block - length
-    states, zs = block_states(phi_k, v, block)
+    states, zs = block_states(phi_k, v, block, need_den)
     s_c = complement_states(states, idx, valid)  # (B, H, n, r, d)
-    z_c = complement_states(zs, idx, valid)  # (B, H, n, r)
     pq = F.pad(phi_q, (0, 0, 0, pad)) if pad else phi_q
     pq = pq.unflatten(2, (n, block))
-    num = (pq @ s_c).flatten(2, 3)[:, :, :length]
+    num = (pq @ s_c).flatten(2, 3)
+    num = num[:, :, :length] if pad else num
+    if not need_den:
+        return num, None
+    z_c = complement_states(zs, idx, valid)  # (B, H, n, r)
     den = (pq @ z_c[..., None]).flatten(2, 3)[:, :, :length, 0]
-    if normalize:
-        num = num / rms(num)
     return num, den
 
 
-def merge_gated(o_s: torch.Tensor, o_bg: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """o = rms(o_s) (o_s / rms(o_s) + g o_bg) = o_s + g rms(o_s) o_bg (spec b.4)."""
-    return o_s + gate * rms(o_s) * o_bg
+def merge_gated(
+    o_s: torch.Tensor, num: torch.Tensor, gate: torch.Tensor, inplace: bool = False
+) -> torch.Tensor:
+    """o = rms(o_s) (o_s / rms(o_s) + g RMSNorm(N)) = o_s + (g rms(o_s) / rms(N)) N (spec b.4).
+
+    The per-token scale is an (..., L, 1) vector, so the merge is one fused pass over (L, d);
+    ``inplace`` writes it into ``o_s`` (the caller owns o_s and no gradient is needed).
+    """
+    scale = gate * rms(o_s) / rms(num)
+    if inplace:
+        return o_s.addcmul_(scale, num)
+    return torch.addcmul(o_s, scale, num)
 
 
 def merge_mass(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def num_blocks(length: int, block: int) -> int:
@@ -71,9 +70,10 @@ def block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
     """
     length = x.shape[-2]
     n = num_blocks(length, block)
-    pad = n * block - length
-    xp = F.pad(x, (0, 0, 0, pad)) if pad else x
-    sums = xp.unflatten(-2, (n, block)).sum(-2)
+    full = length // block
+    sums = x[..., : full * block, :].unflatten(-2, (full, block)).sum(-2)
+    if full < n:  # ragged tail: summed on its own (no padded copy of x)
+        sums = torch.cat([sums, x[..., full * block :, :].sum(-2, keepdim=True)], -2)
     counts = torch.full((n,), float(block), dtype=x.dtype, device=x.device)
     counts[-1] = length - (n - 1) * block
     return sums / counts[:, None]
@@ -82,10 +82,14 @@ def block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
 def block_scores(
     q: torch.Tensor, k: torch.Tensor, block: int, smooth_k: bool = True
 ) -> torch.Tensor:
-    """Pooled block scores S (B, H, n, n) from post-RoPE q, k (B, H, L, d) (spec b.2 step 1)."""
-    if smooth_k:
-        k = k - k.mean(-2, keepdim=True)
+    """Pooled block scores S (B, H, n, n) from post-RoPE q, k (B, H, L, d) (spec b.2 step 1).
+
+    Smooth-K pools k - mean(k); the mean is subtracted from the pooled blocks (the same
+    number, without an (L, d) temporary).
+    """
     qb, kb = block_mean(q, block), block_mean(k, block)
+    if smooth_k:
+        kb = kb - k.mean(-2, keepdim=True)
     return qb @ kb.transpose(-1, -2) / math.sqrt(q.shape[-1])
 
 

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from diffkit.attention.background import RoPeSLRParams, background, merge_gated, merge_mass
 from diffkit.attention.config import RoPeSLRConfig
 from diffkit.attention.layout import selection_mask
-from diffkit.attention.ropeslr import BlockPlan, plan_blocks, ropeslr_attention, spike
+from diffkit.attention.ropeslr import (
+    BlockPlan,
+    background_features,
+    plan_blocks,
+    ropeslr_attention,
+    spike,
+)
 
 
 def analytic_flops(
@@ -135,10 +141,7 @@ def profile_attention(
     bsz, heads, length, d = q.shape
     use_bg = config.background and params is not None and q_pre is not None
     plan = plan_blocks(q, k, config, grid)
-    p = plan.perm
-    qp, kp, vp = (t[:, :, p] for t in (q, k, v)) if p is not None else (q, k, v)
-    if use_bg:
-        qpre, kpre = (t[:, :, p] for t in (q_pre, k_pre)) if p is not None else (q_pre, k_pre)
+    qp, kp, vp = plan.tiled(q), plan.tiled(k), plan.tiled(v)
     need_lse = use_bg and config.merge == "mass"
     o_s, lse = spike(qp, kp, vp, plan, config, need_lse)  # warm-up (and compile for flex)
 
@@ -146,24 +149,20 @@ def profile_attention(
     t_sp = _median_ms(lambda: spike(qp, kp, vp, plan, config, need_lse), reps)
     t_bg = t_mg = 0.0
     if use_bg:
-        hu = params.u_q.shape[0]
-        uq = params.u_q.expand(heads, -1, -1) if hu == 1 else params.u_q
-        uk = params.u_k.expand(heads, -1, -1) if hu == 1 else params.u_k
         sel = (plan.idx, plan.valid) if config.complement else (None, None)
         gated = config.merge == "gated"
 
         def bg():
-            pq = params.features(qpre, uq, plan.positions)
-            pk = params.features(kpre, uk, plan.positions)
-            return background(pq, pk, vp, *sel, config.block_size, normalize=gated)
+            pq, pk, g = background_features(params, q_pre, k_pre, plan)
+            return (*background(pq, pk, vp, *sel, config.block_size, need_den=not gated), g)
 
-        num, den = bg()
+        num, den, gate = bg()
         t_bg = _median_ms(bg, reps)
 
         def mg():
             if gated:
-                return merge_gated(o_s, num, params.gate(qpre))
-            return merge_mass(o_s, lse, num, den, params.log_lambda.exp())
+                return plan.untiled(merge_gated(o_s, num, gate))
+            return plan.untiled(merge_mass(o_s, lse, num, den, params.log_lambda.exp()))
 
         t_mg = _median_ms(mg, reps)
     kwargs = dict(

@@ -45,11 +45,20 @@ class BlockPlan:
     valid: torch.Tensor  # (B, H, n, k)
     n: int
     density: float  # the budget rho(L)
+    grid: tuple[int, int, int] = (1, 1, 1)  # (t, h, w) of the frame-major token order
 
     @property
     def achieved_density(self) -> float:
         """Fraction of (query block, key block) pairs computed exactly."""
         return float(self.valid.float().sum(-1).mean() / self.n)
+
+    def tiled(self, x: torch.Tensor) -> torch.Tensor:
+        """Frame-major (B, H, L, ...) -> tile-major (one gather; identity without tiling)."""
+        return x if self.perm is None else _take(x, self.perm)
+
+    def untiled(self, x: torch.Tensor) -> torch.Tensor:
+        """Tile-major -> frame-major."""
+        return x if self.inv is None else _take(x, self.inv)
 
 
 def _grid_for(length: int, grid: tuple[int, int, int] | None) -> tuple[int, int, int]:
@@ -82,6 +91,30 @@ def _layout(
     return perm, inverse_permutation(perm), pos[perm], forced_blocks(n, tiles, radius)
 
 
+def _plan_tiled(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    config: RoPeSLRConfig,
+    grid: tuple[int, int, int] | None,
+    density: float | None,
+) -> tuple[BlockPlan, torch.Tensor, torch.Tensor]:
+    """:func:`plan_blocks` that also returns the tile-major q, k it permuted (reused downstream)."""
+    length = q.shape[2]
+    g = _grid_for(length, grid)
+    n = num_blocks(length, config.block_size)
+    perm, inv, pos, forced = _layout(
+        g, tuple(config.tile), config.block_size, config.local_radius, grid is not None
+    )
+    dev = q.device
+    perm, inv = (perm.to(dev), inv.to(dev)) if perm is not None else (None, None)
+    if perm is not None:
+        q, k = _take(q, perm), _take(k, perm)
+    rho = config.density_for(length) if density is None else density
+    scores = block_scores(q, k, config.block_size)
+    idx, valid = select_blocks(scores, num_selected(rho, n), forced, config.selection, config.top_p)
+    return BlockPlan(perm, inv, pos.to(dev), idx, valid, n, rho, g), q, k
+
+
 def plan_blocks(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -94,21 +127,23 @@ def plan_blocks(
     ``q``, ``k`` are post-RoPE, frame-major (B, H, L, d). ``density`` overrides the config's
     budget (used by density annealing).
     """
-    length = q.shape[2]
-    g = _grid_for(length, grid)
-    n = num_blocks(length, config.block_size)
-    perm, inv, pos, forced = _layout(
-        g, tuple(config.tile), config.block_size, config.local_radius, grid is not None
-    )
-    dev = q.device
-    perm, inv = (perm.to(dev), inv.to(dev)) if perm is not None else (None, None)
-    pos = pos.to(dev)
-    if perm is not None:
-        q, k = _take(q, perm), _take(k, perm)
-    rho = config.density_for(length) if density is None else density
-    scores = block_scores(q, k, config.block_size)
-    idx, valid = select_blocks(scores, num_selected(rho, n), forced, config.selection, config.top_p)
-    return BlockPlan(perm, inv, pos, idx, valid, n, rho)
+    return _plan_tiled(q, k, config, grid, density)[0]
+
+
+def background_features(
+    params: RoPeSLRParams, q_pre: torch.Tensor, k_pre: torch.Tensor, plan: BlockPlan
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tile-major (phi_q, phi_k, gate) from frame-major pre-RoPE q/k (spec b.3-b.4).
+
+    Features and gate are per token, so they are computed in frame-major order (where the 3D
+    APE is a broadcast over the grid) and only the rank-r features are permuted.
+    """
+    heads = q_pre.shape[1]
+    u_q = params.u_q.expand(heads, -1, -1) if params.u_q.shape[0] == 1 else params.u_q
+    u_k = params.u_k.expand(heads, -1, -1) if params.u_k.shape[0] == 1 else params.u_k
+    phi_q = plan.tiled(params.grid_features(q_pre, u_q, plan.grid))
+    phi_k = plan.tiled(params.grid_features(k_pre, u_k, plan.grid))
+    return phi_q, phi_k, plan.tiled(params.gate(q_pre))
 
 
 def spike(
@@ -171,35 +206,29 @@ def ropeslr_attention(
     """
     if q.dim() != 4:
         raise ValueError(f"expected (B, H, L, d) inputs, got q of shape {tuple(q.shape)}")
-    plan = plan or plan_blocks(q, k, config, grid, density)
-    if plan.perm is not None:
-        p = plan.perm
-        q, k, v = _take(q, p), _take(k, p), _take(v, p)
-        if q_pre is not None:
-            q_pre, k_pre = _take(q_pre, p), _take(k_pre, p)
-    need_lse = sink_k is not None or (
-        config.background and params is not None and config.merge == "mass"
-    )
+    if plan is None:
+        plan, q, k = _plan_tiled(q, k, config, grid, density)
+    else:
+        q, k = plan.tiled(q), plan.tiled(k)
+    v = plan.tiled(v)
+    use_bg = config.background and params is not None
+    gated = config.merge == "gated"
+    need_lse = sink_k is not None or (use_bg and not gated)
     o_s, lse = spike(q, k, v, plan, config, need_lse)
     if sink_k is not None:
         o_t, lse_t = dense_partial(q, sink_k, sink_v, sink_mask)
         o_s, lse = merge_partials(o_s, lse, o_t, lse_t)
     out = o_s
-    if config.background and params is not None:
+    if use_bg:
         if q_pre is None or k_pre is None:
             raise ValueError("the background path needs the pre-RoPE q_pre and k_pre")
-        hu = params.u_q.shape[0]
-        u_q = params.u_q.expand(q.shape[1], -1, -1) if hu == 1 else params.u_q
-        u_k = params.u_k.expand(q.shape[1], -1, -1) if hu == 1 else params.u_k
-        phi_q = params.features(q_pre, u_q, plan.positions)
-        phi_k = params.features(k_pre, u_k, plan.positions)
+        phi_q, phi_k, gate = background_features(params, q_pre, k_pre, plan)
         sel = (plan.idx, plan.valid) if config.complement else (None, None)
-        gated = config.merge == "gated"
-        num, den = background(phi_q, phi_k, v, *sel, config.block_size, normalize=gated)
+        num, den = background(phi_q, phi_k, v, *sel, config.block_size, need_den=not gated)
         if gated:
-            out = merge_gated(o_s, num, params.gate(q_pre))
+            # o_s is this call's own buffer: merge into it unless autograd needs it.
+            inplace = not (o_s.requires_grad or num.requires_grad or gate.requires_grad)
+            out = merge_gated(o_s, num, gate, inplace=inplace)
         else:
             out = merge_mass(o_s, lse, num, den, params.log_lambda.exp())
-    if plan.inv is not None:
-        out = _take(out, plan.inv)
-    return out
+    return plan.untiled(out)

@@ -97,10 +97,18 @@ def bucket_blocks(n: int, multiple: int = 16) -> int:
     return -(-n // multiple) * multiple
 
 
-def flex_block_mask(idx: torch.Tensor, valid: torch.Tensor, length: int, block: int, n_pad: int):
+def flex_block_mask(
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    length: int,
+    block: int,
+    n_pad: int,
+    backward: bool = True,
+):
     """``BlockMask`` from the selection: full blocks + the ragged tail block as a partial one.
 
     Padded query blocks (beyond n) attend to block 0 only; their rows are discarded.
+    ``backward=False`` skips the transposed (query-major) block lists only a backward uses.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -114,8 +122,11 @@ def flex_block_mask(idx: torch.Tensor, valid: torch.Tensor, length: int, block: 
 
     def pack(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cnt = sel.sum(-1).to(torch.int32)
-        ordered = torch.where(sel, idx, torch.full_like(idx, big)).sort(-1).values
-        ordered = torch.where(ordered == big, torch.zeros_like(ordered), ordered)
+        if bool(sel.all()):  # the common case (top-k, no ragged tail): idx is sorted already
+            ordered = idx
+        else:
+            ordered = torch.where(sel, idx, torch.full_like(idx, big)).sort(-1).values
+            ordered = torch.where(ordered == big, torch.zeros_like(ordered), ordered)
         ind = torch.zeros(bsz, heads, n_pad, n_pad, dtype=torch.int32, device=dev)
         ind[:, :, :n, :kk] = ordered.to(torch.int32)
         num = torch.zeros(bsz, heads, n_pad, dtype=torch.int32, device=dev)
@@ -145,6 +156,7 @@ def flex_block_mask(idx: torch.Tensor, valid: torch.Tensor, length: int, block: 
         BLOCK_SIZE=block,
         mask_mod=mask_mod,
         seq_lengths=(n_pad * block, n_pad * block),
+        compute_q_blocks=backward,
     )
 
 
@@ -173,7 +185,8 @@ def block_sparse_flex(
     n_pad = bucket_blocks(n, bucket)
     pad = n_pad * block - length
     qp, kp, vp = (F.pad(t, (0, 0, 0, pad)) if pad else t for t in (q, k, v))
-    mask = flex_block_mask(idx, valid, length, block, n_pad)
+    backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    mask = flex_block_mask(idx, valid, length, block, n_pad, backward)
     kernel_options = None
     if q.is_cuda:
         kernel_options = {"BLOCK_M": min(block, 64), "BLOCK_N": min(block, 64)}
