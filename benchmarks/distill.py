@@ -5,8 +5,8 @@ never used for training) against the held-out test split: KID (x1e3), FID, class
 precision / recall / coverage, within-class diversity relative to real data, unique token grids,
 NFE and measured wall-clock per 1000 samples (decoder included; teacher and student interleaved).
 
-    python benchmarks/distill.py            # the reduced CPU configuration (see --help)
-    python benchmarks/distill.py --steps 300 --train-seeds 0 1 2   # fuller
+    python benchmarks/distill.py --workers 2    # FPD-1 and naive KD: 3 training seeds at the
+                                                # recipe's steps; ablations: 1 seed, 300 steps
 
 Writes benchmarks/results/distill.json, distill.md and distill.png.
 """
@@ -74,7 +74,7 @@ def merge(per_seed):
     }  # fmt: skip
 
 
-def timing(zoo, student, n=1000, repeats=3):
+def timing(zoo, student, mode, n=1000, repeats=3):
     """Median seconds per n samples, teacher-8 (CFG) and student interleaved in one process."""
     labels = torch.arange(10).repeat_interleave(n // 10)
     t_teacher, t_student = [], []
@@ -83,18 +83,50 @@ def timing(zoo, student, n=1000, repeats=3):
         sample_digits(zoo.teacher, zoo.tokenizer, labels, steps=8, seed=r)
         t_teacher.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        sample_digits(zoo.teacher, zoo.tokenizer, labels, student=student, seed=r)
+        sample_digits(zoo.teacher, zoo.tokenizer, labels, student=student, seed=r, mode=mode)
         t_student.append(time.perf_counter() - t0)
     return statistics.median(t_teacher), statistics.median(t_student)
 
 
+def _job(job: dict) -> dict:
+    """One training run + its evaluation (runs in a worker process, one torch thread)."""
+    torch.set_num_threads(1)
+    zoo = load_digits_zoo()
+    labels = torch.arange(10).repeat_interleave(job["per_class"])
+    seeds = list(range(job["eval_seeds"]))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if job["kind"] == "kd":
+            pool = KDPool(zoo.teacher, job["pool_per_class"], steps=8, guidance_scale=2.0,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+            student = zoo.teacher.make_student()
+            fit(NaiveKD(zoo.teacher), student, pool, job["train"], tmp)
+            student.eval()
+        else:
+            student, _ = distill_digits(job["cfg"], job["train"], tmp, zoo=zoo)
+    train_s = time.perf_counter() - t0
+    return {
+        mode: evaluate(zoo, labels, seeds, student=student, mode=mode) for mode in job["modes"]
+    } | {"train_seconds": train_s}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=100, help="FPD/KD training steps per run")
-    p.add_argument("--train-seeds", type=int, nargs="+", default=[0], help="training seeds")
+    p.add_argument(
+        "--steps", type=int, default=TRAIN.steps, help="FPD-1 and naive-KD training steps"
+    )
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="training seeds of FPD-1 and naive KD")  # fmt: skip
+    p.add_argument("--ablation-steps", type=int, default=300, help="training steps per ablation")
+    p.add_argument("--ablation-seeds", type=int, nargs="+", default=[0],
+                   help="training seeds per ablation")  # fmt: skip
     p.add_argument("--eval-seeds", type=int, default=3, help="sampling seeds per model")
     p.add_argument("--per-class", type=int, default=50, help="samples per class per evaluation")
+    p.add_argument("--kd-pool", type=int, default=200,
+                   help="teacher-8 samples per class in the naive-KD training pool")  # fmt: skip
     p.add_argument("--skip-ablations", action="store_true", help="only FPD-1 among the variants")
+    p.add_argument("--workers", type=int, default=1,
+                   help="training runs in parallel processes (one torch thread each)")  # fmt: skip
     p.add_argument("--name", default="distill", help="results file stem in benchmarks/results/")
     args = p.parse_args()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -108,45 +140,61 @@ def main() -> None:
         rows.append({"method": name, "nfe": nfe, **metrics, **extra})
         print(name, json.dumps({k: round(v["mean"], 4) for k, v in metrics.items()}), flush=True)
 
-    for T in (1, 2, 4, 8):
-        add(f"teacher, {T} step{'s' if T > 1 else ''} (CFG 2)", 2 * T,
-            evaluate(zoo, labels, seeds, steps=T))  # fmt: skip
-    init = zoo.teacher.make_student().eval()
-    add("student at init (teacher, 1 pass from z_init)", 1, evaluate(zoo, labels, seeds, init))
-    add("student at init, argmax tokens", 1, evaluate(zoo, labels, seeds, init, mode="argmax"))
-    shipped = models.load("digits-fpd")
-    add("FPD-1, shipped digits-fpd (300 steps)", 1, evaluate(zoo, labels, seeds, student=shipped))
-    add("FPD-1, shipped, argmax tokens", 1,
-        evaluate(zoo, labels, seeds, student=shipped, mode="argmax"))  # fmt: skip
-
+    # the training runs (FPD-1 + naive KD over training seeds, ablations) go to a process pool
     train = dataclasses.replace(TRAIN, steps=args.steps)
-    # naive KD: CE on teacher-8 samples from the same z_init (one pool, one run per training seed)
-    pool = KDPool(zoo.teacher, 100, steps=8, guidance_scale=2.0,
-                  generator=torch.Generator().manual_seed(0))  # fmt: skip
-    kd_runs = []
+    common = {"per_class": args.per_class, "eval_seeds": args.eval_seeds}
+    jobs = {}
     for ts in args.train_seeds:
-        with tempfile.TemporaryDirectory() as tmp:
-            student = zoo.teacher.make_student()
-            kd_train = dataclasses.replace(train, batch_size=80, ema_decay=0.0, seed=ts)
-            fit(NaiveKD(zoo.teacher), student, pool, kd_train, tmp)
-            kd_runs.append(evaluate(zoo, labels, seeds, student=student.eval()))
-    add(f"naive KD ({args.steps} steps)", 1, merge(kd_runs))
-
-    variants = ablations(FPD_CONFIG)
-    if args.skip_ablations:
-        variants = dict(list(variants.items())[:1])
+        kd_train = dataclasses.replace(train, batch_size=80, ema_decay=0.0, seed=ts)
+        jobs[("kd", ts)] = {**common, "kind": "kd", "train": kd_train,
+                            "pool_per_class": args.kd_pool, "modes": ("categorical", "argmax")}  # fmt: skip
+        jobs[("fpd", ts)] = {**common, "kind": "fpd", "cfg": FPD_CONFIG,
+                             "train": dataclasses.replace(train, seed=ts),
+                             "modes": (FPD_CONFIG.sample_mode,)}  # fmt: skip
+    variants = {} if args.skip_ablations else dict(list(ablations(FPD_CONFIG).items())[1:])
+    abl_train = dataclasses.replace(TRAIN, steps=args.ablation_steps)
+    if not args.skip_ablations:
+        variants = {"FPD-1 (STE, multi-tau, feature, student source)": FPD_CONFIG, **variants}
     for name, cfg in variants.items():
-        per_seed = []
-        t0 = time.perf_counter()
-        for ts in args.train_seeds:
-            with tempfile.TemporaryDirectory() as tmp:
-                st, _ = distill_digits(cfg, dataclasses.replace(train, seed=ts), tmp, zoo=zoo)
-            per_seed.append(evaluate(zoo, labels, seeds, student=st))
-        merged = merge(per_seed)
-        add(f"{name} ({args.steps} steps)", 1, merged,
-            train_seconds=(time.perf_counter() - t0) / len(args.train_seeds))  # fmt: skip
+        for ts in args.ablation_seeds:
+            jobs[("abl", name, ts)] = {**common, "kind": "fpd", "cfg": cfg,
+                                       "train": dataclasses.replace(abl_train, seed=ts),
+                                       "modes": (cfg.sample_mode,)}  # fmt: skip
+    if args.workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-    t_teacher, t_student = timing(zoo, shipped)
+        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as ex:
+            futures = {k: ex.submit(_job, j) for k, j in jobs.items()}
+            # the evaluation-only rows run here meanwhile
+            baseline_rows = _baselines(zoo, labels, seeds)
+            results = {k: f.result() for k, f in futures.items()}
+    else:
+        baseline_rows = _baselines(zoo, labels, seeds)
+        results = {k: _job(j) for k, j in jobs.items()}
+    for r in baseline_rows:
+        add(*r)
+
+    kd = [results[("kd", ts)] for ts in args.train_seeds]
+    for mode in ("categorical", "argmax"):
+        add(f"naive KD, {mode} tokens ({args.steps} steps)", 1, merge([r[mode] for r in kd]))
+    fpd = [results[("fpd", ts)] for ts in args.train_seeds]
+    add(f"FPD-1, {FPD_CONFIG.sample_mode} tokens ({args.steps} steps)", 1,
+        merge([r[FPD_CONFIG.sample_mode] for r in fpd]),
+        train_seconds=statistics.fmean(r["train_seconds"] for r in fpd))  # fmt: skip
+    for name, cfg in variants.items():
+        per_seed = [results[("abl", name, ts)] for ts in args.ablation_seeds]
+        add(f"{name} ({args.ablation_steps} steps)", 1,
+            merge([r[cfg.sample_mode] for r in per_seed]),
+            train_seconds=statistics.fmean(r["train_seconds"] for r in per_seed))  # fmt: skip
+
+    # the shipped zoo student (loaded only now: `make zoo` may retrain it while this runs)
+    shipped = models.load("digits-fpd")
+    mode = models.metrics("digits-fpd").get("sample_mode", "categorical")
+    steps = models.metrics("digits-fpd").get("steps")
+    add(f"FPD-1, shipped digits-fpd ({steps} steps), {mode} tokens", 1,
+        evaluate(zoo, labels, seeds, student=shipped, mode=mode))  # fmt: skip
+    t_teacher, t_student = timing(zoo, shipped, mode)
     real = evaluate_real(labels)
     out = {
         "device": "CPU (2 shared cores, torch threads <= 2)",
@@ -157,8 +205,8 @@ def main() -> None:
             "train": dataclasses.asdict(train),
         },  # fmt: skip
         "notes": "KID/FID on digit-classifier penultimate features vs the 359-image test split; "
-        "mean +- std over sampling seeds (and training seeds when several). Teacher sampling: "
-        "CFG 2, choice temperature 2, cosine schedule.",
+        "mean +- std over training seeds (over sampling seeds when one training seed). Teacher "
+        "sampling: CFG 2, choice temperature 2, cosine schedule.",
         "rows": rows,
         "real_train_vs_test": real,
         "seconds_per_1000": {
@@ -173,6 +221,19 @@ def main() -> None:
     write_md(out, args.name)
     plot(out, args.name)
     print(f"done in {out['wall_seconds']:.0f} s; speedup {t_teacher / t_student:.1f}x")
+
+
+def _baselines(zoo, labels, seeds) -> list[tuple]:
+    """Rows that need no training: the teacher at T steps, the student at init, the shipped one."""
+    rows = []
+    for T in (1, 2, 4, 8):
+        rows.append((f"teacher, {T} step{'s' if T > 1 else ''} (CFG 2)", 2 * T,
+                     evaluate(zoo, labels, seeds, steps=T)))  # fmt: skip
+    init = zoo.teacher.make_student().eval()
+    for mode in ("categorical", "argmax"):
+        rows.append((f"student at init (teacher, 1 pass from z_init), {mode} tokens", 1,
+                     evaluate(zoo, labels, seeds, init, mode=mode)))  # fmt: skip
+    return rows
 
 
 def evaluate_real(labels):

@@ -217,3 +217,24 @@ def test_driftloss_pos_source_excludes_own_refinement(generator):
     ref = (xn / scale - target).pow(2).mean()
     assert float(loss_excl) == pytest.approx(float(ref), rel=1e-5)
     assert float(loss_excl) != pytest.approx(float(loss_kept), rel=1e-3)
+
+
+def test_unconditional_negatives_exclude_own_source(generator):
+    """CFG-style extra negatives: the one derived from x_i itself is left out for x_i."""
+    x = torch.randn(6, 3, generator=generator)
+    unc = x + 0.01 * torch.randn(6, 3, generator=generator)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    cfg = DriftConfig(uncond_weight=0.4, normalize_drift=False)
+    kept, _ = DriftLoss(cfg)({"f": x}, {"f": x + 1}, groups, uncond={"f": unc})
+    excl, _ = DriftLoss(cfg)({"f": x}, {"f": x + 1}, groups, uncond={"f": unc},
+                             uncond_source=torch.arange(6))  # fmt: skip
+    xg, pg = x.view(2, 3, 3), (x + 1).view(2, 3, 3)
+    ug = unc[None].expand(2, -1, -1)
+    ex = torch.zeros(2, 3, 6, dtype=torch.bool)
+    for g in range(2):
+        for n in range(3):
+            ex[g, n, 3 * g + n] = True
+    scale, target, _ = drift_targets(xg, pg, neg=ug, neg_weight=0.4, exclude_neg=ex,
+                                     normalize_drift=False)  # fmt: skip
+    assert float(excl) == pytest.approx(float((xg / scale - target).pow(2).mean()), rel=1e-5)
+    assert float(excl) != pytest.approx(float(kept), rel=1e-3)

@@ -53,6 +53,7 @@ def test_student_input_mask_fraction(generator):
         FPDConfig(samples_per_group=4, queue_size=6, gan_weight=1.0, gan_reg="r1"),
         FPDConfig(samples_per_group=4, gan_weight=0.5, ste="gumbel"),
         FPDConfig(samples_per_group=4, ste="argmax", queue_size=4, exclude_own_refinement=False),
+        FPDConfig(samples_per_group=4, ste="argmax", queue_size=4, drift_guidance=1.5),
     ],
     ids=[
         "default",
@@ -61,6 +62,7 @@ def test_student_input_mask_fraction(generator):
         "queue-gan-r1",
         "gumbel-gan-sn",
         "argmax-own-refinement-kept",
+        "argmax-drift-guidance",
     ],  # fmt: skip
 )
 def test_fpd_step_updates_every_student_param(parts, cfg):
@@ -172,6 +174,7 @@ def test_unsupported_teacher_network():
         ({"remask_min": 0.6, "remask_max": 0.5}, "remask_min"),
         ({"ste": "hard"}, "ste="),
         ({"refine_source": "data"}, "refine_source"),
+        ({"drift_guidance": 0.5}, "drift_guidance"),
         ({"bandwidths": (-1.0,)}, "bandwidths"),
     ],
 )

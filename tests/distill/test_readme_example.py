@@ -16,11 +16,13 @@ def test_readme_example(tmp_path):
     from diffkit.train import TrainConfig, fit
 
     teacher = distill.ClassConditionalTeacher(models.load("digits-maskgit"))
-    cfg = distill.FPDConfig(samples_per_group=24, queue_size=48, teacher_guidance=2.0)
+    cfg = distill.FPDConfig(samples_per_group=24, queue_size=48, teacher_guidance=2.0, ste="argmax")
     fpd = distill.FPD(cfg, teacher=teacher, tokenizer=models.load("digits-patch-tokenizer"),
                       lifter_backbone=models.load("digits-lifter"))  # fmt: skip
     student = fpd.make_student()
     fit(fpd, student, fpd.data(), TrainConfig(steps=1, batch_size=4, lr=2e-4), tmp_path)
-    ids = distill.sample_student(teacher, student, teacher.condition(torch.arange(10)))  # 1 NFE
+    ids = distill.sample_student(
+        teacher, student, teacher.condition(torch.arange(10)), mode=cfg.sample_mode
+    )  # 1 NFE
     images = models.load("digits-patch-tokenizer").decode_ids(ids)
     assert images.shape == (10, 1, 16, 16)

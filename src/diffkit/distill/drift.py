@@ -120,6 +120,7 @@ def drift_targets(
     x_valid: torch.Tensor | None = None,
     pos_valid: torch.Tensor | None = None,
     exclude_pos: torch.Tensor | None = None,
+    exclude_neg: torch.Tensor | None = None,
     normalize_features: bool = True,
     normalize_drift: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -127,8 +128,8 @@ def drift_targets(
 
     The generated samples x (..., N, C) are their own negatives (self-pair excluded); ``neg``
     (..., U, C) adds extra negatives (e.g. unconditional samples for CFG) with ``neg_weight``;
-    ``exclude_pos`` (..., N, P) bool drops (x_i, pos_j) pairs (x_i's own refinement, see
-    :class:`DriftConfig`).
+    ``exclude_pos`` (..., N, P) bool drops (x_i, pos_j) pairs (x_i's own refinement) and
+    ``exclude_neg`` (..., N, U) (x_i, neg_u) pairs of the extra negatives.
     Returns (scale S, target = sg(x/S + sum_tau V~_tau) in scaled units, diagnostics).
     """
     xs = x.detach().float()
@@ -153,7 +154,10 @@ def drift_targets(
     neg_w = torch.cat(nw, -1)
     pos_w = pv.float()
     eye = torch.eye(N, dtype=torch.bool).expand(*lead, N, N)
-    exclude = torch.cat([eye, torch.zeros(*lead, N, neg_all.shape[-2] - N, dtype=torch.bool)], -1)
+    extra = torch.zeros(*lead, N, neg_all.shape[-2] - N, dtype=torch.bool)
+    if exclude_neg is not None:
+        extra = extra | exclude_neg
+    exclude = torch.cat([eye, extra], -1)
     with torch.no_grad():
         if normalize_features:
             d = torch.cdist(xs, torch.cat([pos, neg_all], -2))
@@ -208,7 +212,8 @@ class DriftLoss:
     features ``gen`` (with grad), positives ``pos`` (detached; (Bp, ...) with ``pos_groups``), and
     optional unconditional negatives ``uncond``. ``pos_source`` (Bp,) gives, for each positive, the
     index into ``gen`` of the sample it was derived from (-1: independent); that pair is left out
-    of the estimate (like the self-pair among the negatives). Returns (loss, diagnostics).
+    of the estimate (like the self-pair among the negatives); ``uncond_source`` (U,) does the same
+    for the unconditional negatives. Returns (loss, diagnostics).
     """
 
     def __init__(self, config: DriftConfig | None = None):
@@ -228,6 +233,7 @@ class DriftLoss:
         pos_groups: torch.Tensor | None = None,
         pos_source: torch.Tensor | None = None,
         uncond: dict[str, torch.Tensor] | None = None,
+        uncond_source: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
         pos_groups = groups if pos_groups is None else pos_groups
@@ -249,15 +255,18 @@ class DriftLoss:
         for name in gen:
             x = self._grouped(gen[name].float(), gi)  # (S, G, N, C)
             y = self._grouped(pos[name].detach().float()[keep], pi)
-            neg = None
+            neg = exclude_neg = None
             if uncond is not None and cfg.uncond_weight > 0:
                 u = uncond[name].detach().float()
                 u = u if u.dim() == 3 else u[:, None]
                 neg = u.transpose(0, 1)[:, None].expand(-1, x.shape[1], -1, -1)
+                if uncond_source is not None:  # (G, N, U): x_i vs the extra negative from x_i
+                    exclude_neg = (uncond_source[None, None, :] == gi[:, :, None]) & gv[..., None]
             xv = gv.expand(x.shape[0], -1, -1)
             scale, target, d = drift_targets(
                 x, y, taus=cfg.bandwidths, neg=neg, neg_weight=cfg.uncond_weight, x_valid=xv,
                 pos_valid=pv.expand(y.shape[0], -1, -1), exclude_pos=exclude_pos,
+                exclude_neg=exclude_neg,
                 normalize_features=cfg.normalize_features, normalize_drift=cfg.normalize_drift,
             )  # fmt: skip
             sq = (x / scale - target).pow(2).sum(-1)

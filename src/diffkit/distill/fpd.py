@@ -18,6 +18,7 @@ needed (only for the optional GAN). Inference: one student forward + decoder (NF
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -63,6 +64,11 @@ class FPDConfig:
             estimate biased: attraction to a near-copy of itself, repulsion from independent
             samples, i.e. a net spreading push even at the fixed point ([ours]; measured in
             docs/distill.md).
+        drift_guidance: training-time CFG of the drift (Drifting sec. 3.5), alpha >= 1 (1 = off):
+            the refined drafts of *all* conditions in the batch are added as unconditional
+            negatives with kernel weight (alpha - 1)(N - 1)/N_unc, so the fixed point moves to
+            alpha p(.|c) - (alpha - 1) p(.|0). Data-free analogue of Drifting's real
+            unconditional negatives ([ours]).
         gan_weight: lambda_gan of the optional unconditional hinge GAN on images (0 = off).
         gan_reg: discriminator regulariser: "spectral" norm or "r1" gradient penalty.
         r1_gamma: R1 weight when gan_reg = "r1".
@@ -84,6 +90,7 @@ class FPDConfig:
     lifter: LifterConfig = field(default_factory=LifterConfig)
     queue_size: int = 0
     exclude_own_refinement: bool = True
+    drift_guidance: float = 1.0
     gan_weight: float = 0.0
     gan_reg: Literal["spectral", "r1"] = "spectral"
     r1_gamma: float = 1.0
@@ -120,6 +127,8 @@ class FPDConfig:
                 "FPDConfig.teacher_guidance, gan_weight and queue_size must be >= 0, got "
                 f"{self.teacher_guidance}, {self.gan_weight}, {self.queue_size}"
             )
+        if self.drift_guidance < 1:
+            raise ValueError(f"FPDConfig.drift_guidance must be >= 1, got {self.drift_guidance}")
         if self.gan_reg not in ("spectral", "r1"):
             raise ValueError(f"FPDConfig.gan_reg={self.gan_reg!r}; use 'spectral' or 'r1'")
         DriftConfig(bandwidths=self.bandwidths)  # validates the bandwidths
@@ -354,7 +363,15 @@ class FPD:
                 if pos_source is not None:
                     pos_source = torch.cat([pos_source, torch.full((len(qg),), -1)])
             self.queue.push(f_pos, groups)
-        loss, diag = self.drift(f_gen, pos, groups, pos_groups=pos_groups, pos_source=pos_source)
+        uncond = None
+        if cfg.drift_guidance > 1:  # all conditions' refined drafts = unconditional negatives
+            w = (cfg.drift_guidance - 1) * (cfg.samples_per_group - 1) / B
+            self.drift.config = dataclasses.replace(self.drift.config, uncond_weight=w)
+            uncond = f_pos
+        loss, diag = self.drift(
+            f_gen, pos, groups, pos_groups=pos_groups, pos_source=pos_source, uncond=uncond,
+            uncond_source=torch.arange(B) if cfg.exclude_own_refinement else None,
+        )  # fmt: skip
         metrics: dict[str, float] = {"drift_loss": float(loss.detach())}
         for tau in cfg.bandwidths:
             norms = [v for k, v in diag.items() if k.endswith(f"drift_norm_tau{tau:g}")]

@@ -5,6 +5,8 @@ re-mask r ~ U[0.1, 0.5], one guided teacher step (CFG 2),
 drift on ``digits-lifter`` features with bandwidths (0.02, 0.05, 0.2), grouped by class; EMA.
 At this scale the drift estimate needs many samples per class: 4 classes x 24 samples per step
 plus a per-class queue of 48 refined positives (with 10 x 8 and no queue the student degraded).
+Drafts are argmax tokens (deterministic given z_init; the student samples the same way), and each
+draft's own refinement is left out of its positives (docs/distill.md, "What we learned").
 Records the student's metrics on the evaluation network (500 samples vs the held-out split).
 """
 
@@ -25,9 +27,9 @@ from diffkit.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-FPD_CONFIG = FPDConfig(samples_per_group=24, teacher_guidance=2.0, queue_size=48)
+FPD_CONFIG = FPDConfig(samples_per_group=24, teacher_guidance=2.0, queue_size=48, ste="argmax")
 TRAIN = TrainConfig(
-    steps=300, batch_size=4, lr=2e-4, warmup_steps=20, grad_clip=2.0, ema_decay=0.98,
+    steps=1000, batch_size=4, lr=2e-4, warmup_steps=20, grad_clip=2.0, ema_decay=0.98,
     log_every=10, betas=(0.9, 0.95),
 )  # fmt: skip
 
@@ -41,13 +43,17 @@ def train(out_dir: str | Path, *, seed: int = 0, progress: bool = False) -> dict
         student, last = distill_digits(FPD_CONFIG, cfg, tmp, zoo=zoo, progress=progress)
     train_s = time.perf_counter() - t0
     labels = torch.arange(10).repeat_interleave(50)
-    images, ids = sample_digits(zoo.teacher, zoo.tokenizer, labels, student=student, seed=seed)
+    mode = FPD_CONFIG.sample_mode
+    images, ids = sample_digits(
+        zoo.teacher, zoo.tokenizer, labels, student=student, seed=seed, mode=mode
+    )
     metrics = {
         **evaluate_samples(images, labels, ids=ids, codebook_size=64),
         "train_seconds": train_s,
         "final_drift_loss": last.get("drift_loss"),
         "seed": seed,
         "steps": cfg.steps,
+        "sample_mode": mode,
     }
     save_model_dir(out_dir, student.state_dict(), student.config)
     atomic_write_json(Path(out_dir) / "metrics.json", metrics)
