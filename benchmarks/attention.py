@@ -84,7 +84,8 @@ def part_a(lengths, dims, densities, reps, block, tile, heads, device) -> list[d
                     q, k, v, config=RoPeSLRConfig(**{**c.__dict__, "background": False}), grid=grid
                 )
             # the zoo member's merge (mass, elu+1): needs the spike's log-sum-exp, which compiled
-            # FlexAttention cannot return on CPU, so on CPU this runs the reference spike path
+            # FlexAttention cannot return on CPU; there it is read out through a sink key
+            # (block_sparse_flex), at the cost of one more key block and two value columns
             rho_m = 0.1 if 0.1 in cfgs else densities[0]
             c_mass = RoPeSLRConfig(**{**cfgs[rho_m].__dict__, "merge": "mass",
                                       "feature_map": "elu1"})  # fmt: skip

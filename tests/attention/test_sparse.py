@@ -85,6 +85,39 @@ def test_flex_eager_matches_reference(L, kk, mode):
     assert (l1 - l2).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("L,kk,mode", [(256, 2, "topk"), (300, 2, "topk"), (1000, 6, "topp")])
+def test_flex_lse_readout_matches_reference(L, kk, mode):
+    """The CPU lse read-out (sink key + two value columns), run through eager flex: same output
+    and log-sum-exp as the reference, incl. ragged tails and top-p rows."""
+    q, k, v = _qkv(L, dtype=torch.float32)
+    n = num_blocks(L, 64)
+    idx, valid = select_blocks(block_scores(q, k, 64), kk, forced_blocks(n), mode, 0.5)
+    o1, l1 = block_sparse_reference(q, k, v, idx, valid, 64)
+    o2, l2 = block_sparse_flex(q, k, v, idx, valid, 64, compiled=False, lse_readout=True)
+    assert (o1 - o2).abs().max() < 1e-5
+    assert (l1 - l2).abs().max() < 1e-4
+
+
+def test_flex_lse_readout_reports_underflow():
+    """Scores far above ~88 underflow the sink's weight: lse None, the caller falls back."""
+    q, k, v = _qkv(256, dtype=torch.float32)
+    idx, valid = _select(q, k, 64, 2)
+    o, lse = block_sparse_flex(q * 40, k * 40, v, idx, valid, 64, compiled=False, lse_readout=True)
+    assert lse is None and o.shape == v.shape
+    cfg = RoPeSLRConfig(block_size=64, background=False, backend="reference")
+    out_ref = ropeslr_attention(q * 40, k * 40, v, config=cfg)
+    assert torch.isfinite(out_ref).all()
+
+
+@pytest.mark.slow
+def test_flex_compiled_lse_readout_on_cpu():
+    q, k, v = _qkv(1000, dtype=torch.float32)
+    idx, valid = _select(q, k, 64, 3)
+    o1, l1 = block_sparse_reference(q, k, v, idx, valid, 64)
+    o2, l2 = block_sparse_flex(q, k, v, idx, valid, 64, return_lse=True)
+    assert (o1 - o2).abs().max() < 1e-5 and (l1 - l2).abs().max() < 1e-4
+
+
 @pytest.mark.slow
 def test_flex_compiled_matches_reference_and_sdpa():
     """Compiled FlexAttention (~20 s first compile on CPU), the fast inference path."""

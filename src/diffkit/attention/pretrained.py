@@ -26,7 +26,8 @@ BASE = "moving-digits-wan"
 #: The mass merge (spec b.4 option) is used because it can shrink the spike output by its share of
 #: the softmax mass (78% of the mass lies outside the selected blocks at density 0.1 here), which
 #: the additive gated merge cannot: held-out error 0.25 (gated) vs about 0.11-0.14 (mass) after
-#: alignment. It needs the spike's log-sum-exp, so it runs on the reference backend on CPU.
+#: alignment. It needs the spike's log-sum-exp; the member trains on the reference backend, and
+#: ``backend="flex"`` serves it at inference (on CPU the lse is read out through a sink key).
 DEFAULT_CONFIG: dict = {
     "density": 0.1,
     "block_size": 64,

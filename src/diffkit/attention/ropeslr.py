@@ -156,8 +156,9 @@ def spike(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Exact block-sparse softmax on tile-major (permuted) tensors -> (o_s, lse_s).
 
-    On CPU, compiled FlexAttention cannot return lse; when ``need_lse`` (mass merge, text sinks)
-    the reference backend is used instead.
+    On CPU, compiled FlexAttention cannot return lse; :func:`block_sparse_flex` then reads it out
+    of the output through an extra sink key (falling back to the reference backend only where
+    that read-out is not finite).
     """
     backend = config.backend
     if backend == "auto":
@@ -167,10 +168,12 @@ def spike(
             raise ValueError(
                 "backend='flex' has no backward on CPU (PyTorch); use backend='reference' to train"
             )
-        if not (need_lse and not q.is_cuda):
-            return block_sparse_flex(
-                q, k, v, plan.idx, plan.valid, config.block_size, return_lse=need_lse
-            )
+        o, lse = block_sparse_flex(
+            q, k, v, plan.idx, plan.valid, config.block_size, return_lse=need_lse
+        )
+        if lse is not None or not need_lse:
+            return o, lse
+        # the CPU lse read-out was not finite (extreme scores): exact reference path
     return block_sparse_reference(q, k, v, plan.idx, plan.valid, config.block_size)
 
 

@@ -82,12 +82,23 @@ def block_sparse_reference(
 _COMPILED: dict[str, object] = {}
 
 
+_READOUT_COLS = 2  # extra value columns of the CPU lse read-out (a, w)
+
+
 def _flex_fn(compiled: bool):
     from torch.nn.attention.flex_attention import flex_attention
 
     if not compiled:
         return flex_attention
     if "flex" not in _COMPILED:
+        # one kernel per (length bucket, head dims, lse read-out): a model with a few resolutions
+        # passes dynamo's default limit of 8 recompiles, after which flex silently runs eagerly,
+        # i.e. densely and ~50x slower (seen in the benchmark); raise the limit for this function
+        import torch._dynamo.config as dynamo_config
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
         _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
     return _COMPILED["flex"]
 
@@ -104,11 +115,14 @@ def flex_block_mask(
     block: int,
     n_pad: int,
     backward: bool = True,
+    sink: bool = False,
 ):
     """``BlockMask`` from the selection: full blocks + the ragged tail block as a partial one.
 
     Padded query blocks (beyond n) attend to block 0 only; their rows are discarded.
     ``backward=False`` skips the transposed (query-major) block lists only a backward uses.
+    ``sink=True`` appends one key block (index ``n_pad``) whose first position every query
+    attends to (see :func:`block_sparse_flex`: it reads the log-sum-exp out of the output).
     """
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -119,6 +133,7 @@ def flex_block_mask(
     is_partial = valid & (idx == tail) if ragged else torch.zeros_like(valid)
     is_full = valid & ~is_partial
     big = n_pad + 1
+    n_kv = n_pad + 1 if sink else n_pad
 
     def pack(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cnt = sel.sum(-1).to(torch.int32)
@@ -127,7 +142,7 @@ def flex_block_mask(
         else:
             ordered = torch.where(sel, idx, torch.full_like(idx, big)).sort(-1).values
             ordered = torch.where(ordered == big, torch.zeros_like(ordered), ordered)
-        ind = torch.zeros(bsz, heads, n_pad, n_pad, dtype=torch.int32, device=dev)
+        ind = torch.zeros(bsz, heads, n_pad, n_kv, dtype=torch.int32, device=dev)
         ind[:, :, :n, :kk] = ordered.to(torch.int32)
         num = torch.zeros(bsz, heads, n_pad, dtype=torch.int32, device=dev)
         num[:, :, :n] = cnt
@@ -136,17 +151,28 @@ def flex_block_mask(
     full_num, full_ind = pack(is_full)
     part_num, part_ind = pack(is_partial)
     part_num[:, :, n:] = 1  # padded query rows: one (masked-out) block so no row is empty
+    if sink:  # the sink block goes last in every query block's partial list (stays sorted)
+        part_ind.scatter_(-1, part_num[..., None].long(), n_pad)
+        part_num += 1
     limit = torch.tensor(length, device=dev)
+    sink_pos = torch.tensor(n_pad * block, device=dev)
     # Eager (uncompiled) flex evaluates mask_mod densely and ignores block sparsity, so the
     # mask_mod also encodes the selection; compiled flex only calls it on the partial tail block.
-    sel = torch.zeros(bsz, heads, n_pad, n_pad, dtype=torch.bool, device=dev)
+    sel = torch.zeros(bsz, heads, n_pad, n_kv, dtype=torch.bool, device=dev)
     sel[:, :, :n, :n] = torch.zeros(bsz, heads, n, n, dtype=torch.bool, device=dev).scatter(
         -1, idx, valid
     )
     sel[:, :, n:, 0] = True
+    if sink:
+        sel[:, :, :, n_pad] = True
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        return (kv_idx < limit) & sel[b, h, q_idx // block, kv_idx // block]
+        def mask_mod(b, h, q_idx, kv_idx):
+            ok = (kv_idx < limit) | (kv_idx == sink_pos)
+            return ok & sel[b, h, q_idx // block, kv_idx // block]
+    else:
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (kv_idx < limit) & sel[b, h, q_idx // block, kv_idx // block]
 
     return BlockMask.from_kv_blocks(
         part_num,
@@ -155,7 +181,7 @@ def flex_block_mask(
         full_ind,
         BLOCK_SIZE=block,
         mask_mod=mask_mod,
-        seq_lengths=(n_pad * block, n_pad * block),
+        seq_lengths=(n_pad * block, n_kv * block),
         compute_q_blocks=backward,
     )
 
@@ -171,12 +197,20 @@ def block_sparse_flex(
     compiled: bool = True,
     bucket: int = 16,
     return_lse: bool = True,
+    lse_readout: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The same computation as :func:`block_sparse_reference` through FlexAttention.
 
     Compiled flex on CPU cannot return the log-sum-exp (PyTorch 2.13: "torch.compile on CPU only
-    supports inference and return_lse is not supported yet"); pass ``return_lse=False`` there
-    (lse is then None).
+    supports inference and return_lse is not supported yet"). There the lse is read out of the
+    output instead: one extra *sink* key (all-zero, so its score is 0) is appended and every
+    query attends to it, and v gets two extra columns, 1 on the real keys and 1 on the sink. The
+    softmax then returns a = Z/(Z+1) and w = 1/(Z+1) in those columns (Z = sum of exp-scores over
+    the selected keys), so o_s = o[:d] / a and lse = log a - log w, exact up to rounding; the
+    extra cost is one key block per query block and two value columns. Returns lse = None where
+    the read-out is not finite (w underflows when a row's scores exceed ~88), and the caller falls
+    back to the reference path. ``lse_readout`` forces (True) or forbids (False) this read-out;
+    None uses it exactly where it is needed (compiled, CPU, lse requested).
     """
     from torch.nn.attention.flex_attention import AuxRequest
 
@@ -190,12 +224,28 @@ def block_sparse_flex(
     kernel_options = None
     if q.is_cuda:
         kernel_options = {"BLOCK_M": min(block, 64), "BLOCK_N": min(block, 64)}
-    if return_lse and compiled and not q.is_cuda:
-        raise ValueError(
-            "compiled FlexAttention on CPU cannot return the log-sum-exp; use return_lse=False "
-            "or the reference backend"
-        )
     fn = _flex_fn(compiled)
+    if lse_readout is None:
+        lse_readout = compiled and not q.is_cuda
+    if return_lse and lse_readout:
+        if backward:
+            raise ValueError(
+                "compiled FlexAttention on CPU has no backward; use the reference backend to train"
+            )
+        mask = flex_block_mask(idx, valid, length, block, n_pad, False, sink=True)
+        Lk = n_pad * block
+        k_ext = F.pad(kp, (0, 0, 0, block))  # sink key (and the rest of its block): zeros
+        v_ext = F.pad(vp, (0, _READOUT_COLS, 0, block))
+        v_ext[:, :, :length, d] = 1.0
+        v_ext[:, :, Lk, d + 1] = 1.0
+        o = fn(qp, k_ext, v_ext, block_mask=mask, scale=scale)
+        o = o[0] if isinstance(o, tuple) else o
+        o = o[:, :, :length]
+        a, w = o[..., d], o[..., d + 1]
+        lse = a.log() - w.log()
+        if not bool(torch.isfinite(lse).all()):
+            return o[..., :d] / a[..., None], None
+        return o[..., :d] / a[..., None], lse
     aux_req = AuxRequest(lse=True) if return_lse else None
     res = fn(
         qp, kp, vp, block_mask=mask, scale=scale, kernel_options=kernel_options, return_aux=aux_req
