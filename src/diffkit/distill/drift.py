@@ -213,7 +213,8 @@ class DriftLoss:
     optional unconditional negatives ``uncond``. ``pos_source`` (Bp,) gives, for each positive, the
     index into ``gen`` of the sample it was derived from (-1: independent); that pair is left out
     of the estimate (like the self-pair among the negatives); ``uncond_source`` (U,) does the same
-    for the unconditional negatives. Returns (loss, diagnostics).
+    for the unconditional negatives, and ``uncond_weight`` overrides the config's kernel weight of
+    them for this call. Returns (loss, diagnostics).
     """
 
     def __init__(self, config: DriftConfig | None = None):
@@ -234,8 +235,10 @@ class DriftLoss:
         pos_source: torch.Tensor | None = None,
         uncond: dict[str, torch.Tensor] | None = None,
         uncond_source: torch.Tensor | None = None,
+        uncond_weight: float | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
+        w_unc = cfg.uncond_weight if uncond_weight is None else uncond_weight
         pos_groups = groups if pos_groups is None else pos_groups
         if set(gen) != set(pos):
             raise ValueError(f"feature keys differ: gen {sorted(gen)} vs pos {sorted(pos)}")
@@ -256,7 +259,7 @@ class DriftLoss:
             x = self._grouped(gen[name].float(), gi)  # (S, G, N, C)
             y = self._grouped(pos[name].detach().float()[keep], pi)
             neg = exclude_neg = None
-            if uncond is not None and cfg.uncond_weight > 0:
+            if uncond is not None and w_unc > 0:
                 u = uncond[name].detach().float()
                 u = u if u.dim() == 3 else u[:, None]
                 neg = u.transpose(0, 1)[:, None].expand(-1, x.shape[1], -1, -1)
@@ -264,7 +267,7 @@ class DriftLoss:
                     exclude_neg = (uncond_source[None, None, :] == gi[:, :, None]) & gv[..., None]
             xv = gv.expand(x.shape[0], -1, -1)
             scale, target, d = drift_targets(
-                x, y, taus=cfg.bandwidths, neg=neg, neg_weight=cfg.uncond_weight, x_valid=xv,
+                x, y, taus=cfg.bandwidths, neg=neg, neg_weight=w_unc, x_valid=xv,
                 pos_valid=pv.expand(y.shape[0], -1, -1), exclude_pos=exclude_pos,
                 exclude_neg=exclude_neg,
                 normalize_features=cfg.normalize_features, normalize_drift=cfg.normalize_drift,

@@ -18,7 +18,6 @@ needed (only for the optional GAN). Inference: one student forward + decoder (NF
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -363,14 +362,14 @@ class FPD:
                 if pos_source is not None:
                     pos_source = torch.cat([pos_source, torch.full((len(qg),), -1)])
             self.queue.push(f_pos, groups)
-        uncond = None
+        uncond, w_unc = None, 0.0
         if cfg.drift_guidance > 1:  # all conditions' refined drafts = unconditional negatives
-            w = (cfg.drift_guidance - 1) * (cfg.samples_per_group - 1) / B
-            self.drift.config = dataclasses.replace(self.drift.config, uncond_weight=w)
             uncond = f_pos
+            w_unc = (cfg.drift_guidance - 1) * (cfg.samples_per_group - 1) / B
         loss, diag = self.drift(
             f_gen, pos, groups, pos_groups=pos_groups, pos_source=pos_source, uncond=uncond,
             uncond_source=torch.arange(B) if cfg.exclude_own_refinement else None,
+            uncond_weight=w_unc,
         )  # fmt: skip
         metrics: dict[str, float] = {"drift_loss": float(loss.detach())}
         for tau in cfg.bandwidths:
