@@ -82,9 +82,6 @@ def block_sparse_reference(
 _COMPILED: dict[str, object] = {}
 
 
-_READOUT_COLS = 2  # extra value columns of the CPU lse read-out (a, w)
-
-
 def _flex_fn(compiled: bool):
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -155,7 +152,7 @@ def flex_block_mask(
         part_ind.scatter_(-1, part_num[..., None].long(), n_pad)
         part_num += 1
     limit = torch.tensor(length, device=dev)
-    sink_pos = torch.tensor(n_pad * block, device=dev)
+    sink_pos = torch.tensor(n_pad * block if sink else -1, device=dev)
     # Eager (uncompiled) flex evaluates mask_mod densely and ignores block sparsity, so the
     # mask_mod also encodes the selection; compiled flex only calls it on the partial tail block.
     sel = torch.zeros(bsz, heads, n_pad, n_kv, dtype=torch.bool, device=dev)
@@ -166,13 +163,9 @@ def flex_block_mask(
     if sink:
         sel[:, :, :, n_pad] = True
 
-        def mask_mod(b, h, q_idx, kv_idx):
-            ok = (kv_idx < limit) | (kv_idx == sink_pos)
-            return ok & sel[b, h, q_idx // block, kv_idx // block]
-    else:
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return (kv_idx < limit) & sel[b, h, q_idx // block, kv_idx // block]
+    def mask_mod(b, h, q_idx, kv_idx):
+        ok = (kv_idx < limit) | (kv_idx == sink_pos)  # sink_pos = -1 without a sink
+        return ok & sel[b, h, q_idx // block, kv_idx // block]
 
     return BlockMask.from_kv_blocks(
         part_num,
@@ -220,7 +213,6 @@ def block_sparse_flex(
     pad = n_pad * block - length
     qp, kp, vp = (F.pad(t, (0, 0, 0, pad)) if pad else t for t in (q, k, v))
     backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    mask = flex_block_mask(idx, valid, length, block, n_pad, backward)
     kernel_options = None
     if q.is_cuda:
         kernel_options = {"BLOCK_M": min(block, 64), "BLOCK_N": min(block, 64)}
@@ -230,12 +222,13 @@ def block_sparse_flex(
     if return_lse and lse_readout:
         if backward:
             raise ValueError(
-                "compiled FlexAttention on CPU has no backward; use the reference backend to train"
+                "the lse read-out is inference-only (compiled FlexAttention on CPU has no "
+                "backward); use the reference backend to train"
             )
-        mask = flex_block_mask(idx, valid, length, block, n_pad, False, sink=True)
+        mask = flex_block_mask(idx, valid, length, block, n_pad, backward, sink=True)
         Lk = n_pad * block
         k_ext = F.pad(kp, (0, 0, 0, block))  # sink key (and the rest of its block): zeros
-        v_ext = F.pad(vp, (0, _READOUT_COLS, 0, block))
+        v_ext = F.pad(vp, (0, 2, 0, block))  # value columns d, d+1 carry a and w
         v_ext[:, :, :length, d] = 1.0
         v_ext[:, :, Lk, d + 1] = 1.0
         o = fn(qp, k_ext, v_ext, block_mask=mask, scale=scale)
@@ -243,9 +236,9 @@ def block_sparse_flex(
         o = o[:, :, :length]
         a, w = o[..., d], o[..., d + 1]
         lse = a.log() - w.log()
-        if not bool(torch.isfinite(lse).all()):
-            return o[..., :d] / a[..., None], None
-        return o[..., :d] / a[..., None], lse
+        o_s = o[..., :d] / a[..., None]
+        return o_s, lse if bool(torch.isfinite(lse).all()) else None
+    mask = flex_block_mask(idx, valid, length, block, n_pad, backward)
     aux_req = AuxRequest(lse=True) if return_lse else None
     res = fn(
         qp, kp, vp, block_mask=mask, scale=scale, kernel_options=kernel_options, return_aux=aux_req
