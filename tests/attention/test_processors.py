@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _wan_tiny import WAN  # conftest.py puts this folder on sys.path
 
 from diffkit.attention import (
     RoPeSLRConfig,
@@ -11,18 +12,6 @@ from diffkit.attention import (
     ropeslr_state_dict,
 )
 
-WAN = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=4,
-    out_channels=4,
-    text_dim=16,
-    freq_dim=16,
-    ffn_dim=32,
-    num_layers=2,
-    rope_max_seq_len=32,
-)
 HUNYUAN = dict(
     in_channels=4,
     out_channels=4,
@@ -38,16 +27,6 @@ HUNYUAN = dict(
     pooled_projection_dim=8,
     rope_axes_dim=(4, 4, 4),
 )
-
-
-@pytest.fixture(scope="module")
-def wan_dir(tmp_path_factory):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("wan")
-    WanTransformer3DModel(**WAN).save_pretrained(path)
-    return path
 
 
 def _wan(path):

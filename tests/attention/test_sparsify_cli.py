@@ -1,32 +1,8 @@
 import json
 
 import pytest
-import torch
 
 from diffkit.cli import main
-
-WAN = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=4,
-    out_channels=4,
-    text_dim=16,
-    freq_dim=16,
-    ffn_dim=32,
-    num_layers=2,
-    rope_max_seq_len=32,
-)
-
-
-@pytest.fixture(scope="module")
-def wan_dir(tmp_path_factory):
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(0)
-    p = tmp_path_factory.mktemp("wan")
-    WanTransformer3DModel(**WAN).save_pretrained(p)
-    return p
 
 
 def _recipe(tmp_path, stage):

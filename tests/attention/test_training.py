@@ -1,6 +1,7 @@
 """Stage-1 alignment and stage-2 fine-tuning through diffkit.train.fit on a tiny Wan model."""
 
 import torch
+from _wan_tiny import WAN as WAN_BASE  # conftest.py puts this folder on sys.path
 
 from diffkit.attention import (
     AlignmentObjective,
@@ -13,18 +14,7 @@ from diffkit.attention import (
 )
 from diffkit.train import TrainConfig, fit
 
-WAN = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=1,
-    out_channels=1,
-    text_dim=16,
-    freq_dim=16,
-    ffn_dim=32,
-    num_layers=2,
-    rope_max_seq_len=32,
-)
+WAN = {**WAN_BASE, "in_channels": 1, "out_channels": 1}
 
 
 class Videos(torch.utils.data.Dataset):

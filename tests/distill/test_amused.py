@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _amused_tiny import save_tiny_amused  # conftest.py puts this folder on sys.path
 
 from diffkit.distill import (
     FPD,
@@ -24,32 +25,7 @@ pytest.importorskip("diffusers")
 
 @pytest.fixture(scope="module")
 def amused_dir(tmp_path_factory):
-    from diffusers import AmusedScheduler, UVit2DModel, VQModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("amused")
-    UVit2DModel(
-        hidden_size=8, use_bias=False, hidden_dropout=0.0, cond_embed_dim=8,
-        micro_cond_encode_dim=2, micro_cond_embed_dim=10, encoder_hidden_size=8, vocab_size=32,
-        codebook_size=8, in_channels=8, block_out_channels=8, num_res_blocks=1, downsample=True,
-        upsample=True, block_num_heads=1, num_hidden_layers=1, num_attention_heads=1,
-        attention_dropout=0.0, intermediate_size=8, layer_norm_eps=1e-6, ln_elementwise_affine=True,
-    ).save_pretrained(root / "transformer")  # fmt: skip
-    AmusedScheduler(mask_token_id=31).save_pretrained(root / "scheduler")
-    VQModel(
-        act_fn="silu", block_out_channels=[8], down_block_types=["DownEncoderBlock2D"],
-        in_channels=3, latent_channels=8, layers_per_block=1, norm_num_groups=8,
-        num_vq_embeddings=8, out_channels=3, sample_size=8, up_block_types=["UpDecoderBlock2D"],
-        mid_block_add_attention=False, lookup_from_codebook=True,
-    ).save_pretrained(root / "vqvae")  # fmt: skip
-    CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=8, intermediate_size=8,
-            num_attention_heads=1, num_hidden_layers=1, vocab_size=100, projection_dim=8,
-        )
-    ).save_pretrained(root / "text_encoder")  # fmt: skip
-    return root
+    return save_tiny_amused(tmp_path_factory.mktemp("amused"))
 
 
 def _load(root):

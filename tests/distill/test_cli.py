@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from _amused_tiny import save_tiny_amused  # conftest.py puts this folder on sys.path
 
 from diffkit import cli, models
 from diffkit.distill.cli import _configs
@@ -76,44 +76,9 @@ def test_distill_digits_smoke(tmp_path, capsys):
                  "--per-class", "1", "--out", str(out)]) == 0  # fmt: skip
 
 
-def _tiny_amused_folder(root: Path) -> None:
-    from diffusers import AmusedScheduler, UVit2DModel, VQModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
-
-    torch.manual_seed(0)
-    UVit2DModel(
-        hidden_size=8, use_bias=False, cond_embed_dim=8, micro_cond_encode_dim=2,
-        micro_cond_embed_dim=10, encoder_hidden_size=8, vocab_size=32, codebook_size=8,
-        in_channels=8, block_out_channels=8, num_res_blocks=1, downsample=True, upsample=True,
-        block_num_heads=1, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
-    ).save_pretrained(root / "transformer")  # fmt: skip
-    AmusedScheduler(mask_token_id=31).save_pretrained(root / "scheduler")
-    VQModel(
-        act_fn="silu", block_out_channels=[8], down_block_types=["DownEncoderBlock2D"],
-        in_channels=3, latent_channels=8, layers_per_block=1, norm_num_groups=8,
-        num_vq_embeddings=8, out_channels=3, sample_size=8, up_block_types=["UpDecoderBlock2D"],
-        mid_block_add_attention=False, lookup_from_codebook=True,
-    ).save_pretrained(root / "vqvae")  # fmt: skip
-    CLIPTextModelWithProjection(
-        CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=8,
-                       intermediate_size=8, num_attention_heads=1, num_hidden_layers=1,
-                       vocab_size=64, projection_dim=8)
-    ).save_pretrained(root / "text_encoder")  # fmt: skip
-    tk = root / "tokenizer"
-    tk.mkdir()
-    chars = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (tk / "vocab.json").write_text(json.dumps(vocab))
-    (tk / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(tk / "vocab.json"), str(tk / "merges.txt")).save_pretrained(tk)
-
-
 def test_distill_amused_teacher_folder(tmp_path):
     pytest.importorskip("diffusers")
-    _tiny_amused_folder(tmp_path / "amused")
+    save_tiny_amused(tmp_path / "amused", text_vocab=64, eos_token_id=1, tokenizer=True)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "amused:\n  prompts: [a cat, a dog]\n  grid: [8, 8]\n  max_length: 8\n"
