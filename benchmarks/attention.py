@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from diffkit.attention import RoPeSLRConfig, RoPeSLRParams, ropeslr_attention
 from diffkit.attention.profiler import analytic_flops, counted_flops
+from diffkit.attention.ropeslr import plan_blocks
 
 RESULTS = Path(__file__).parent / "results"
 warnings.filterwarnings("ignore")
@@ -47,21 +48,51 @@ def _env() -> dict:
 
 
 def _grid(L: int) -> tuple[int, int, int]:
-    f = {4096: (16, 16, 16), 8192: (8, 32, 32), 16384: (16, 32, 32), 32768: (32, 32, 32)}
+    f = {
+        4096: (16, 16, 16),
+        8192: (8, 32, 32),
+        16384: (16, 32, 32),
+        32768: (32, 32, 32),
+        65536: (16, 64, 64),
+        75600: (21, 45, 80),  # Wan2.1 at 720p, 81 frames: 21 latent frames of 45 x 80 patches
+        131072: (32, 64, 64),
+    }
     return f.get(L, (1, 1, L))
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 # ----------------------------------------------------------------------------- (a) speed
-def part_a(lengths, dims, densities, reps, block, tile, heads, device) -> list[dict]:
-    rows = []
+def part_a(
+    lengths,
+    dims,
+    densities,
+    reps,
+    block,
+    tile,
+    heads,
+    device,
+    dtype="fp32",
+    on_rows=None,
+    time_budget=None,
+) -> list[dict]:
+    """Rows of timings; methods that fail are reported (``on_rows(rows, errors)``) and skipped.
+    ``time_budget`` (s): start no new (L, d) configuration after it has passed."""
+    rows, errors = [], []
+    dt = DTYPES[dtype]
+    t_start = time.perf_counter()
     for d in dims:
         for L in lengths:
+            if time_budget and time.perf_counter() - t_start > time_budget:
+                print(json.dumps({"skipped": {"L": L, "d": d, "reason": "time budget"}}))
+                continue
             if L == 32768 and d == 128 and device == "cpu":
                 continue  # see the reduction note in the results
             grid = _grid(L)
-            g = torch.Generator().manual_seed(0)
+            g = torch.Generator(device=device).manual_seed(0)
             q, k, v, qp, kp = (
-                torch.randn(1, heads, L, d, generator=g).to(device) for _ in range(5)
+                torch.randn(1, heads, L, d, generator=g, device=device).to(dt) for _ in range(5)
             )
             cfgs = {
                 rho: RoPeSLRConfig(
@@ -74,7 +105,7 @@ def part_a(lengths, dims, densities, reps, block, tile, heads, device) -> list[d
                 )
                 for rho in densities
             }
-            params = RoPeSLRParams(cfgs[densities[0]], heads, d).to(device)
+            params = RoPeSLRParams(cfgs[densities[0]], heads, d).to(device, dt)
             fns = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v)}
             for rho, c in cfgs.items():
                 fns[f"ropeslr@{rho}"] = lambda c=c: ropeslr_attention(
@@ -89,18 +120,31 @@ def part_a(lengths, dims, densities, reps, block, tile, heads, device) -> list[d
             rho_m = 0.1 if 0.1 in cfgs else densities[0]
             c_mass = RoPeSLRConfig(**{**cfgs[rho_m].__dict__, "merge": "mass",
                                       "feature_map": "elu1"})  # fmt: skip
-            p_mass = RoPeSLRParams(c_mass, heads, d).to(device)
+            p_mass = RoPeSLRParams(c_mass, heads, d).to(device, dt)
             fns[f"ropeslr_mass@{rho_m}"] = lambda: ropeslr_attention(
                 q, k, v, config=c_mass, params=p_mass, q_pre=qp, k_pre=kp, grid=grid
             )
+            # the selection alone (tile permutation, pooled scores, top-k), part of every row above
+            fns[f"selection@{rho_m}"] = lambda: plan_blocks(q, k, cfgs[rho_m], grid)
             first = {}
             with torch.no_grad():
-                for name, fn in fns.items():
+                for name, fn in list(fns.items()):
                     t0 = time.perf_counter()
-                    fn()
+                    try:
+                        fn()
+                        if device != "cpu":
+                            torch.cuda.synchronize()
+                    except Exception as e:  # recorded; the other methods still run
+                        if name == "sdpa":
+                            raise
+                        err = {"L": L, "d": d, "method": name, "error": f"{type(e).__name__}: {e}"}
+                        print(json.dumps(err), flush=True)
+                        errors.append(err)
+                        del fns[name]
+                        continue
                     first[name] = time.perf_counter() - t0
                 times = {name: [] for name in fns}
-                n_rep = reps if L <= 16384 else max(3, reps // 2)
+                n_rep = reps if (L <= 16384 or device != "cpu") else max(3, reps // 2)
                 for _ in range(n_rep):  # interleaved: every method once per round
                     for name, fn in fns.items():
                         if device != "cpu":
@@ -125,15 +169,120 @@ def part_a(lengths, dims, densities, reps, block, tile, heads, device) -> list[d
                     "first_call_s": first[name],
                     "speedup_vs_sdpa": base / med,
                     "reps": len(times[name]),
+                    "dtype": dtype,
                     "loadavg": os.getloadavg()[0],
                 }
-                if rho is not None:
+                if rho is not None and name != f"selection@{rho}":
                     kb = max(1, min(n, math.ceil(round(rho * n, 9))))
                     fl = analytic_flops(L, d, kb, block, params.rank, name.startswith("ropeslr"))
                     row.update(flop_reduction=fl["reduction"], k_blocks=kb)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+            if on_rows is not None:
+                on_rows(rows, errors)
     return rows
+
+
+FLEX_CANDIDATES = [
+    {},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+    {"USE_TMA": True},
+    {"USE_TMA": True, "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+]
+
+
+def tune_flex(lengths, dims, heads, density, block, tile, dtype, reps=10, device="cuda") -> dict:
+    """Time the compiled flex spike (CUDA) under each candidate ``kernel_options`` and keep, per
+    head dim, the one with the lowest geometric-mean time over ``lengths``."""
+    from diffkit.attention.sparse import block_sparse_flex, set_cuda_kernel_options
+
+    out = {"density": density, "lengths": lengths, "results": [], "best": {}}
+    for d in dims:
+        scores = {i: [] for i in range(len(FLEX_CANDIDATES))}
+        for L in lengths:
+            g = torch.Generator(device=device).manual_seed(0)
+            q, k, v = (torch.randn(1, heads, L, d, generator=g, device=device).to(DTYPES[dtype])
+                       for _ in range(3))  # fmt: skip
+            cfg = RoPeSLRConfig(density=density, block_size=block, tile=tile, backend="flex")
+            plan = plan_blocks(q, k, cfg, grid=_grid(L))
+            qt, kt, vt = plan.tiled(q), plan.tiled(k), plan.tiled(v)
+            with torch.no_grad():
+                for i, opts in enumerate(FLEX_CANDIDATES):
+
+                    def fn():
+                        return block_sparse_flex(qt, kt, vt, plan.idx, plan.valid, block,
+                                                 return_lse=False, kernel_options=opts)  # fmt: skip
+
+                    try:
+                        t0 = time.perf_counter()
+                        fn()
+                        torch.cuda.synchronize()
+                        first = time.perf_counter() - t0
+                        ts = []
+                        for _ in range(reps):
+                            torch.cuda.synchronize()
+                            t0 = time.perf_counter()
+                            fn()
+                            torch.cuda.synchronize()
+                            ts.append(time.perf_counter() - t0)
+                        med = statistics.median(ts)
+                    except Exception as e:
+                        med, first = float("inf"), None
+                        print(
+                            json.dumps(
+                                {"tune_error": str(opts), "error": f"{type(e).__name__}: {e}"[:300]}
+                            )
+                        )
+                    scores[i].append(med)
+                    row = {"L": L, "d": d, "options": opts, "median_s": med, "first_call_s": first}
+                    out["results"].append(row)
+                    print(json.dumps({"tune": row}), flush=True)
+        gm = {i: math.exp(sum(math.log(t) for t in ts) / len(ts)) for i, ts in scores.items()}
+        best = min(gm, key=gm.get)
+        out["best"][d] = {"options": FLEX_CANDIDATES[best], "geomean_s": gm[best],
+                          "default_geomean_s": gm[0]}  # fmt: skip
+        set_cuda_kernel_options(d, FLEX_CANDIDATES[best])
+    print(json.dumps({"tune_best": out["best"]}), flush=True)
+    return out
+
+
+def gpu_check(device: str = "cuda") -> dict:
+    """On the GPU: compiled flex (with its own lse) = the reference backend, and density 1 = SDPA,
+    for the spike and both merges (fp32, small L). Max abs errors are recorded."""
+    from diffkit.attention.layout import block_scores, forced_blocks, select_blocks
+    from diffkit.attention.sparse import block_sparse_flex, block_sparse_reference
+
+    g = torch.Generator().manual_seed(0)
+    L, H, d, block = 4000, 2, 64, 128  # ragged last block
+    q, k, v, qp, kp = (torch.randn(1, H, L, d, generator=g).to(device) for _ in range(5))
+    n = -(-L // block)
+    idx, valid = select_blocks(block_scores(q, k, block), 4, forced_blocks(n))
+    out = {}
+    with torch.no_grad():
+        o1, l1 = block_sparse_reference(q, k, v, idx, valid, block)
+        o2, l2 = block_sparse_flex(q, k, v, idx, valid, block)
+        out["spike_o_maxabs"] = float((o1 - o2).abs().max())
+        out["spike_lse_maxabs"] = float((l1 - l2).abs().max())
+        grid = (4, 25, 40)
+        for merge, extra in (("gated", {}), ("mass", {"feature_map": "elu1"})):
+            kw = dict(block_size=block, tile=(2, 5, 8), merge=merge, rank_ref_tokens=L, **extra)
+            c_ref = RoPeSLRConfig(density=0.1, backend="reference", **kw)
+            c_flex = RoPeSLRConfig(density=0.1, backend="flex", **kw)
+            p = RoPeSLRParams(c_ref, H, d).to(device)
+            a = ropeslr_attention(q, k, v, config=c_ref, params=p, q_pre=qp, k_pre=kp, grid=grid)
+            b = ropeslr_attention(q, k, v, config=c_flex, params=p, q_pre=qp, k_pre=kp, grid=grid)
+            out[f"ropeslr_{merge}_flex_vs_reference_maxabs"] = float((a - b).abs().max())
+            c1 = RoPeSLRConfig(density=1.0, backend="flex", **kw)
+            dense = ropeslr_attention(q, k, v, config=c1, params=p, q_pre=qp, k_pre=kp, grid=grid)
+            sdpa = F.scaled_dot_product_attention(q, k, v)
+            out[f"ropeslr_{merge}_density1_vs_sdpa_maxabs"] = float((dense - sdpa).abs().max())
+    out["ok"] = all(v < 2e-3 for k2, v in out.items() if k2.endswith("maxabs"))
+    print(json.dumps({"gpu_check": out}), flush=True)
+    return out
 
 
 def flop_crosscheck(L=4096, d=64, rho=0.1, block=128, tile=(4, 4, 8)) -> dict:
@@ -356,7 +505,7 @@ def _plots_and_table(res: dict) -> None:
             else:
                 md.append(
                     f"| {r['L']} | {r['d']} | {r['density']} | {r['method']} | {r['median_s']:.3f} | "
-                    f"{r['speedup_vs_sdpa']:.2f} | {r['flop_reduction']:.1f} |"
+                    f"{r['speedup_vs_sdpa']:.2f} | {r.get('flop_reduction', float('nan')):.1f} |"
                 )
         fig, ax = plt.subplots(figsize=(6, 4))
         for d in sorted({r["d"] for r in rows}):
@@ -419,26 +568,97 @@ def _plots_and_table(res: dict) -> None:
     (RESULTS / "attention.md").write_text("\n".join(md) + "\n")
 
 
+def _gpu_table(res: dict) -> None:
+    """attention_gpu.md: the CUDA rows of part (a) and the agreement check."""
+    md = [
+        "# RoPeSLR on the GPU (`benchmarks/attention.py` run on CUDA)",
+        "",
+        f"Environment: `{json.dumps(res['env'])}`",
+        "",
+        f"Agreement check (fp32, L=4000, flex vs reference, density 1 vs SDPA): "
+        f"`{json.dumps(res.get('gpu_check'))}`",
+        "",
+        "| L | d | heads | dtype | density | method | median ms | speedup vs SDPA | FLOP reduction |",
+        "|---:|---:|---:|---|---:|---|---:|---:|---:|",
+    ]
+    if res.get("flex_tuning"):
+        md.insert(6, f"Flex kernel options chosen (spike at density 0.1, geometric mean over "
+                     f"L={res['flex_tuning']['lengths']}): `{json.dumps(res['flex_tuning']['best'])}`\n")  # fmt: skip
+    for e in res.get("errors") or []:
+        md.insert(6, f"Failed: `{json.dumps(e)}`\n")
+    for r in res.get("speed", []):
+        rho = r["density"] if r["density"] is not None else 1
+        red = f"{r['flop_reduction']:.1f}" if "flop_reduction" in r else "-"
+        red = "1.0" if r["method"] == "sdpa" else red
+        md.append(
+            f"| {r['L']} | {r['d']} | {r['heads']} | {r['dtype']} | {rho} | {r['method']} | "
+            f"{1e3 * r['median_s']:.2f} | {r['speedup_vs_sdpa']:.2f} | {red} |"
+        )
+    (RESULTS / "attention_gpu.md").write_text("\n".join(md) + "\n")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--part", action="append", choices=["a", "b", "c"])
-    ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
-    ap.add_argument("--dims", type=int, nargs="+", default=[64, 128])
-    ap.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--block", type=int, default=128)
-    ap.add_argument("--tile", type=int, nargs=3, default=[4, 4, 8])
-    ap.add_argument("--heads", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quality-videos", type=int, default=20)
-    ap.add_argument("--quality-steps", type=int, default=20)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="On a CUDA machine part (a) runs on the GPU and writes attention_gpu.json/.md "
+        "(the CPU results are left as they are), after an agreement check of the CUDA backend.",
+    )
+    ap.add_argument("--part", action="append", choices=["a", "b", "c"], help="parts to run")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768],
+                    help="token counts L of part (a)")  # fmt: skip
+    ap.add_argument("--dims", type=int, nargs="+", default=[64, 128], help="head dims of (a)")
+    ap.add_argument("--densities", type=float, nargs="+", default=[0.2, 0.1, 0.05],
+                    help="block densities of (a)")  # fmt: skip
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions (median reported)")
+    ap.add_argument("--block", type=int, default=128, help="block size (tokens)")
+    ap.add_argument("--tile", type=int, nargs=3, default=[4, 4, 8], help="3D tile (t h w)")
+    ap.add_argument("--heads", type=int, default=1, help="attention heads in (a)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of (a)")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where (a) runs (auto: cuda when available)")  # fmt: skip
+    ap.add_argument("--tune-flex", type=int, nargs="*", default=None, metavar="L",
+                    help="CUDA: first pick flex kernel options per head dim at these lengths")  # fmt: skip
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds after which (a) starts no new (L, d) configuration")  # fmt: skip
+    ap.add_argument("--quality-videos", type=int, default=20, help="videos per setting in (c)")
+    ap.add_argument("--quality-steps", type=int, default=20, help="sampling steps in (c)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    device = args.device if args.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )  # fmt: skip
+    if device == "cuda":  # GPU figures go beside the CPU ones, never over them
+        path = RESULTS / "attention_gpu.json"
+        res = {"env": _env(), "settings": vars(args)}
+
+        def save(rows=None, errors=None):
+            if rows is not None:
+                res["speed"], res["errors"] = rows, errors
+            path.write_text(json.dumps(res, indent=1))
+            _gpu_table(res)
+
+        try:
+            res["gpu_check"] = gpu_check()
+        except Exception as e:  # recorded; the timings still run
+            res["gpu_check"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            print(json.dumps(res["gpu_check"]), flush=True)
+        save()
+        if args.tune_flex:
+            res["flex_tuning"] = tune_flex(args.tune_flex, args.dims, args.heads, 0.1,
+                                           args.block, tuple(args.tile), args.dtype)  # fmt: skip
+            save()
+        part_a(args.lengths, args.dims, args.densities, args.reps, args.block,
+               tuple(args.tile), args.heads, device, args.dtype, on_rows=save,
+               time_budget=args.time_budget)  # fmt: skip
+        res["env"]["loadavg_end"] = os.getloadavg()
+        save()
+        print(f"wrote {path}")
+        return
     path = RESULTS / "attention.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
     res["env"] = _env()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     parts = args.part or ["a", "b", "c"]
     if "a" in parts:
         res["speed"] = part_a(
@@ -450,6 +670,7 @@ def main() -> None:
             tuple(args.tile),
             args.heads,
             device,
+            args.dtype,
         )
         res["flop_crosscheck"] = flop_crosscheck()
         res["speed_settings"] = vars(args)

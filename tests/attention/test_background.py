@@ -55,3 +55,79 @@ def test_background_gradients_pass_gradcheck(merge):
         return ropeslr_attention(q, k, v, config=cfg, params=p, q_pre=qp, k_pre=kp, grid=grid)
 
     assert torch.autograd.gradcheck(fn, (qp, kp, v), eps=1e-6, atol=1e-6)
+
+
+def _readout_of(o_s, lse):
+    """(o_raw, a, w) of the sink read-out for a spike with output o_s and log-mass lse."""
+    z = lse.exp()
+    return o_s * (z / (z + 1))[..., None], z / (z + 1), 1 / (z + 1)
+
+
+def test_merge_mass_readout_equals_merge_mass():
+    from diffkit.attention.background import merge_mass, merge_mass_readout
+
+    o_s, num = _t(2, 3, 50, 8, seed=1), _t(2, 3, 50, 8, seed=2)
+    lse = _t(2, 3, 50, seed=3) * 6  # spike masses from e^-18 to e^18
+    den = _t(2, 3, 50, seed=4).abs() * 30
+    lam = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)
+    ref = merge_mass(o_s, lse, num, den, lam)
+    fused = merge_mass_readout(*_readout_of(o_s, lse), num, den, lam)
+    assert (ref - fused).abs().max() < 1e-12
+    # extremes: no spike mass left (w underflowed) -> o_s; no spike mass at all -> background
+    one, zero = (
+        torch.ones(2, 3, 50, dtype=torch.float64),
+        torch.zeros(2, 3, 50, dtype=torch.float64),
+    )
+    assert (merge_mass_readout(o_s.clone(), one, zero, num, den, lam) - o_s).abs().max() < 1e-12
+    bg_only = merge_mass_readout(zero[..., None] * o_s, zero, one, num, den, lam)
+    assert (bg_only - num / den[..., None]).abs().max() < 1e-12
+
+
+def test_mass_merge_flex_readout_matches_reference_spike():
+    """The fused CPU read-out merge (uncompiled flex here) equals reference spike + merge_mass."""
+    from diffkit.attention.background import background, merge_mass, merge_mass_readout
+    from diffkit.attention.layout import block_scores, forced_blocks, select_blocks
+    from diffkit.attention.sparse import block_sparse_flex_readout, block_sparse_reference
+
+    q, k, v, num = (_t(1, 2, 300, 16, seed=s).float() for s in range(4))
+    phi = F.elu(_t(1, 2, 300, 6, seed=5).float()) + 1
+    idx, valid = select_blocks(block_scores(q, k, 64), 2, forced_blocks(5))
+    num, den = background(phi, phi, v, idx, valid, 64)
+    lam = torch.tensor([0.3, 2.0])
+    o_s, lse = block_sparse_reference(q, k, v, idx, valid, 64)
+    ref = merge_mass(o_s, lse, num, den, lam)
+    raw = block_sparse_flex_readout(q, k, v, idx, valid, 64, compiled=False)
+    assert raw is not None
+    assert (merge_mass_readout(*raw, num, den, lam) - ref).abs().max() < 1e-5
+    # overflowing scores are reported (None), never returned as NaN
+    assert block_sparse_flex_readout(q * 1e20, k * 1e20, v, idx, valid, 64, compiled=False) is None
+
+
+@pytest.mark.slow
+def test_ropeslr_mass_merge_flex_cpu_equals_reference_backend():
+    """ropeslr_attention's compiled-flex CPU path (fused read-out merge) = the reference path."""
+    grid = (2, 16, 16)
+    q, k, v, qp, kp = (_t(1, 2, 512, 16, seed=s).float() for s in range(5))
+    kw = dict(density=0.25, rank=8, tile=(1, 8, 8), block_size=64, merge="mass", feature_map="elu1")
+    cfg_r, cfg_f = RoPeSLRConfig(**kw), RoPeSLRConfig(backend="flex", **kw)
+    p = RoPeSLRParams(cfg_r, 2, 16)
+    with torch.no_grad():
+        out_r = ropeslr_attention(q, k, v, config=cfg_r, params=p, q_pre=qp, k_pre=kp, grid=grid)
+        out_f = ropeslr_attention(q, k, v, config=cfg_f, params=p, q_pre=qp, k_pre=kp, grid=grid)
+    assert (out_r - out_f).abs().max() < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("merge", ["gated", "mass"])
+def test_ropeslr_flex_cuda_equals_reference_backend(merge):
+    """CUDA: compiled flex (its own lse, the tuned kernel options) = the reference backend."""
+    grid = (4, 16, 16)
+    q, k, v, qp, kp = (_t(1, 2, 1024, 64, seed=s).float().cuda() for s in range(5))
+    extra = {"feature_map": "elu1"} if merge == "mass" else {}
+    kw = dict(density=0.25, tile=(2, 8, 8), block_size=128, merge=merge, **extra)
+    cfg_r, cfg_f = RoPeSLRConfig(**kw), RoPeSLRConfig(backend="flex", **kw)
+    p = RoPeSLRParams(cfg_r, 2, 64).cuda()
+    with torch.no_grad():
+        out_r = ropeslr_attention(q, k, v, config=cfg_r, params=p, q_pre=qp, k_pre=kp, grid=grid)
+        out_f = ropeslr_attention(q, k, v, config=cfg_f, params=p, q_pre=qp, k_pre=kp, grid=grid)
+    assert (out_r - out_f).abs().max() < 1e-4

@@ -98,6 +98,19 @@ def test_flex_lse_readout_matches_reference(L, kk, mode):
     assert (l1 - l2).abs().max() < 1e-4
 
 
+def test_flex_lse_readout_small_mass_rows_stay_exact():
+    """Rows whose selected keys all score far below 0 (Z < 1, where a = 1 - w would cancel):
+    a is read out directly, so o and lse still match the reference."""
+    q, k, v = _qkv(300, dtype=torch.float32)
+    k = k.abs() + 1.0
+    q = -3.0 * q.abs() - 3.0  # every score <= -12 (d = 16, scale 1/4): Z ~ 1e-3
+    idx, valid = _select(q, k, 64, 2)
+    o1, l1 = block_sparse_reference(q, k, v, idx, valid, 64)
+    assert l1.max() < 0  # Z < 1 on every row
+    o2, l2 = block_sparse_flex(q, k, v, idx, valid, 64, compiled=False, lse_readout=True)
+    assert (o1 - o2).abs().max() < 1e-5 and (l1 - l2).abs().max() < 1e-4
+
+
 def test_flex_lse_readout_reports_underflow():
     """Scores far above ~88 underflow the sink's weight: lse None, the caller falls back."""
     q, k, v = _qkv(256, dtype=torch.float32)
@@ -145,3 +158,19 @@ def test_flex_cuda_matches_reference():
     o1, _ = block_sparse_reference(q, k, v, idx, valid, 64)
     o2, _ = block_sparse_flex(q, k, v, idx, valid, 64)
     assert (o1 - o2).abs().max() < 1e-3
+
+
+def test_cuda_kernel_options_table():
+    from diffkit.attention.sparse import cuda_kernel_options, set_cuda_kernel_options
+
+    hopper = cuda_kernel_options(128, 128, (9, 0))
+    assert hopper["BLOCK_M"] == 128 and hopper["USE_TMA"]
+    assert cuda_kernel_options(128, 128, (8, 0)) is None  # untuned GPUs: flex's defaults
+    assert cuda_kernel_options(64, 64, (9, 0))["BLOCK_M"] == 64  # tiles capped at the block
+    assert cuda_kernel_options(64, 32, (8, 6)) == {"BLOCK_M": 32, "BLOCK_N": 32}
+    try:
+        set_cuda_kernel_options(128, {})  # explicit: flex's defaults even on Hopper
+        assert cuda_kernel_options(128, 128, (9, 0)) is None
+    finally:
+        set_cuda_kernel_options(128, None)
+    assert cuda_kernel_options(128, 128, (9, 0)) == hopper

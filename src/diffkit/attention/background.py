@@ -302,3 +302,33 @@ def merge_mass(
     numer = w_s[..., None] * o_s + w_bg[..., None] * num
     denom = w_s + w_bg * den.clamp(min=0)
     return numer / denom[..., None]
+
+
+def merge_mass_readout(
+    o_raw: torch.Tensor,
+    a: torch.Tensor,
+    w: torch.Tensor,
+    num: torch.Tensor,
+    den: torch.Tensor,
+    lam: torch.Tensor,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """:func:`merge_mass` fused with the sink read-out of the spike (inference fast path).
+
+    With Z the spike's softmax mass, the read-out gives o_raw = Z o_s / (Z + 1),
+    a = Z / (Z + 1) and w = 1 / (Z + 1) (``block_sparse_flex_readout``). Dividing the mass merge's
+    numerator and denominator by Z + 1:
+
+        o = (Z o_s + lambda N) / (Z + lambda Z_bg) = (o_raw + w lambda N) / (a + w lambda Z_bg),
+
+    which needs no lse, exp or log, and no o_raw / a pass. It stays exact at both extremes: w
+    underflowing to 0 (spike mass overwhelming) gives o_s, a = 0 gives the background alone.
+    ``inplace`` writes into ``o_raw`` (the caller's own buffer, no gradient).
+    """
+    lam = lam.to(o_raw.dtype)[:, None]
+    wl = w * lam  # (B, H, L)
+    denom = torch.addcmul(a, wl, den.clamp(min=0)).clamp_(min=torch.finfo(o_raw.dtype).tiny)
+    out = (
+        o_raw.addcmul_(wl[..., None], num) if inplace else torch.addcmul(o_raw, wl[..., None], num)
+    )
+    return out.div_(denom[..., None])

@@ -116,10 +116,14 @@ class AttentionProfile:
 
 
 def _median_ms(fn, reps: int) -> float:
+    """Median wall time of ``fn`` in ms (CUDA work is waited for: kernels launch asynchronously)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
     times = []
     for _ in range(reps):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 

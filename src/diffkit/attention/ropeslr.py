@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from diffkit.attention.background import RoPeSLRParams, background, merge_gated, merge_mass
+from diffkit.attention.background import (
+    RoPeSLRParams,
+    background,
+    merge_gated,
+    merge_mass,
+    merge_mass_readout,
+)
 from diffkit.attention.config import RoPeSLRConfig
 from diffkit.attention.layout import (
     block_scores,
@@ -28,6 +34,7 @@ from diffkit.attention.layout import (
 )
 from diffkit.attention.sparse import (
     block_sparse_flex,
+    block_sparse_flex_readout,
     block_sparse_reference,
     dense_partial,
     merge_partials,
@@ -78,17 +85,23 @@ def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=32)
 def _layout(
-    grid: tuple[int, int, int], tile: tuple[int, int, int], block: int, radius: int, tiled: bool
+    grid: tuple[int, int, int],
+    tile: tuple[int, int, int],
+    block: int,
+    radius: int,
+    tiled: bool,
+    device: torch.device = torch.device("cpu"),
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Shape-only layout (cached): perm, inverse, tile-major positions, forced-block mask."""
+    """Shape-only layout (cached per device): perm, inverse, tile-major positions, forced mask."""
     length = grid[0] * grid[1] * grid[2]
     n = num_blocks(length, block)
     pos = grid_positions(grid)
     if not tiled:
-        return None, None, pos, forced_blocks(n)
+        return None, None, pos.to(device), forced_blocks(n).to(device)
     perm = tile_permutation(grid, tile)
     tiles = block_tiles(grid, tile, perm, block)
-    return perm, inverse_permutation(perm), pos[perm], forced_blocks(n, tiles, radius)
+    out = perm, inverse_permutation(perm), pos[perm], forced_blocks(n, tiles, radius)
+    return tuple(t.to(device) for t in out)
 
 
 def _plan_tiled(
@@ -102,17 +115,16 @@ def _plan_tiled(
     length = q.shape[2]
     g = _grid_for(length, grid)
     n = num_blocks(length, config.block_size)
-    perm, inv, pos, forced = _layout(
-        g, tuple(config.tile), config.block_size, config.local_radius, grid is not None
-    )
     dev = q.device
-    perm, inv = (perm.to(dev), inv.to(dev)) if perm is not None else (None, None)
+    perm, inv, pos, forced = _layout(
+        g, tuple(config.tile), config.block_size, config.local_radius, grid is not None, dev
+    )
     if perm is not None:
         q, k = _take(q, perm), _take(k, perm)
     rho = config.density_for(length) if density is None else density
     scores = block_scores(q, k, config.block_size)
     idx, valid = select_blocks(scores, num_selected(rho, n), forced, config.selection, config.top_p)
-    return BlockPlan(perm, inv, pos.to(dev), idx, valid, n, rho, g), q, k
+    return BlockPlan(perm, inv, pos, idx, valid, n, rho, g), q, k
 
 
 def plan_blocks(
@@ -177,6 +189,23 @@ def spike(
     return block_sparse_reference(q, k, v, plan.idx, plan.valid, config.block_size)
 
 
+def _use_readout(q: torch.Tensor, config: RoPeSLRConfig) -> bool:
+    """The fused read-out merge applies to compiled flex on CPU without autograd."""
+    if config.backend != "flex" or q.is_cuda:
+        return False
+    return not (torch.is_grad_enabled() and q.requires_grad)
+
+
+def _background_terms(params, q_pre, k_pre, v, plan, config, need_den):
+    """(N, Z or None, gate) of the background over the complement (tile-major)."""
+    if q_pre is None or k_pre is None:
+        raise ValueError("the background path needs the pre-RoPE q_pre and k_pre")
+    phi_q, phi_k, gate = background_features(params, q_pre, k_pre, plan)
+    sel = (plan.idx, plan.valid) if config.complement else (None, None)
+    num, den = background(phi_q, phi_k, v, *sel, config.block_size, need_den=need_den)
+    return num, den, gate
+
+
 def ropeslr_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -217,17 +246,23 @@ def ropeslr_attention(
     use_bg = config.background and params is not None
     gated = config.merge == "gated"
     need_lse = sink_k is not None or (use_bg and not gated)
+    if need_lse and sink_k is None and _use_readout(q, config):
+        # CPU inference of the mass merge: fuse the merge with the spike's sink read-out
+        raw = block_sparse_flex_readout(q, k, v, plan.idx, plan.valid, config.block_size)
+        if raw is not None:
+            num, den, _ = _background_terms(params, q_pre, k_pre, v, plan, config, need_den=True)
+            lam = params.log_lambda.exp()
+            inplace = not (num.requires_grad or den.requires_grad or lam.requires_grad)
+            return plan.untiled(merge_mass_readout(*raw, num, den, lam, inplace=inplace))
     o_s, lse = spike(q, k, v, plan, config, need_lse)
     if sink_k is not None:
         o_t, lse_t = dense_partial(q, sink_k, sink_v, sink_mask)
         o_s, lse = merge_partials(o_s, lse, o_t, lse_t)
     out = o_s
     if use_bg:
-        if q_pre is None or k_pre is None:
-            raise ValueError("the background path needs the pre-RoPE q_pre and k_pre")
-        phi_q, phi_k, gate = background_features(params, q_pre, k_pre, plan)
-        sel = (plan.idx, plan.valid) if config.complement else (None, None)
-        num, den = background(phi_q, phi_k, v, *sel, config.block_size, need_den=not gated)
+        num, den, gate = _background_terms(
+            params, q_pre, k_pre, v, plan, config, need_den=not gated
+        )
         if gated:
             # o_s is this call's own buffer: merge into it unless autograd needs it.
             inplace = not (o_s.requires_grad or num.requires_grad or gate.requires_grad)

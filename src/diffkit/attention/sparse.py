@@ -14,6 +14,7 @@ Both return ``o`` (B, H, L, d) and ``lse`` (B, H, L) in natural-log units.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -100,6 +101,47 @@ def _flex_fn(compiled: bool):
     return _COMPILED["flex"]
 
 
+# Flex kernel options per head dim on CUDA, set by set_cuda_kernel_options (e.g. from
+# `benchmarks/attention.py --tune-flex`); where unset, _TUNED for the GPU's compute capability,
+# else flex's own defaults.
+_CUDA_KERNEL_OPTIONS: dict[int, dict] = {}
+# Hopper (sm_90): picked by `--tune-flex` on an H200 (PyTorch 2.11, bf16, 12 heads, density 0.1,
+# L = 75,600 and 131,072; benchmarks/results/attention_gpu.json): 1.12x (d=128) and 1.48x (d=64)
+# faster block-sparse spikes than flex's defaults.
+_TUNED: dict[tuple[int, int], dict] = {
+    (9, 128): {"USE_TMA": True, "BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+    (9, 64): {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+}
+
+
+def set_cuda_kernel_options(head_dim: int, options: dict | None) -> None:
+    """Use these flex ``kernel_options`` for CUDA calls at this head dim ({} = flex's defaults,
+    None = back to the tuned table)."""
+    if options is None:
+        _CUDA_KERNEL_OPTIONS.pop(head_dim, None)
+    else:
+        _CUDA_KERNEL_OPTIONS[head_dim] = dict(options)
+
+
+def cuda_kernel_options(
+    head_dim: int, block: int, capability: tuple[int, int] | None = None
+) -> dict | None:
+    """The kernel options of a CUDA flex call: those set for this head dim, else the tuned ones
+    for this GPU generation (``capability``, default: the current device's), with the kernel
+    tiles capped at the sparsity block (flex's tiles must divide it)."""
+    if head_dim in _CUDA_KERNEL_OPTIONS:
+        opts = dict(_CUDA_KERNEL_OPTIONS[head_dim])
+    else:
+        if capability is None:
+            capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+        major = capability[0] if capability else None
+        opts = dict(_TUNED.get((major, head_dim), {}))
+    if block < 128:
+        opts["BLOCK_M"] = min(opts.get("BLOCK_M", block), block)
+        opts["BLOCK_N"] = min(opts.get("BLOCK_N", block), block)
+    return opts or None
+
+
 def bucket_blocks(n: int, multiple: int = 16) -> int:
     """Block count padded up to a multiple of ``multiple`` (one compiled kernel per bucket)."""
     return -(-n // multiple) * multiple
@@ -167,6 +209,9 @@ def flex_block_mask(
         ok = (kv_idx < limit) | (kv_idx == sink_pos)  # sink_pos = -1 without a sink
         return ok & sel[b, h, q_idx // block, kv_idx // block]
 
+    extra = {}
+    if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters:
+        extra["compute_q_blocks"] = backward  # PyTorch >= 2.8 (older ones always compute them)
     return BlockMask.from_kv_blocks(
         part_num,
         part_ind,
@@ -175,7 +220,7 @@ def flex_block_mask(
         BLOCK_SIZE=block,
         mask_mod=mask_mod,
         seq_lengths=(n_pad * block, n_kv * block),
-        compute_q_blocks=backward,
+        **extra,
     )
 
 
@@ -191,6 +236,7 @@ def block_sparse_flex(
     bucket: int = 16,
     return_lse: bool = True,
     lse_readout: bool | None = None,
+    kernel_options: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The same computation as :func:`block_sparse_reference` through FlexAttention.
 
@@ -200,22 +246,21 @@ def block_sparse_flex(
     query attends to it, and v gets two extra columns, 1 on the real keys and 1 on the sink. The
     softmax then returns a = Z/(Z+1) and w = 1/(Z+1) in those columns (Z = sum of exp-scores over
     the selected keys), so o_s = o[:d] / a and lse = log a - log w, exact up to rounding; the
-    extra cost is one key block per query block and two value columns. Returns lse = None where
+    extra cost is one key block per query block, the value columns and the copies of k and v
+    that carry them (~20 % of the spike at 16K, d = 64). Returns lse = None where
     the read-out is not finite (w underflows when a row's scores exceed ~88), and the caller falls
     back to the reference path. ``lse_readout`` forces (True) or forbids (False) this read-out;
     None uses it exactly where it is needed (compiled, CPU, lse requested).
+    ``kernel_options`` go to flex's Triton kernel (CUDA); None = :func:`cuda_kernel_options`.
     """
-    from torch.nn.attention.flex_attention import AuxRequest
-
     bsz, heads, length, d = q.shape
     n = num_blocks(length, block)
     n_pad = bucket_blocks(n, bucket)
     pad = n_pad * block - length
     qp, kp, vp = (F.pad(t, (0, 0, 0, pad)) if pad else t for t in (q, k, v))
     backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    kernel_options = None
-    if q.is_cuda:
-        kernel_options = {"BLOCK_M": min(block, 64), "BLOCK_N": min(block, 64)}
+    if kernel_options is None and q.is_cuda:
+        kernel_options = cuda_kernel_options(d, block, torch.cuda.get_device_capability(q.device))
     fn = _flex_fn(compiled)
     if lse_readout is None:
         lse_readout = compiled and not q.is_cuda
@@ -225,29 +270,69 @@ def block_sparse_flex(
                 "the lse read-out is inference-only (compiled FlexAttention on CPU has no "
                 "backward); use the reference backend to train"
             )
-        mask = flex_block_mask(idx, valid, length, block, n_pad, backward, sink=True)
-        Lk = n_pad * block
-        k_ext = F.pad(kp, (0, 0, 0, block))  # sink key (and the rest of its block): zeros
-        v_ext = F.pad(vp, (0, 2, 0, block))  # value columns d, d+1 carry a and w
-        v_ext[:, :, :length, d] = 1.0
-        v_ext[:, :, Lk, d + 1] = 1.0
-        o = fn(qp, k_ext, v_ext, block_mask=mask, scale=scale)
-        o = o[0] if isinstance(o, tuple) else o
-        o = o[:, :, :length]
-        a, w = o[..., d], o[..., d + 1]
+        o_raw, a, w = _flex_readout(fn, qp, kp, vp, idx, valid, length, block, n_pad, scale)
         lse = a.log() - w.log()
-        o_s = o[..., :d] / a[..., None]
+        o_s = o_raw / a[..., None]
         return o_s, lse if bool(torch.isfinite(lse).all()) else None
     mask = flex_block_mask(idx, valid, length, block, n_pad, backward)
-    aux_req = AuxRequest(lse=True) if return_lse else None
-    res = fn(
-        qp, kp, vp, block_mask=mask, scale=scale, kernel_options=kernel_options, return_aux=aux_req
-    )
+    kw = dict(block_mask=mask, scale=scale, kernel_options=kernel_options)
     if not return_lse:
-        o = res[0] if isinstance(res, tuple) else res
+        o = fn(qp, kp, vp, **kw)
+        o = o[0] if isinstance(o, tuple) else o
         return o[:, :, :length], None
-    o, aux = res
-    return o[:, :, :length], aux.lse[:, :, :length]
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:  # PyTorch < 2.9: the older flag
+        o, lse = fn(qp, kp, vp, return_lse=True, **kw)
+    else:
+        o, aux = fn(qp, kp, vp, return_aux=AuxRequest(lse=True), **kw)
+        lse = aux.lse
+    return o[:, :, :length], lse[:, :, :length]
+
+
+def _flex_readout(fn, qp, kp, vp, idx, valid, length, block, n_pad, scale):
+    """Flex attention over the selection plus one all-zero sink key (score 0, weight 1), with v
+    extended by two columns (1 on the real keys, 1 on the sink): returns (o_raw, a, w) over the
+    first ``length`` rows, o_raw = Z o_s / (Z + 1), a = Z / (Z + 1), w = 1 / (Z + 1), Z the
+    softmax mass of the selected keys (see block_sparse_flex). a is read out rather than taken as
+    1 - w, which would cancel where Z << 1; one column or two cost the same (measured at d = 64).
+    """
+    d = qp.shape[-1]
+    mask = flex_block_mask(idx, valid, length, block, n_pad, False, sink=True)
+    Lk = n_pad * block
+    k_ext = F.pad(kp, (0, 0, 0, block))  # sink key (and the rest of its block): zeros
+    v_ext = F.pad(vp, (0, 2, 0, block))  # value columns d, d+1 carry a and w
+    v_ext[:, :, :length, d] = 1.0
+    v_ext[:, :, Lk, d + 1] = 1.0
+    o = fn(qp, k_ext, v_ext, block_mask=mask, scale=scale)
+    o = (o[0] if isinstance(o, tuple) else o)[:, :, :length]
+    return o[..., :d], o[..., d], o[..., d + 1]
+
+
+def block_sparse_flex_readout(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    block: int,
+    scale: float | None = None,
+    compiled: bool = True,
+    bucket: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The sink read-out of :func:`block_sparse_flex` before normalisation (inference only).
+
+    Returns (o_raw, a, w) with o_raw = Z o_s / (Z + 1) (B, H, L, d), a = Z / (Z + 1) and
+    w = 1 / (Z + 1) (B, H, L), Z the softmax mass of the selected keys; so o_s = o_raw / a,
+    lse = log a - log w. :func:`merge_mass_readout` merges these with the background directly,
+    with no exp/log and no division by a. Returns None where the scores overflowed (w not finite).
+    """
+    length = q.shape[2]
+    n_pad = bucket_blocks(num_blocks(length, block), bucket)
+    pad = n_pad * block - length
+    qp, kp, vp = (F.pad(t, (0, 0, 0, pad)) if pad else t for t in (q, k, v))
+    res = _flex_readout(_flex_fn(compiled), qp, kp, vp, idx, valid, length, block, n_pad, scale)
+    return res if bool(torch.isfinite(res[2]).all()) else None
 
 
 def merge_partials(
