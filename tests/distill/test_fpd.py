@@ -187,3 +187,58 @@ def test_gan_needs_real_images(parts):
     tok, teacher, lifter = parts
     with pytest.raises(ValueError, match="real_images"):
         FPD(FPDConfig(gan_weight=1.0), teacher=teacher, tokenizer=tok, lifter_backbone=lifter)
+
+
+def test_conditional_gan_step_trains_the_class_embedding(parts):
+    """gan_conditional: a projection discriminator whose class embedding gets trained, each fake
+    scored against a real image of its own condition."""
+    tok, teacher, lifter = parts
+    real = torch.rand(40, 1, 16, 16) * 2 - 1
+    labels = torch.arange(10).repeat(4)
+    cfg = FPDConfig(samples_per_group=4, gan_weight=1.0, gan_conditional=True, ste="argmax")
+    fpd = FPD(cfg, teacher=teacher, tokenizer=tok, lifter_backbone=lifter, real_images=real,
+              real_labels=labels)  # fmt: skip
+    assert fpd.disc.embed is not None
+    emb = fpd.disc.embed.weight.detach().clone() if hasattr(fpd.disc.embed, "weight") else None
+    student = fpd.make_student()
+    out = fpd(student, {"cond": torch.tensor([1, 7])}, _ctx())
+    assert torch.isfinite(out.loss) and "gan/g_loss" in out.metrics
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    emb_after = fpd.disc.embed.weight.detach() if emb is not None else None
+    assert emb is None or not torch.equal(emb, emb_after)
+    # the reals drawn for a batch share the fakes' conditions
+    order, start, count = fpd._real_by_cls
+    y = torch.tensor([1, 1, 7, 7])
+    g = torch.Generator().manual_seed(0)
+    off = (torch.rand(4, generator=g) * count[y]).long()
+    assert torch.equal(labels[order[start[y] + off]], y)
+
+
+def test_conditional_discriminator_depends_on_the_label():
+    from diffkit.distill import Discriminator
+
+    torch.manual_seed(0)
+    d = Discriminator(num_classes=10, spectral=False)
+    with torch.no_grad():
+        d.embed.weight.normal_()
+    x = torch.rand(3, 1, 16, 16)
+    assert not torch.allclose(d(x, torch.tensor([0, 0, 0])), d(x, torch.tensor([5, 5, 5])))
+    with pytest.raises(ValueError, match="labels"):
+        d(x)
+
+
+@pytest.mark.parametrize(
+    "labels,match",
+    [
+        (None, "real_labels"),
+        (torch.arange(20) % 10 + 5, r"must lie in \[0, 10\)"),
+        (torch.zeros(20, dtype=torch.long), r"no image of condition"),
+    ],
+)
+def test_conditional_gan_bad_labels(parts, labels, match):
+    tok, teacher, lifter = parts
+    real = torch.rand(20, 1, 16, 16)
+    with pytest.raises(ValueError, match=match):
+        FPD(FPDConfig(gan_weight=1.0, gan_conditional=True), teacher=teacher, tokenizer=tok,
+            lifter_backbone=lifter, real_images=real, real_labels=labels)  # fmt: skip

@@ -68,7 +68,11 @@ class FPDConfig:
             negatives with kernel weight (alpha - 1)(N - 1)/N_unc, so the fixed point moves to
             alpha p(.|c) - (alpha - 1) p(.|0). Data-free analogue of Drifting's real
             unconditional negatives ([ours]).
-        gan_weight: lambda_gan of the optional unconditional hinge GAN on images (0 = off).
+        gan_weight: lambda_gan of the optional hinge GAN on images (0 = off).
+        gan_conditional: make the discriminator class-conditional (projection discriminator,
+            Miyato & Koyama 2018): it scores (image, condition) pairs, and each fake is matched
+            by a real image of the same condition. Needs ``real_labels``. The paper's GAN is
+            unconditional; this option is ours ([ours]; measured in docs/distill.md).
         gan_reg: discriminator regulariser: "spectral" norm or "r1" gradient penalty.
         r1_gamma: R1 weight when gan_reg = "r1".
         disc_lr: discriminator learning rate (Adam, betas (0, 0.99)).
@@ -91,6 +95,7 @@ class FPDConfig:
     exclude_own_refinement: bool = True
     drift_guidance: float = 1.0
     gan_weight: float = 0.0
+    gan_conditional: bool = False
     gan_reg: Literal["spectral", "r1"] = "spectral"
     r1_gamma: float = 1.0
     disc_lr: float = 2e-4
@@ -226,23 +231,36 @@ class PositiveQueue:
 
 
 class Discriminator(nn.Module):
-    """Small unconditional image discriminator (hinge loss; spectral norm or R1)."""
+    """Small image discriminator (hinge loss; spectral norm or R1).
 
-    def __init__(self, channels: int = 1, width: int = 32, spectral: bool = True):
+    Unconditional by default; with ``num_classes`` it is a projection discriminator
+    (Miyato & Koyama 2018): D(x, y) = w^T h(x) + e_y^T h(x).
+    """
+
+    def __init__(
+        self, channels: int = 1, width: int = 32, spectral: bool = True, num_classes: int = 0
+    ):
         super().__init__()
         sn = nn.utils.parametrizations.spectral_norm if spectral else (lambda m: m)
-        self.net = nn.Sequential(
+        self.embed = sn(nn.Embedding(num_classes, 2 * width)) if num_classes else None
+        self.features = nn.Sequential(
             sn(nn.Conv2d(channels, width, 3, 2, 1)),
             nn.LeakyReLU(0.2),
             sn(nn.Conv2d(width, 2 * width, 3, 2, 1)),
             nn.LeakyReLU(0.2),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
-            sn(nn.Linear(2 * width, 1)),
         )
+        self.head = sn(nn.Linear(2 * width, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)
+        out = self.head(h).squeeze(1)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("a class-conditional Discriminator needs the labels y")
+            out = out + (self.embed(y) * h).sum(1)
+        return out
 
 
 def token_stats(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
@@ -266,6 +284,7 @@ class FPD:
         tokenizer: codebook + differentiable decoder.
         lifter_backbone: feature backbone (``feature_maps``) for ``config.lifter.space='feature'``.
         real_images: images for the optional GAN's real set ((N, C, H, W) in [-1, 1]).
+        real_labels: condition index of each real image ((N,) long), for ``gan_conditional``.
     """
 
     def __init__(
@@ -276,6 +295,7 @@ class FPD:
         tokenizer: Tokenizer,
         lifter_backbone: nn.Module | None = None,
         real_images: torch.Tensor | None = None,
+        real_labels: torch.Tensor | None = None,
     ):
         check_compatible(teacher, tokenizer)
         self.config = config
@@ -297,7 +317,27 @@ class FPD:
             if real_images is None:
                 raise ValueError("FPDConfig.gan_weight > 0 needs real_images for the discriminator")
             self.real_images = real_images
-            self.disc = Discriminator(real_images.shape[1], spectral=config.gan_reg == "spectral")
+            n_cls = 0
+            if config.gan_conditional:
+                n_cls = teacher.num_conditions
+                if real_labels is None or real_labels.shape != real_images.shape[:1]:
+                    raise ValueError(
+                        "FPDConfig.gan_conditional needs real_labels, one per real image"
+                    )
+                if int(real_labels.min()) < 0 or int(real_labels.max()) >= n_cls:
+                    raise ValueError(
+                        f"real_labels must lie in [0, {n_cls}) (the teacher's conditions), got "
+                        f"[{int(real_labels.min())}, {int(real_labels.max())}]"
+                    )
+                counts = torch.bincount(real_labels, minlength=n_cls)
+                if (counts == 0).any():
+                    missing = torch.nonzero(counts == 0).flatten().tolist()
+                    raise ValueError(f"real_labels has no image of condition(s) {missing}")
+                order = torch.argsort(real_labels, stable=True)
+                self._real_by_cls = (order, torch.cumsum(counts, 0) - counts, counts)
+            self.disc = Discriminator(
+                real_images.shape[1], spectral=config.gan_reg == "spectral", num_classes=n_cls
+            )
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), config.disc_lr, (0.0, 0.99))
 
     def make_student(self) -> nn.Module:
@@ -307,11 +347,18 @@ class FPD:
     def data(self, length: int = 10_000) -> ConditionData:
         return ConditionData(self.teacher.num_conditions, length)
 
-    def _disc_step(self, fake: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+    def _disc_step(
+        self, fake: torch.Tensor, y: torch.Tensor | None, g: torch.Generator
+    ) -> dict[str, float]:
         cfg = self.config
-        idx = torch.randint(len(self.real_images), (len(fake),), generator=g)
+        if y is None:
+            idx = torch.randint(len(self.real_images), (len(fake),), generator=g)
+        else:  # one real image of the same condition per fake
+            order, start, count = self._real_by_cls
+            off = (torch.rand(len(y), generator=g) * count[y]).long().clamp_max(count[y] - 1)
+            idx = order[start[y] + off]
         real = self.real_images[idx].clone().requires_grad_(cfg.gan_reg == "r1")
-        d_real, d_fake = self.disc(real), self.disc(fake.detach())
+        d_real, d_fake = self.disc(real, y), self.disc(fake.detach(), y)
         loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         if cfg.gan_reg == "r1":
             (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
@@ -381,8 +428,9 @@ class FPD:
         metrics["refine_changed_frac"] = float(changed.sum() / masked.sum().clamp_min(1))
         metrics.update(token_stats(routed.ids, K))
         if self.disc is not None:
-            metrics.update(self._disc_step(x, g))
-            g_loss = -self.disc(x).mean()
+            y = groups if cfg.gan_conditional else None
+            metrics.update(self._disc_step(x, y, g))
+            g_loss = -self.disc(x, y).mean()
             loss = loss + cfg.gan_weight * g_loss
             metrics["gan/g_loss"] = float(g_loss.detach())
         if not math.isfinite(metrics["drift_loss"]):

@@ -73,13 +73,14 @@ def distill_digits(
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train a one-step FPD student of ``digits-maskgit``; returns (student, last metrics)."""
     zoo = zoo or load_digits_zoo()
-    real = load_digits("train").images if fpd_config.gan_weight > 0 else None
+    real = load_digits("train") if fpd_config.gan_weight > 0 else None
     fpd = FPD(
         fpd_config,
         teacher=zoo.teacher,
         tokenizer=zoo.tokenizer,
         lifter_backbone=zoo.lifter_backbone,
-        real_images=real,
+        real_images=None if real is None else real.images,
+        real_labels=None if real is None else real.labels,
     )
     student = fpd.make_student()
     ema = EMA(student, train_config.ema_decay) if train_config.ema_decay > 0 else None
