@@ -124,6 +124,11 @@ def part_a(
             fns[f"ropeslr_mass@{rho_m}"] = lambda: ropeslr_attention(
                 q, k, v, config=c_mass, params=p_mass, q_pre=qp, k_pre=kp, grid=grid
             )
+            # the zoo member's lse: estimated from block statistics, so the spike needs none
+            c_est = RoPeSLRConfig(**{**c_mass.__dict__, "mass_lse": "estimate"})
+            fns[f"ropeslr_mass_est@{rho_m}"] = lambda: ropeslr_attention(
+                q, k, v, config=c_est, params=p_mass, q_pre=qp, k_pre=kp, grid=grid
+            )
             # the selection alone (tile permutation, pooled scores, top-k), part of every row above
             fns[f"selection@{rho_m}"] = lambda: plan_blocks(q, k, cfgs[rho_m], grid)
             first = {}

@@ -29,23 +29,27 @@ def test_grid_features_equal_features_at_grid_positions(kw):
     assert (fast - plain).abs().max() < 1e-12
 
 
-@pytest.mark.parametrize("merge", ["gated", "mass"])
+@pytest.mark.parametrize("merge", ["gated", "mass", "mass_estimate"])
 def test_density_one_equals_sdpa_on_a_ragged_tiled_grid(merge):
     grid = (3, 10, 9)  # 270 tokens: ragged tiles and a ragged last block
     q, k, v, qp, kp = (_t(1, 2, 270, 16, seed=s) for s in range(5))
-    extra = {"feature_map": "elu1"} if merge == "mass" else {}
+    extra = {"feature_map": "elu1"} if merge != "gated" else {}
+    if merge == "mass_estimate":
+        merge, extra = "mass", {**extra, "mass_lse": "estimate"}
     cfg = RoPeSLRConfig(density=1.0, rank=12, tile=(2, 4, 4), block_size=32, merge=merge, **extra)
     p = RoPeSLRParams(cfg, 2, 16).double()
     out = ropeslr_attention(q, k, v, config=cfg, params=p, q_pre=qp, k_pre=kp, grid=grid)
     assert (out - F.scaled_dot_product_attention(q, k, v)).abs().max() < 1e-10
 
 
-@pytest.mark.parametrize("merge", ["gated", "mass"])
+@pytest.mark.parametrize("merge", ["gated", "mass", "mass_estimate"])
 def test_background_gradients_pass_gradcheck(merge):
     grid = (2, 4, 8)
     q, k = _t(1, 1, 64, 4, seed=1), _t(1, 1, 64, 4, seed=2)
     qp, kp, v = (_t(1, 1, 64, 4, seed=s, grad=True) for s in (3, 4, 5))
-    extra = {"feature_map": "elu1"} if merge == "mass" else {}
+    extra = {"feature_map": "elu1"} if merge != "gated" else {}
+    if merge == "mass_estimate":
+        merge, extra = "mass", {**extra, "mass_lse": "estimate"}
     cfg = RoPeSLRConfig(density=0.5, rank=6, tile=(2, 2, 4), block_size=16, merge=merge, **extra)
     p = RoPeSLRParams(cfg, 1, 4).double()
     with torch.no_grad():
@@ -131,3 +135,32 @@ def test_ropeslr_flex_cuda_equals_reference_backend(merge):
         out_r = ropeslr_attention(q, k, v, config=cfg_r, params=p, q_pre=qp, k_pre=kp, grid=grid)
         out_f = ropeslr_attention(q, k, v, config=cfg_f, params=p, q_pre=qp, k_pre=kp, grid=grid)
     assert (out_r - out_f).abs().max() < 1e-4
+
+
+def test_mass_estimate_uses_no_exact_lse(monkeypatch):
+    """mass_lse="estimate": the spike is asked for no lse (the fast path), and the output is the
+    mass merge of the estimated lse."""
+    from diffkit.attention import ropeslr as R
+    from diffkit.attention.background import background, merge_mass
+    from diffkit.attention.sparse import estimate_lse
+
+    grid = (2, 8, 8)
+    q, k, v, qp, kp = (_t(1, 2, 128, 8, seed=s) for s in range(5))
+    cfg = RoPeSLRConfig(density=0.5, rank=6, tile=(1, 4, 8), block_size=32, merge="mass",
+                        feature_map="elu1", mass_lse="estimate")  # fmt: skip
+    p = RoPeSLRParams(cfg, 2, 8).double()
+    asked = []
+    real_spike = R.spike
+    monkeypatch.setattr(R, "spike", lambda *a, **kw: asked.append(kw.get("need_lse", a[-1]))
+                        or real_spike(*a, **kw))  # fmt: skip
+    with torch.no_grad():
+        out = ropeslr_attention(q, k, v, config=cfg, params=p, q_pre=qp, k_pre=kp, grid=grid)
+        plan = R.plan_blocks(q, k, cfg, grid)
+        qt, kt, vt = plan.tiled(q), plan.tiled(k), plan.tiled(v)
+        o_s, _ = real_spike(qt, kt, vt, plan, cfg, need_lse=False)
+        pq, pk, _ = R.background_features(p, qp, kp, plan)
+        num, den = background(pq, pk, vt, plan.idx, plan.valid, 32)
+        lse = estimate_lse(qt, kt, plan.idx, plan.valid, 32)
+        ref = plan.untiled(merge_mass(o_s, lse, num, den, p.log_lambda.exp()))
+    assert asked == [False]
+    assert (out - ref).abs().max() < 1e-12

@@ -17,6 +17,7 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "attention")
         ({"merge": "mass"}, "feature_map='elu1'"),
         ({"backend": "triton"}, "backend='triton'.*reference, flex, auto"),
         ({"rank": 7}, "rank=7"),
+        ({"mass_lse": "approx"}, "mass_lse=.approx.*exact, estimate"),
     ],
 )
 def test_bad_values_are_named(kwargs, match):

@@ -45,6 +45,11 @@ class RoPeSLRConfig:
         pe_scale_init: initial per-head APE scale gamma_h.
         inject: "add" (phi = c + gamma P) or "concat" (phi = [c ; gamma P]).
         merge: "gated" (RMS-matched gate, RoLa) or "mass" (softmax-mass-consistent).
+        mass_lse: where merge="mass" gets the spike's log-sum-exp: "exact" (from the spike kernel;
+            on CPU through flex's sink read-out, ~20 % of the spike's time) or "estimate" (ours:
+            a second-order estimate from each selected block's key mean and diagonal variance,
+            :func:`diffkit.attention.sparse.estimate_lse`, ~1 % of the spike's time; its mean
+            bias is absorbed by the learnable lambda). Density 1 stays exact either way.
         gate_bias_init: initial gate bias b_h (sigmoid(-1.946) = 0.125).
         backend: "reference" (pure PyTorch, fp64-able, differentiable), "flex" (FlexAttention
             BlockMask from the top-k indices; forward-only on CPU), or "auto" (flex on CUDA when no
@@ -76,6 +81,7 @@ class RoPeSLRConfig:
     pe_scale_init: float = 0.1
     inject: Literal["add", "concat"] = "add"
     merge: Literal["gated", "mass"] = "gated"
+    mass_lse: Literal["exact", "estimate"] = "exact"
     gate_bias_init: float = -1.946
     backend: Literal["reference", "flex", "auto"] = "auto"
     dense_first_steps: int = 0
@@ -119,6 +125,7 @@ class RoPeSLRConfig:
             "ape": ("fourier", "table", "none"),
             "inject": ("add", "concat"),
             "merge": ("gated", "mass"),
+            "mass_lse": ("exact", "estimate"),
             "backend": ("reference", "flex", "auto"),
         }
         for field, options in choices.items():

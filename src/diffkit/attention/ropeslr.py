@@ -37,6 +37,7 @@ from diffkit.attention.sparse import (
     block_sparse_flex_readout,
     block_sparse_reference,
     dense_partial,
+    estimate_lse,
     merge_partials,
 )
 
@@ -246,6 +247,12 @@ def ropeslr_attention(
     use_bg = config.background and params is not None
     gated = config.merge == "gated"
     need_lse = sink_k is not None or (use_bg and not gated)
+    if need_lse and sink_k is None and config.mass_lse == "estimate":
+        # mass merge with the estimated lse: the spike runs without one (the gated path's cost)
+        o_s, _ = spike(q, k, v, plan, config, need_lse=False)
+        lse = estimate_lse(q, k, plan.idx, plan.valid, config.block_size)
+        num, den, _ = _background_terms(params, q_pre, k_pre, v, plan, config, need_den=True)
+        return plan.untiled(merge_mass(o_s, lse, num, den, params.log_lambda.exp()))
     if need_lse and sink_k is None and _use_readout(q, config):
         # CPU inference of the mass merge: fuse the merge with the spike's sink read-out
         raw = block_sparse_flex_readout(q, k, v, plan.idx, plan.valid, config.block_size)

@@ -335,6 +335,46 @@ def block_sparse_flex_readout(
     return res if bool(torch.isfinite(res[2]).all()) else None
 
 
+def estimate_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    block: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Estimate of the block-sparse softmax's log-sum-exp from block statistics of the keys.
+
+    For query i in block I and each selected key block J with |J| keys, mean k_J and per-channel
+    variance s2_J, the second-order cumulant expansion of sum_{j in J} exp(scale q_i . k_j) is
+
+        |J| exp(scale q_i . k_J + scale^2 (q_i * q_i) . s2_J / 2),
+
+    so log Z_i ~= logsumexp_J [scale q_i . k_J + scale^2 (q_i^2) . s2_J / 2 + log |J|]. Exact
+    where the keys of a block are equal; costs 2 L k d multiply-adds per term (k selected blocks)
+    against the spike's 4 L k b d. Used by merge="mass" with mass_lse="estimate" ([ours];
+    measured in docs/attention.md). Returns (B, H, L).
+    """
+    bsz, heads, length, d = q.shape
+    n = num_blocks(length, block)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    pad = n * block - length
+    if pad:
+        q, k = F.pad(q, (0, 0, 0, pad)), F.pad(k, (0, 0, 0, pad))
+    kb = k.unflatten(2, (n, block))  # (B, H, n, b, d)
+    count = torch.full((n,), float(block), dtype=q.dtype, device=q.device)
+    count[-1] = block - pad
+    mean = kb.sum(3) / count[:, None]
+    var = (kb * kb).sum(3) / count[:, None] - mean * mean  # padded keys are 0: sums unaffected
+    mean_s, var_s = gather_blocks(mean, idx), gather_blocks(var.clamp_min(0), idx)  # (B,H,n,k,d)
+    qb = q.unflatten(2, (n, block))  # (B, H, n, b, d)
+    z = (qb @ mean_s.transpose(-1, -2)) * scale  # (B, H, n, b, k)
+    z = z + (qb * qb) @ var_s.transpose(-1, -2) * (scale * scale / 2)
+    z = z + count.log()[idx][..., None, :]
+    z = z.masked_fill(~valid[..., None, :], float("-inf"))
+    return torch.logsumexp(z, -1).flatten(2, 3)[:, :, :length]
+
+
 def merge_partials(
     o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
