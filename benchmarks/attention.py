@@ -273,8 +273,13 @@ def gpu_check(device: str = "cuda") -> dict:
         out["spike_o_maxabs"] = float((o1 - o2).abs().max())
         out["spike_lse_maxabs"] = float((l1 - l2).abs().max())
         grid = (4, 25, 40)
-        for merge, extra in (("gated", {}), ("mass", {"feature_map": "elu1"})):
-            kw = dict(block_size=block, tile=(2, 5, 8), merge=merge, rank_ref_tokens=L, **extra)
+        for merge, extra in (
+            ("gated", {}),
+            ("mass", {"feature_map": "elu1"}),
+            ("mass_est", {"feature_map": "elu1", "mass_lse": "estimate"}),
+        ):
+            kw = dict(block_size=block, tile=(2, 5, 8), merge=merge.split("_")[0],
+                      rank_ref_tokens=L, **extra)  # fmt: skip
             c_ref = RoPeSLRConfig(density=0.1, backend="reference", **kw)
             c_flex = RoPeSLRConfig(density=0.1, backend="flex", **kw)
             p = RoPeSLRParams(c_ref, H, d).to(device)

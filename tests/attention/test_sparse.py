@@ -204,3 +204,14 @@ def test_estimate_lse_second_order_term_helps():
     est0 = estimate_lse(q, mean_only, idx, valid, 64)  # zero variance: the first-order estimate
     assert (est - lse).abs().mean() < (est0 - lse).abs().mean()
     assert (est - lse).abs().mean() < 1.0
+
+
+def test_estimate_lse_half_precision_moments_in_fp32():
+    from diffkit.attention.sparse import estimate_lse
+
+    q, k, _ = _qkv(256, dtype=torch.float32)
+    idx, valid = _select(q, k, 64, 2)
+    qb, kb = q.bfloat16(), k.bfloat16()
+    est = estimate_lse(qb, kb, idx, valid, 64)
+    assert est.dtype == torch.float32
+    assert torch.equal(est, estimate_lse(qb.float(), kb.float(), idx, valid, 64))

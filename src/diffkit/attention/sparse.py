@@ -353,11 +353,14 @@ def estimate_lse(
     so log Z_i ~= logsumexp_J [scale q_i . k_J + scale^2 (q_i^2) . s2_J / 2 + log |J|]. Exact
     where the keys of a block are equal; costs 2 L k d multiply-adds per term (k selected blocks)
     against the spike's 4 L k b d. Used by merge="mass" with mass_lse="estimate" ([ours];
-    measured in docs/attention.md). Returns (B, H, L).
+    measured in docs/attention.md). Returns (B, H, L), in fp32 for half-precision inputs (as
+    flex's lse).
     """
     bsz, heads, length, d = q.shape
     n = num_blocks(length, block)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
+    if q.dtype in (torch.float16, torch.bfloat16):  # moments in fp32 (E[k^2] - E[k]^2 cancels)
+        q, k = q.float(), k.float()
     pad = n * block - length
     if pad:
         q, k = F.pad(q, (0, 0, 0, pad)), F.pad(k, (0, 0, 0, pad))
