@@ -39,12 +39,14 @@ KEYS = ("kid", "fid", "class_acc", "precision", "recall", "coverage", "diversity
 def ablations(base: FPDConfig) -> dict[str, FPDConfig]:
     r = dataclasses.replace
     return {
-        "FPD-1 (STE, multi-tau, feature, student source)": base,
+        "FPD-1 (STE, multi-tau, feature, student source, cond. GAN, drift CFG 1.1)": base,
         "ablation: soft embedding instead of STE": r(base, ste="soft"),
         "ablation: single bandwidth (0.05)": r(base, bandwidths=(0.05,)),
         "ablation: pixel-space drift": r(base, lifter=LifterConfig(space="pixel")),
         "ablation: teacher refines random tokens": r(base, refine_source="random"),
-        "ablation: + GAN (hinge, spectral norm)": r(base, gan_weight=1.0),
+        "ablation: no GAN": r(base, gan_weight=0.0),
+        "ablation: unconditional GAN (the paper's)": r(base, gan_conditional=False),
+        "ablation: no drift guidance": r(base, drift_guidance=1.0),
     }
 
 
@@ -154,7 +156,7 @@ def main() -> None:
     variants = {} if args.skip_ablations else dict(list(ablations(FPD_CONFIG).items())[1:])
     abl_train = dataclasses.replace(TRAIN, steps=args.ablation_steps)
     if not args.skip_ablations:
-        variants = {"FPD-1 (STE, multi-tau, feature, student source)": FPD_CONFIG, **variants}
+        variants = {next(iter(ablations(FPD_CONFIG))): FPD_CONFIG, **variants}
     for name, cfg in variants.items():
         for ts in args.ablation_seeds:
             jobs[("abl", name, ts)] = {**common, "kind": "fpd", "cfg": cfg,

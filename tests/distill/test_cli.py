@@ -98,3 +98,18 @@ def test_options_lists_documented_fields(capsys):
     out = capsys.readouterr().out
     assert "r_init = 0.95: fraction of the student's input tokens" in out
     assert "fpd.lifter:" in out and "train:" in out
+
+
+def test_recipe_matches_the_zoo_recipe():
+    """recipes/distill/digits.yaml trains what scripts/train_zoo.py ships as digits-fpd."""
+    import yaml
+
+    from diffkit import config as cfglib
+    from diffkit.distill import FPDConfig
+    from diffkit.zoo.digits_fpd import FPD_CONFIG, TRAIN
+
+    recipe = yaml.safe_load(RECIPES[[p.name for p in RECIPES].index("digits.yaml")].read_text())
+    assert cfglib.from_dict(FPDConfig, recipe["fpd"]) == FPD_CONFIG
+    for key, value in recipe["train"].items():
+        got = getattr(TRAIN, key)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key

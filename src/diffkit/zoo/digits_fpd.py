@@ -7,6 +7,8 @@ At this scale the drift estimate needs many samples per class: 4 classes x 24 sa
 plus a per-class queue of 48 refined positives (with 10 x 8 and no queue the student degraded).
 Drafts are argmax tokens (deterministic given z_init; the student samples the same way), and each
 draft's own refinement is left out of its positives (docs/distill.md, "What we learned").
+Class accuracy: a little training-time CFG of the drift (alpha = 1.1, data-free) and a
+class-conditional projection discriminator (lambda = 1, spectral norm) on the train split.
 Records the student's metrics on the evaluation network (500 samples vs the held-out split).
 """
 
@@ -27,7 +29,10 @@ from diffkit.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-FPD_CONFIG = FPDConfig(samples_per_group=24, teacher_guidance=2.0, queue_size=48, ste="argmax")
+FPD_CONFIG = FPDConfig(
+    samples_per_group=24, teacher_guidance=2.0, queue_size=48, ste="argmax", drift_guidance=1.1,
+    gan_weight=1.0, gan_conditional=True,
+)  # fmt: skip
 TRAIN = TrainConfig(
     steps=1000, batch_size=4, lr=2e-4, warmup_steps=20, grad_clip=2.0, ema_decay=0.98,
     log_every=10, betas=(0.9, 0.95),
