@@ -164,3 +164,18 @@ def test_mass_estimate_uses_no_exact_lse(monkeypatch):
         ref = plan.untiled(merge_mass(o_s, lse, num, den, p.log_lambda.exp()))
     assert asked == [False]
     assert (out - ref).abs().max() < 1e-12
+
+
+def test_merge_mass_extremes_stay_finite():
+    """A spike with no mass (lse = -inf) or a negligible one gives the background alone; a spike
+    that dwarfs the background gives o_s."""
+    from diffkit.attention.background import merge_mass
+
+    o_s, num = _t(1, 2, 6, 4, seed=1), _t(1, 2, 6, 4, seed=2)
+    den = _t(1, 2, 6, seed=3).abs() + 1
+    lam = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    for lse_val in (float("-inf"), -800.0):
+        out = merge_mass(o_s, torch.full((1, 2, 6), lse_val, dtype=torch.float64), num, den, lam)
+        assert (out - num / den[..., None]).abs().max() < 1e-12
+    out = merge_mass(o_s, torch.full((1, 2, 6), 800.0, dtype=torch.float64), num, den, lam)
+    assert (out - o_s).abs().max() < 1e-12

@@ -252,7 +252,9 @@ def ropeslr_attention(
         o_s, _ = spike(q, k, v, plan, config, need_lse=False)
         lse = estimate_lse(q, k, plan.idx, plan.valid, config.block_size)
         num, den, _ = _background_terms(params, q_pre, k_pre, v, plan, config, need_den=True)
-        return plan.untiled(merge_mass(o_s, lse, num, den, params.log_lambda.exp()))
+        lam = params.log_lambda.exp()
+        inplace = not (o_s.requires_grad or num.requires_grad or lam.requires_grad)
+        return plan.untiled(merge_mass(o_s, lse, num, den, lam, inplace=inplace))
     if need_lse and sink_k is None and _use_readout(q, config):
         # CPU inference of the mass merge: fuse the merge with the spike's sink read-out
         raw = block_sparse_flex_readout(q, k, v, plan.idx, plan.valid, config.block_size)

@@ -369,13 +369,12 @@ def estimate_lse(
     count[-1] = block - pad
     mean = kb.sum(3) / count[:, None]
     var = (kb * kb).sum(3) / count[:, None] - mean * mean  # padded keys are 0: sums unaffected
-    mean_s, var_s = gather_blocks(mean, idx), gather_blocks(var.clamp_min(0), idx)  # (B,H,n,k,d)
-    qb = q.unflatten(2, (n, block))  # (B, H, n, b, d)
-    z = (qb @ mean_s.transpose(-1, -2)) * scale  # (B, H, n, b, k)
-    z = z + (qb * qb) @ var_s.transpose(-1, -2) * (scale * scale / 2)
-    z = z + count.log()[idx][..., None, :]
-    z = z.masked_fill(~valid[..., None, :], float("-inf"))
-    return torch.logsumexp(z, -1).flatten(2, 3)[:, :, :length]
+    # one batched matmul for both terms: [q, q*q] (b, 2d) @ [scale k_J, scale^2/2 s2_J]^T (2d, k)
+    stats = torch.cat([mean * scale, var.clamp_min(0) * (scale * scale / 2)], -1)  # (B,H,n,2d)
+    qq = torch.cat([q, q * q], -1).unflatten(2, (n, block))  # (B, H, n, b, 2d)
+    z = qq @ gather_blocks(stats, idx).transpose(-1, -2)  # (B, H, n, b, k)
+    bias = count.log()[idx].masked_fill(~valid, float("-inf"))  # log |J|; -inf drops J
+    return torch.logsumexp(z + bias[..., None, :], -1).flatten(2, 3)[:, :, :length]
 
 
 def merge_partials(
