@@ -49,7 +49,9 @@ class RoPeSLRConfig:
             on CPU through flex's sink read-out, ~20 % of the spike's time) or "estimate" (ours:
             a second-order estimate from each selected block's key mean and diagonal variance,
             :func:`diffkit.attention.sparse.estimate_lse`, ~1 % of the spike's time; its mean
-            bias is absorbed by the learnable lambda). Density 1 stays exact either way.
+            bias is absorbed by the learnable lambda). Density 1 stays exact either way. With
+            extra exact keys (HunyuanVideo's text tokens) the exact lse is used: their merge
+            needs it.
         gate_bias_init: initial gate bias b_h (sigmoid(-1.946) = 0.125).
         backend: "reference" (pure PyTorch, fp64-able, differentiable), "flex" (FlexAttention
             BlockMask from the top-k indices; forward-only on CPU), or "auto" (flex on CUDA when no

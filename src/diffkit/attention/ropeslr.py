@@ -272,10 +272,12 @@ def ropeslr_attention(
         num, den, gate = _background_terms(
             params, q_pre, k_pre, v, plan, config, need_den=not gated
         )
+        # o_s is this call's own buffer: merge into it unless autograd needs it.
         if gated:
-            # o_s is this call's own buffer: merge into it unless autograd needs it.
             inplace = not (o_s.requires_grad or num.requires_grad or gate.requires_grad)
             out = merge_gated(o_s, num, gate, inplace=inplace)
         else:
-            out = merge_mass(o_s, lse, num, den, params.log_lambda.exp())
+            lam = params.log_lambda.exp()
+            inplace = not (o_s.requires_grad or num.requires_grad or lam.requires_grad)
+            out = merge_mass(o_s, lse, num, den, lam, inplace=inplace)
     return plan.untiled(out)
