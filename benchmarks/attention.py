@@ -11,6 +11,12 @@
 
     python benchmarks/attention.py --part a --part b --part c
 Writes benchmarks/results/attention*.json|png|md. Records os.getloadavg() and the device.
+
+On a CUDA machine only (a) runs, after an agreement check of the CUDA backend (flex vs reference,
+density 1 vs SDPA, every merge), and writes attention_gpu.json|md beside the CPU results:
+
+    python benchmarks/attention.py --lengths 16384 32768 75600 131072 --dims 128 64 \
+        --heads 12 --dtype bf16 --reps 10 [--tune-flex 75600 131072]
 """
 
 # ruff: noqa: B023  (the timing lambdas run inside the loop iteration that defines them)
