@@ -294,25 +294,24 @@ def merge_mass(
     lam: torch.Tensor,
     inplace: bool = False,
 ) -> torch.Tensor:
-    """o = (e^lse o_s + lambda N) / (e^lse + lambda Z), stabilised by the running max (b.4).
+    """o = (e^lse o_s + lambda N) / (e^lse + lambda Z) (b.4).
 
     lam (H,) > 0; Z is clamped at 0 (features are positive but the APE need not be). Written as
-    o = (o_s + r N) / (1 + r Z) with r = lambda e^{-m} / e^{lse - m} per token (m = running max),
-    so only two passes touch (L, d): one multiply-add and one division; ``inplace`` writes them
-    into ``o_s`` (the caller's own buffer, no gradient needed).
+    o = (o_s + r N) / (1 + r Z) with r = lambda e^{-lse} per token, so only two passes touch
+    (L, d): one multiply-add and one division; ``inplace`` writes them into ``o_s`` (the caller's
+    own buffer, no gradient needed). Where r overflows (a spike with next to no mass against the
+    background) the form stabilised by the running max is used instead.
     """
     lam = lam.to(o_s.dtype)[:, None]
-    mass_bg = (lam * den).clamp(min=0)
-    log_bg = torch.log(mass_bg.clamp(min=torch.finfo(o_s.dtype).tiny))
-    m = torch.maximum(lse, log_bg)
-    w_s = torch.exp(lse - m)  # >= e^{-inf}; 1 where the spike dominates
-    w_bg = torch.exp(-m) * lam
-    r = (w_bg / w_s).to(o_s.dtype)
+    den = den.clamp(min=0)
+    r = (lam * torch.exp(-lse)).to(o_s.dtype)
     if not bool(torch.isfinite(r).all()):
-        # a spike with (next to) no mass against the background: r overflows; the plain form
+        log_bg = torch.log((lam * den).clamp(min=torch.finfo(o_s.dtype).tiny))
+        m = torch.maximum(lse, log_bg)
+        w_s, w_bg = torch.exp(lse - m), torch.exp(-m) * lam
         numer = w_s[..., None] * o_s + w_bg[..., None] * num
-        return numer / (w_s + w_bg * den.clamp(min=0))[..., None]
-    denom = torch.addcmul(torch.ones_like(r), r, den.clamp(min=0))
+        return numer / (w_s + w_bg * den)[..., None]
+    denom = torch.addcmul(torch.ones_like(r), r, den)
     out = o_s.addcmul_(r[..., None], num) if inplace else torch.addcmul(o_s, r[..., None], num)
     return out.div_(denom[..., None])
 

@@ -253,11 +253,8 @@ def block_sparse_flex(
     None uses it exactly where it is needed (compiled, CPU, lse requested).
     ``kernel_options`` go to flex's Triton kernel (CUDA); None = :func:`cuda_kernel_options`.
     """
-    bsz, heads, length, d = q.shape
-    n = num_blocks(length, block)
-    n_pad = bucket_blocks(n, bucket)
-    pad = n_pad * block - length
-    qp, kp, vp = (F.pad(t, (0, 0, 0, pad)) if pad else t for t in (q, k, v))
+    length, d = q.shape[2:]
+    qp, kp, vp, n_pad = _pad_to_bucket(q, k, v, block, bucket)
     backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if kernel_options is None and q.is_cuda:
         kernel_options = cuda_kernel_options(d, block, torch.cuda.get_device_capability(q.device))
@@ -288,6 +285,14 @@ def block_sparse_flex(
         o, aux = fn(qp, kp, vp, return_aux=AuxRequest(lse=True), **kw)
         lse = aux.lse
     return o[:, :, :length], lse[:, :, :length]
+
+
+def _pad_to_bucket(q, k, v, block, bucket):
+    """q, k, v zero-padded along L to the bucketed block count; returns them and that count."""
+    length = q.shape[2]
+    n_pad = bucket_blocks(num_blocks(length, block), bucket)
+    pad = n_pad * block - length
+    return *(F.pad(t, (0, 0, 0, pad)) if pad else t for t in (q, k, v)), n_pad
 
 
 def _flex_readout(fn, qp, kp, vp, idx, valid, length, block, n_pad, scale):
@@ -328,9 +333,7 @@ def block_sparse_flex_readout(
     with no exp/log and no division by a. Returns None where the scores overflowed (w not finite).
     """
     length = q.shape[2]
-    n_pad = bucket_blocks(num_blocks(length, block), bucket)
-    pad = n_pad * block - length
-    qp, kp, vp = (F.pad(t, (0, 0, 0, pad)) if pad else t for t in (q, k, v))
+    qp, kp, vp, n_pad = _pad_to_bucket(q, k, v, block, bucket)
     res = _flex_readout(_flex_fn(compiled), qp, kp, vp, idx, valid, length, block, n_pad, scale)
     return res if bool(torch.isfinite(res[2]).all()) else None
 
