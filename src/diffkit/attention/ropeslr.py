@@ -144,19 +144,24 @@ def plan_blocks(
 
 
 def background_features(
-    params: RoPeSLRParams, q_pre: torch.Tensor, k_pre: torch.Tensor, plan: BlockPlan
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    params: RoPeSLRParams,
+    q_pre: torch.Tensor,
+    k_pre: torch.Tensor,
+    plan: BlockPlan,
+    need_gate: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Tile-major (phi_q, phi_k, gate) from frame-major pre-RoPE q/k (spec b.3-b.4).
 
     Features and gate are per token, so they are computed in frame-major order (where the 3D
-    APE is a broadcast over the grid) and only the rank-r features are permuted.
+    APE is a broadcast over the grid) and only the rank-r features are permuted. The gate is
+    only used by the gated merge: ``need_gate=False`` skips it (returns None).
     """
     heads = q_pre.shape[1]
     u_q = params.u_q.expand(heads, -1, -1) if params.u_q.shape[0] == 1 else params.u_q
     u_k = params.u_k.expand(heads, -1, -1) if params.u_k.shape[0] == 1 else params.u_k
     phi_q = plan.tiled(params.grid_features(q_pre, u_q, plan.grid))
     phi_k = plan.tiled(params.grid_features(k_pre, u_k, plan.grid))
-    return phi_q, phi_k, plan.tiled(params.gate(q_pre))
+    return phi_q, phi_k, plan.tiled(params.gate(q_pre)) if need_gate else None
 
 
 def spike(
@@ -198,10 +203,11 @@ def _use_readout(q: torch.Tensor, config: RoPeSLRConfig) -> bool:
 
 
 def _background_terms(params, q_pre, k_pre, v, plan, config, need_den):
-    """(N, Z or None, gate) of the background over the complement (tile-major)."""
+    """(N, Z or None, gate or None) of the background over the complement (tile-major); the
+    gate only for the gated merge (``need_den`` False), Z only for the mass merge."""
     if q_pre is None or k_pre is None:
         raise ValueError("the background path needs the pre-RoPE q_pre and k_pre")
-    phi_q, phi_k, gate = background_features(params, q_pre, k_pre, plan)
+    phi_q, phi_k, gate = background_features(params, q_pre, k_pre, plan, need_gate=not need_den)
     sel = (plan.idx, plan.valid) if config.complement else (None, None)
     num, den = background(phi_q, phi_k, v, *sel, config.block_size, need_den=need_den)
     return num, den, gate
