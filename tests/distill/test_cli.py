@@ -93,6 +93,17 @@ def test_distill_amused_teacher_folder(tmp_path):
     UVit2DModel.from_pretrained(tmp_path / "out" / "student")
 
 
+def test_distill_amused_rejects_data_options(tmp_path):
+    """The aMUSEd runner has no real images: GAN and real positives are refused by name."""
+    from diffkit.distill.amused_run import distill_amused
+    from diffkit.distill.fpd import FPDConfig
+    from diffkit.train import TrainConfig
+
+    for cfg in (FPDConfig(gan_weight=1.0), FPDConfig(real_positives=4)):
+        with pytest.raises(ValueError, match="real_positives: 0"):
+            distill_amused(tmp_path, {}, cfg, TrainConfig(), tmp_path / "out")
+
+
 def test_options_lists_documented_fields(capsys):
     assert _run(["distill", "options"]) == 0
     out = capsys.readouterr().out

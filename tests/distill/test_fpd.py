@@ -242,3 +242,47 @@ def test_conditional_gan_bad_labels(parts, labels, match):
     with pytest.raises(ValueError, match=match):
         FPD(FPDConfig(gan_weight=1.0, gan_conditional=True), teacher=teacher, tokenizer=tok,
             lifter_backbone=lifter, real_images=real, real_labels=labels)  # fmt: skip
+
+
+def test_real_positives_join_the_drift_positives_of_their_condition(parts):
+    """real_positives: each batch condition gets that many real images of its own class as extra
+    drift positives (never its own refinement, so pos_source = -1), and they change the loss."""
+    tok, teacher, lifter = parts
+    real = torch.rand(40, 1, 16, 16) * 2 - 1
+    labels = torch.arange(10).repeat(4)
+    seen = {}
+    losses = []
+    for n_real in (0, 3):
+        cfg = FPDConfig(samples_per_group=4, ste="argmax", real_positives=n_real, queue_size=4)
+        fpd = FPD(cfg, teacher=teacher, tokenizer=tok, lifter_backbone=lifter, real_images=real,
+                  real_labels=labels)  # fmt: skip
+        drift = fpd.drift
+
+        def spy(f_gen, pos, groups, drift=drift, **kw):
+            seen.update(pos=pos, groups=groups, **kw)
+            return drift(f_gen, pos, groups, **kw)
+
+        fpd.drift = spy
+        student = fpd.make_student()
+        torch.manual_seed(0)
+        losses.append(float(fpd(student, {"cond": torch.tensor([2, 5])}, _ctx()).loss))
+    pg, src = seen["pos_groups"], seen["pos_source"]
+    assert len(pg) == 8 + 6 and torch.equal(pg[8:], torch.tensor([2, 2, 2, 5, 5, 5]))
+    assert (src[8:] == -1).all() and torch.equal(src[:8], torch.arange(8))
+    assert all(f.shape[0] == 14 for f in seen["pos"].values())
+    assert losses[0] != losses[1]
+    # the reals drawn for a condition are images of that condition
+    idx = fpd._real_of(torch.tensor([3, 3, 9]), torch.Generator().manual_seed(1))
+    assert torch.equal(labels[idx], torch.tensor([3, 3, 9]))
+
+
+def test_real_positives_need_labelled_real_images(parts):
+    tok, teacher, lifter = parts
+    cfg = FPDConfig(real_positives=2)
+    with pytest.raises(ValueError, match="real_images"):
+        FPD(cfg, teacher=teacher, tokenizer=tok, lifter_backbone=lifter)
+    with pytest.raises(ValueError, match="real_labels"):
+        FPD(cfg, teacher=teacher, tokenizer=tok, lifter_backbone=lifter,
+            real_images=torch.rand(20, 1, 16, 16))  # fmt: skip
+    with pytest.raises(ValueError, match="real_positives"):
+        FPDConfig(real_positives=-1)

@@ -35,6 +35,12 @@ def distill_amused(
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     path, out_dir = Path(path), Path(out_dir)
+    if fpd_config.gan_weight > 0 or fpd_config.real_positives > 0:
+        raise ValueError(
+            "the aMUSEd runner is data-free: set fpd.gan_weight: 0 and fpd.real_positives: 0 "
+            f"(got {fpd_config.gan_weight} and {fpd_config.real_positives}); both need a "
+            "labelled real image set"
+        )
     for sub in ("transformer", "vqvae", "scheduler", "text_encoder", "tokenizer"):
         if not (path / sub).is_dir():
             raise FileNotFoundError(f"{path} is not a local aMUSEd folder: {sub}/ is missing")

@@ -76,6 +76,11 @@ class FPDConfig:
         gan_reg: discriminator regulariser: "spectral" norm or "r1" gradient penalty.
         r1_gamma: R1 weight when gan_reg = "r1".
         disc_lr: discriminator learning rate (Adam, betas (0, 0.99)).
+        real_positives: real images of each condition added to that condition's drift positives
+            in every step (0 = off, the paper's data-free drift). Drifting Models (arXiv
+            2602.04770) draw all positives from data; here they join the teacher's refinements,
+            so the fixed point is a mixture of the teacher's refinement and the data ([ours];
+            needs ``real_images`` and ``real_labels``; measured in docs/distill.md).
     """
 
     r_init: float = 0.95
@@ -99,6 +104,7 @@ class FPDConfig:
     gan_reg: Literal["spectral", "r1"] = "spectral"
     r1_gamma: float = 1.0
     disc_lr: float = 2e-4
+    real_positives: int = 0
 
     @property
     def sample_mode(self) -> Literal["categorical", "argmax"]:
@@ -126,11 +132,9 @@ class FPDConfig:
         for name in ("teacher_temperature", "student_temperature", "disc_lr"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"FPDConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.teacher_guidance < 0 or self.gan_weight < 0 or self.queue_size < 0:
-            raise ValueError(
-                "FPDConfig.teacher_guidance, gan_weight and queue_size must be >= 0, got "
-                f"{self.teacher_guidance}, {self.gan_weight}, {self.queue_size}"
-            )
+        for name in ("teacher_guidance", "gan_weight", "queue_size", "real_positives"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"FPDConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.drift_guidance < 1:
             raise ValueError(f"FPDConfig.drift_guidance must be >= 1, got {self.drift_guidance}")
         if self.gan_reg not in ("spectral", "r1"):
@@ -275,6 +279,27 @@ def token_stats(ids: torch.Tensor, codebook_size: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------ objective
+def _index_by_condition(
+    real_images: torch.Tensor, real_labels: torch.Tensor | None, num_conditions: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(order, start, count): the real images of condition c are order[start[c] : + count[c]]."""
+    if real_labels is None or real_labels.shape != real_images.shape[:1]:
+        raise ValueError(
+            "FPDConfig.gan_conditional and real_positives need real_labels, one per real image"
+        )
+    if int(real_labels.min()) < 0 or int(real_labels.max()) >= num_conditions:
+        raise ValueError(
+            f"real_labels must lie in [0, {num_conditions}) (the teacher's conditions), got "
+            f"[{int(real_labels.min())}, {int(real_labels.max())}]"
+        )
+    counts = torch.bincount(real_labels, minlength=num_conditions)
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"real_labels has no image of condition(s) {missing}")
+    order = torch.argsort(real_labels, stable=True)
+    return order, torch.cumsum(counts, 0) - counts, counts
+
+
 class FPD:
     """The FPD objective for :func:`diffkit.train.fit` (``model`` = the student network).
 
@@ -313,28 +338,20 @@ class FPD:
             PositiveQueue(teacher.num_conditions, config.queue_size) if config.queue_size else None
         )
         self.disc = self.disc_opt = None
-        if config.gan_weight > 0:
+        self.real_images = real_images
+        self._real_by_cls = None
+        if config.gan_weight > 0 or config.real_positives:
             if real_images is None:
-                raise ValueError("FPDConfig.gan_weight > 0 needs real_images for the discriminator")
-            self.real_images = real_images
-            n_cls = 0
-            if config.gan_conditional:
-                n_cls = teacher.num_conditions
-                if real_labels is None or real_labels.shape != real_images.shape[:1]:
-                    raise ValueError(
-                        "FPDConfig.gan_conditional needs real_labels, one per real image"
-                    )
-                if int(real_labels.min()) < 0 or int(real_labels.max()) >= n_cls:
-                    raise ValueError(
-                        f"real_labels must lie in [0, {n_cls}) (the teacher's conditions), got "
-                        f"[{int(real_labels.min())}, {int(real_labels.max())}]"
-                    )
-                counts = torch.bincount(real_labels, minlength=n_cls)
-                if (counts == 0).any():
-                    missing = torch.nonzero(counts == 0).flatten().tolist()
-                    raise ValueError(f"real_labels has no image of condition(s) {missing}")
-                order = torch.argsort(real_labels, stable=True)
-                self._real_by_cls = (order, torch.cumsum(counts, 0) - counts, counts)
+                raise ValueError(
+                    "FPDConfig.gan_weight > 0 and real_positives > 0 need real_images "
+                    "(the discriminator's real set / the drift's data positives)"
+                )
+            if (config.gan_weight > 0 and config.gan_conditional) or config.real_positives:
+                self._real_by_cls = _index_by_condition(
+                    real_images, real_labels, teacher.num_conditions
+                )
+        if config.gan_weight > 0:
+            n_cls = teacher.num_conditions if config.gan_conditional else 0
             self.disc = Discriminator(
                 real_images.shape[1], spectral=config.gan_reg == "spectral", num_classes=n_cls
             )
@@ -347,6 +364,12 @@ class FPD:
     def data(self, length: int = 10_000) -> ConditionData:
         return ConditionData(self.teacher.num_conditions, length)
 
+    def _real_of(self, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Indices of one uniformly drawn real image of condition y[i] for each i."""
+        order, start, count = self._real_by_cls
+        off = (torch.rand(len(y), generator=g) * count[y]).long().clamp_max(count[y] - 1)
+        return order[start[y] + off]
+
     def _disc_step(
         self, fake: torch.Tensor, y: torch.Tensor | None, g: torch.Generator
     ) -> dict[str, float]:
@@ -354,9 +377,7 @@ class FPD:
         if y is None:
             idx = torch.randint(len(self.real_images), (len(fake),), generator=g)
         else:  # one real image of the same condition per fake
-            order, start, count = self._real_by_cls
-            off = (torch.rand(len(y), generator=g) * count[y]).long().clamp_max(count[y] - 1)
-            idx = order[start[y] + off]
+            idx = self._real_of(y, g)
         real = self.real_images[idx].clone().requires_grad_(cfg.gan_reg == "r1")
         d_real, d_fake = self.disc(real, y), self.disc(fake.detach(), y)
         loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
@@ -409,6 +430,14 @@ class FPD:
                 if pos_source is not None:
                     pos_source = torch.cat([pos_source, torch.full((len(qg),), -1)])
             self.queue.push(f_pos, groups)
+        if cfg.real_positives:  # data positives of each condition in the batch
+            rg = batch["cond"].repeat_interleave(cfg.real_positives)
+            with torch.no_grad():
+                f_real = self.lifter(self.real_images[self._real_of(rg, g)])
+            pos = {k: torch.cat([pos[k], f_real[k]]) for k in pos}
+            pos_groups = torch.cat([pos_groups, rg])
+            if pos_source is not None:
+                pos_source = torch.cat([pos_source, torch.full((len(rg),), -1)])
         uncond, w_unc = None, 0.0
         if cfg.drift_guidance > 1:  # all conditions' refined drafts = unconditional negatives
             uncond = f_pos

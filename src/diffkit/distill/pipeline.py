@@ -73,7 +73,8 @@ def distill_digits(
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train a one-step FPD student of ``digits-maskgit``; returns (student, last metrics)."""
     zoo = zoo or load_digits_zoo()
-    real = load_digits("train") if fpd_config.gan_weight > 0 else None
+    needs_real = fpd_config.gan_weight > 0 or fpd_config.real_positives > 0
+    real = load_digits("train") if needs_real else None
     fpd = FPD(
         fpd_config,
         teacher=zoo.teacher,
