@@ -39,7 +39,8 @@ KEYS = ("kid", "fid", "class_acc", "precision", "recall", "coverage", "diversity
 def ablations(base: FPDConfig) -> dict[str, FPDConfig]:
     r = dataclasses.replace
     return {
-        "FPD-1 (STE, multi-tau, feature, student source, cond. GAN, drift CFG 1.1)": base,
+        "FPD-1 (STE, multi-tau, feature, student source, cond. GAN, drift CFG "
+        f"{base.drift_guidance:g}, {base.real_positives} real positives)": base,
         "ablation: soft embedding instead of STE": r(base, ste="soft"),
         "ablation: single bandwidth (0.05)": r(base, bandwidths=(0.05,)),
         "ablation: pixel-space drift": r(base, lifter=LifterConfig(space="pixel")),
@@ -47,6 +48,7 @@ def ablations(base: FPDConfig) -> dict[str, FPDConfig]:
         "ablation: no GAN": r(base, gan_weight=0.0),
         "ablation: unconditional GAN (the paper's)": r(base, gan_conditional=False),
         "ablation: no drift guidance": r(base, drift_guidance=1.0),
+        "ablation: no real positives (the paper's data-free drift)": r(base, real_positives=0),
     }
 
 
@@ -123,7 +125,8 @@ def main() -> None:
     p.add_argument("--ablation-seeds", type=int, nargs="+", default=[0],
                    help="training seeds per ablation")  # fmt: skip
     p.add_argument("--eval-seeds", type=int, default=3, help="sampling seeds per model")
-    p.add_argument("--per-class", type=int, default=50, help="samples per class per evaluation")
+    p.add_argument("--per-class", type=int, default=200,
+                   help="samples per class per evaluation (spec: about 2000 in all)")  # fmt: skip
     p.add_argument("--kd-pool", type=int, default=200,
                    help="teacher-8 samples per class in the naive-KD training pool")  # fmt: skip
     p.add_argument("--skip-ablations", action="store_true", help="only FPD-1 among the variants")

@@ -18,8 +18,8 @@ def test_readme_example(tmp_path):
 
     teacher = distill.ClassConditionalTeacher(models.load("digits-maskgit"))
     cfg = distill.FPDConfig(samples_per_group=24, queue_size=48, teacher_guidance=2.0,
-                            ste="argmax", drift_guidance=1.1, gan_weight=1.0,
-                            gan_conditional=True)  # fmt: skip
+                            ste="argmax", drift_guidance=1.5, gan_weight=1.0,
+                            gan_conditional=True, real_positives=72)  # fmt: skip
     real = load_digits("train")
     fpd = distill.FPD(cfg, teacher=teacher, tokenizer=models.load("digits-patch-tokenizer"),
                       lifter_backbone=models.load("digits-lifter"),

@@ -30,8 +30,8 @@ from diffkit.train import TrainConfig
 log = logging.getLogger(__name__)
 
 FPD_CONFIG = FPDConfig(
-    samples_per_group=24, teacher_guidance=2.0, queue_size=48, ste="argmax", drift_guidance=1.1,
-    gan_weight=1.0, gan_conditional=True,
+    samples_per_group=24, teacher_guidance=2.0, queue_size=48, ste="argmax", drift_guidance=1.5,
+    gan_weight=1.0, gan_conditional=True, real_positives=72,
 )  # fmt: skip
 TRAIN = TrainConfig(
     steps=1000, batch_size=4, lr=2e-4, warmup_steps=20, grad_clip=2.0, ema_decay=0.98,
