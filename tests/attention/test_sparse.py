@@ -215,3 +215,28 @@ def test_estimate_lse_half_precision_moments_in_fp32():
     est = estimate_lse(qb, kb, idx, valid, 64)
     assert est.dtype == torch.float32
     assert torch.equal(est, estimate_lse(qb.float(), kb.float(), idx, valid, 64))
+
+
+@pytest.mark.parametrize("L,mode", [(300, "topk"), (1000, "topp")])
+def test_estimate_lse_elementwise_form_matches_the_matmul_form(L, mode, monkeypatch):
+    """The elementwise form that compiled=True compiles (here run eagerly) gives the batched
+    matmul form's estimate, ragged tail and top-p rows (invalid entries) included."""
+    from diffkit.attention import sparse
+
+    q, k, _ = _qkv(L)
+    idx, valid = select_blocks(block_scores(q, k, 64), 3, forced_blocks(num_blocks(L, 64)),
+                               mode, 0.5)  # fmt: skip
+    want = sparse.estimate_lse(q, k, idx, valid, 64)
+    monkeypatch.setattr(sparse, "_compiled_lse_from_stats", lambda: sparse.lse_from_block_stats)
+    got = sparse.estimate_lse(q, k, idx, valid, 64, compiled=True)
+    assert (got - want).abs().max() < 1e-10
+
+
+@pytest.mark.slow
+def test_estimate_lse_compiled_matches_eager():
+    from diffkit.attention.sparse import estimate_lse
+
+    q, k, _ = _qkv(1000, dtype=torch.float32)
+    idx, valid = _select(q, k, 64, 3)
+    want = estimate_lse(q, k, idx, valid, 64)
+    assert (estimate_lse(q, k, idx, valid, 64, compiled=True) - want).abs().max() < 1e-4

@@ -260,16 +260,15 @@ def background(
     n = -(-length // block)
     pad = n * block - length
     states, zs = block_states(phi_k, v, block, need_den)
-    s_c = complement_states(states, idx, valid)  # (B, H, n, r, d)
+    if need_den:  # z_J rides along as column d of S_J: one complement and one product for both
+        states = torch.cat([states, zs[..., None]], -1)  # (B, H, n, r, d + 1)
+    s_c = complement_states(states, idx, valid)
     pq = F.pad(phi_q, (0, 0, 0, pad)) if pad else phi_q
-    pq = pq.unflatten(2, (n, block))
-    num = (pq @ s_c).flatten(2, 3)
-    num = num[:, :, :length] if pad else num
+    out = (pq.unflatten(2, (n, block)) @ s_c).flatten(2, 3)
+    out = out[:, :, :length] if pad else out
     if not need_den:
-        return num, None
-    z_c = complement_states(zs, idx, valid)  # (B, H, n, r)
-    den = (pq @ z_c[..., None]).flatten(2, 3)[:, :, :length, 0]
-    return num, den
+        return out, None
+    return out[..., :-1], out[..., -1]
 
 
 def merge_gated(

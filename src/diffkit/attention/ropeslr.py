@@ -196,7 +196,8 @@ def spike(
 
 
 def _use_readout(q: torch.Tensor, config: RoPeSLRConfig) -> bool:
-    """The fused read-out merge applies to compiled flex on CPU without autograd."""
+    """The fused read-out merge (and the compiled lse estimate) apply to compiled flex on CPU
+    without autograd."""
     if config.backend != "flex" or q.is_cuda:
         return False
     return not (torch.is_grad_enabled() and q.requires_grad)
@@ -256,7 +257,9 @@ def ropeslr_attention(
     if need_lse and sink_k is None and config.mass_lse == "estimate":
         # mass merge with the estimated lse: the spike runs without one (the gated path's cost)
         o_s, _ = spike(q, k, v, plan, config, need_lse=False)
-        lse = estimate_lse(q, k, plan.idx, plan.valid, config.block_size)
+        lse = estimate_lse(
+            q, k, plan.idx, plan.valid, config.block_size, compiled=_use_readout(q, config)
+        )  # compiled (CPU flex inference): one fused kernel instead of k-column batched GEMMs
         num, den, _ = _background_terms(params, q_pre, k_pre, v, plan, config, need_den=True)
         lam = params.log_lambda.exp()
         inplace = not (o_s.requires_grad or num.requires_grad or lam.requires_grad)

@@ -89,16 +89,20 @@ def _flex_fn(compiled: bool):
     if not compiled:
         return flex_attention
     if "flex" not in _COMPILED:
-        # one kernel per (length bucket, head dims, lse read-out): a model with a few resolutions
-        # passes dynamo's default limit of 8 recompiles, after which flex silently runs eagerly,
-        # i.e. densely and ~50x slower (seen in the benchmark); raise the limit for this function
-        import torch._dynamo.config as dynamo_config
-
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(dynamo_config, name):
-                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
+        _raise_recompile_limit()
         _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
     return _COMPILED["flex"]
+
+
+def _raise_recompile_limit() -> None:
+    """One kernel per (length bucket, head dims, lse read-out): a model with a few resolutions
+    passes dynamo's default limit of 8 recompiles, after which a compiled function silently runs
+    eagerly (flex: densely, ~50x slower; seen in the benchmark); raise the limit to 64."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
 
 
 # Flex kernel options per head dim on CUDA, set by set_cuda_kernel_options (e.g. from
@@ -345,6 +349,7 @@ def estimate_lse(
     valid: torch.Tensor,
     block: int,
     scale: float | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Estimate of the block-sparse softmax's log-sum-exp from block statistics of the keys.
 
@@ -358,6 +363,11 @@ def estimate_lse(
     against the spike's 4 L k b d. Used by merge="mass" with mass_lse="estimate" ([ours];
     measured in docs/attention.md). Returns (B, H, L), in fp32 for half-precision inputs (as
     flex's lse).
+
+    ``compiled`` (inference) evaluates the k selected blocks per query as one fused
+    torch.compile kernel instead of a batched matmul with k columns, which the CPU's batched
+    GEMM runs at a fraction of its speed (k ~ 13 at 16K tokens); the first call per shape
+    compiles (~10 s), as compiled flex does.
     """
     bsz, heads, length, d = q.shape
     n = num_blocks(length, block)
@@ -372,12 +382,36 @@ def estimate_lse(
     count[-1] = block - pad
     mean = kb.sum(3) / count[:, None]
     var = (kb * kb).sum(3) / count[:, None] - mean * mean  # padded keys are 0: sums unaffected
-    # one batched matmul for both terms: [q, q*q] (b, 2d) @ [scale k_J, scale^2/2 s2_J]^T (2d, k)
-    stats = torch.cat([mean * scale, var.clamp_min(0) * (scale * scale / 2)], -1)  # (B,H,n,2d)
-    qq = torch.cat([q, q * q], -1).unflatten(2, (n, block))  # (B, H, n, b, 2d)
-    z = qq @ gather_blocks(stats, idx).transpose(-1, -2)  # (B, H, n, b, k)
     bias = count.log()[idx].masked_fill(~valid, float("-inf"))  # log |J|; -inf drops J
-    return torch.logsumexp(z + bias[..., None, :], -1).flatten(2, 3)[:, :, :length]
+    qb = q.unflatten(2, (n, block))  # (B, H, n, b, d)
+    m_s, v_s = mean * scale, var.clamp_min(0) * (scale * scale / 2)
+    if compiled:
+        lse = _compiled_lse_from_stats()(qb, m_s, v_s, idx, bias)
+    else:  # one batched matmul for both terms: [q, q*q] (b, 2d) @ [m_s, v_s]^T (2d, k)
+        stats = torch.cat([m_s, v_s], -1)  # (B, H, n, 2d)
+        z = torch.cat([qb, qb * qb], -1) @ gather_blocks(stats, idx).transpose(-1, -2)
+        lse = torch.logsumexp(z + bias[..., None, :], -1)  # (B, H, n, b)
+    return lse.flatten(2, 3)[:, :, :length]
+
+
+def lse_from_block_stats(
+    qb: torch.Tensor, m_s: torch.Tensor, v_s: torch.Tensor, idx: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """logsumexp_J [q . m_s[J] + (q * q) . v_s[J] + bias_J] of :func:`estimate_lse`, written
+    elementwise for torch.compile: qb (B, H, n, b, d) query blocks, m_s / v_s (B, H, n, d)
+    scaled key means / variances, idx / bias (B, H, n, k) -> (B, H, n, b)."""
+    m = gather_blocks(m_s, idx)[:, :, :, None]  # (B, H, n, 1, k, d)
+    v = gather_blocks(v_s, idx)[:, :, :, None]
+    x = qb[..., None, :]  # (B, H, n, b, 1, d)
+    z = (x * (m + x * v)).sum(-1)  # (B, H, n, b, k)
+    return torch.logsumexp(z + bias[:, :, :, None, :], -1)
+
+
+def _compiled_lse_from_stats():
+    if "lse" not in _COMPILED:
+        _raise_recompile_limit()
+        _COMPILED["lse"] = torch.compile(lse_from_block_stats, dynamic=False)
+    return _COMPILED["lse"]
 
 
 def merge_partials(
