@@ -179,3 +179,20 @@ def test_merge_mass_extremes_stay_finite():
         assert (out - num / den[..., None]).abs().max() < 1e-12
     out = merge_mass(o_s, torch.full((1, 2, 6), 800.0, dtype=torch.float64), num, den, lam)
     assert (out - o_s).abs().max() < 1e-12
+
+
+@pytest.mark.slow
+def test_mass_estimate_compiled_cpu_path_matches_the_reference_backend():
+    """Compiled CPU inference (flex spike + compiled lse estimate + folded background Z) gives the
+    reference backend's output."""
+    grid = (2, 16, 16)
+    q, k, v, qp, kp = (_t(1, 2, 512, 16, seed=s).float() for s in range(5))
+    kw = dict(density=0.3, rank=12, tile=(1, 4, 8), block_size=64, merge="mass",
+              feature_map="elu1", mass_lse="estimate")  # fmt: skip
+    ref_cfg = RoPeSLRConfig(backend="reference", **kw)
+    p = RoPeSLRParams(ref_cfg, 2, 16)
+    with torch.no_grad():
+        ref = ropeslr_attention(q, k, v, config=ref_cfg, params=p, q_pre=qp, k_pre=kp, grid=grid)
+        out = ropeslr_attention(q, k, v, config=RoPeSLRConfig(backend="flex", **kw), params=p,
+                                q_pre=qp, k_pre=kp, grid=grid)  # fmt: skip
+    assert (out - ref).abs().max() < 1e-5
