@@ -48,7 +48,7 @@ class RoPeSLRConfig:
         mass_lse: where merge="mass" gets the spike's log-sum-exp: "exact" (from the spike kernel;
             on CPU through flex's sink read-out, ~20 % of the spike's time) or "estimate" (ours:
             a second-order estimate from each selected block's key mean and diagonal variance,
-            :func:`diffkit.attention.sparse.estimate_lse`, ~1 % of the spike's time; its mean
+            :func:`diffkit.attention.sparse.estimate_lse`, ~3 % of the spike's time; its mean
             bias is absorbed by the learnable lambda). Density 1 stays exact either way. With
             extra exact keys (HunyuanVideo's text tokens) the exact lse is used: their merge
             needs it.

@@ -14,17 +14,17 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from diffkit.attention.background import RoPeSLRParams, background, merge_gated, merge_mass
+from diffkit.attention.background import RoPeSLRParams, merge_gated, merge_mass
 from diffkit.attention.config import RoPeSLRConfig
 from diffkit.attention.layout import selection_mask
 from diffkit.attention.ropeslr import (
     BlockPlan,
-    background_features,
+    background_terms,
     plan_blocks,
     ropeslr_attention,
     spike,
+    spike_estimated,
 )
-from diffkit.attention.sparse import estimate_lse
 
 
 def analytic_flops(
@@ -151,22 +151,19 @@ def profile_attention(
     estimated = mass and config.mass_lse == "estimate"
 
     def sp():  # the spike, with its lse where the mass merge needs one (estimated or exact)
-        o, lse = spike(qp, kp, vp, plan, config, mass and not estimated)
         if estimated:
-            lse = estimate_lse(qp, kp, plan.idx, plan.valid, config.block_size)
-        return o, lse
+            return spike_estimated(qp, kp, vp, plan, config)
+        return spike(qp, kp, vp, plan, config, mass)
 
     o_s, lse = sp()  # warm-up (and compile for flex)
     t_sel = _median_ms(lambda: plan_blocks(q, k, config, grid), reps)
     t_sp = _median_ms(sp, reps)
     t_bg = t_mg = 0.0
     if use_bg:
-        sel = (plan.idx, plan.valid) if config.complement else (None, None)
         gated = config.merge == "gated"
 
         def bg():
-            pq, pk, g = background_features(params, q_pre, k_pre, plan)
-            return (*background(pq, pk, vp, *sel, config.block_size, need_den=not gated), g)
+            return background_terms(params, q_pre, k_pre, vp, plan, config, need_den=not gated)
 
         num, den, gate = bg()
         t_bg = _median_ms(bg, reps)

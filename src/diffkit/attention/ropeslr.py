@@ -195,15 +195,28 @@ def spike(
     return block_sparse_reference(q, k, v, plan.idx, plan.valid, config.block_size)
 
 
-def _use_readout(q: torch.Tensor, config: RoPeSLRConfig) -> bool:
-    """The fused read-out merge (and the compiled lse estimate) apply to compiled flex on CPU
-    without autograd."""
+def _cpu_compiled_inference(q: torch.Tensor, config: RoPeSLRConfig) -> bool:
+    """Compiled flex on CPU without autograd: where the fused read-out merge and the compiled lse
+    estimate apply."""
     if config.backend != "flex" or q.is_cuda:
         return False
     return not (torch.is_grad_enabled() and q.requires_grad)
 
 
-def _background_terms(params, q_pre, k_pre, v, plan, config, need_den):
+def spike_estimated(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, config: RoPeSLRConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o_s, lse) with the spike run without an lse and ``lse`` estimated from block statistics
+    (``mass_lse="estimate"``); the estimate is one compiled kernel under compiled CPU flex
+    inference, instead of k-column batched GEMMs."""
+    o_s, _ = spike(q, k, v, plan, config, need_lse=False)
+    lse = estimate_lse(
+        q, k, plan.idx, plan.valid, config.block_size, compiled=_cpu_compiled_inference(q, config)
+    )
+    return o_s, lse
+
+
+def background_terms(params, q_pre, k_pre, v, plan, config, need_den):
     """(N, Z or None, gate or None) of the background over the complement (tile-major); the
     gate only for the gated merge (``need_den`` False), Z only for the mass merge."""
     if q_pre is None or k_pre is None:
@@ -256,19 +269,16 @@ def ropeslr_attention(
     need_lse = sink_k is not None or (use_bg and not gated)
     if need_lse and sink_k is None and config.mass_lse == "estimate":
         # mass merge with the estimated lse: the spike runs without one (the gated path's cost)
-        o_s, _ = spike(q, k, v, plan, config, need_lse=False)
-        lse = estimate_lse(
-            q, k, plan.idx, plan.valid, config.block_size, compiled=_use_readout(q, config)
-        )  # compiled (CPU flex inference): one fused kernel instead of k-column batched GEMMs
-        num, den, _ = _background_terms(params, q_pre, k_pre, v, plan, config, need_den=True)
+        o_s, lse = spike_estimated(q, k, v, plan, config)
+        num, den, _ = background_terms(params, q_pre, k_pre, v, plan, config, need_den=True)
         lam = params.log_lambda.exp()
         inplace = not (o_s.requires_grad or num.requires_grad or lam.requires_grad)
         return plan.untiled(merge_mass(o_s, lse, num, den, lam, inplace=inplace))
-    if need_lse and sink_k is None and _use_readout(q, config):
+    if need_lse and sink_k is None and _cpu_compiled_inference(q, config):
         # CPU inference of the mass merge: fuse the merge with the spike's sink read-out
         raw = block_sparse_flex_readout(q, k, v, plan.idx, plan.valid, config.block_size)
         if raw is not None:
-            num, den, _ = _background_terms(params, q_pre, k_pre, v, plan, config, need_den=True)
+            num, den, _ = background_terms(params, q_pre, k_pre, v, plan, config, need_den=True)
             lam = params.log_lambda.exp()
             inplace = not (num.requires_grad or den.requires_grad or lam.requires_grad)
             return plan.untiled(merge_mass_readout(*raw, num, den, lam, inplace=inplace))
@@ -278,9 +288,7 @@ def ropeslr_attention(
         o_s, lse = merge_partials(o_s, lse, o_t, lse_t)
     out = o_s
     if use_bg:
-        num, den, gate = _background_terms(
-            params, q_pre, k_pre, v, plan, config, need_den=not gated
-        )
+        num, den, gate = background_terms(params, q_pre, k_pre, v, plan, config, need_den=not gated)
         # o_s is this call's own buffer: merge into it unless autograd needs it.
         if gated:
             inplace = not (o_s.requires_grad or num.requires_grad or gate.requires_grad)

@@ -308,8 +308,10 @@ class FPD:
         teacher: the frozen masked teacher (adapter).
         tokenizer: codebook + differentiable decoder.
         lifter_backbone: feature backbone (``feature_maps``) for ``config.lifter.space='feature'``.
-        real_images: images for the optional GAN's real set ((N, C, H, W) in [-1, 1]).
-        real_labels: condition index of each real image ((N,) long), for ``gan_conditional``.
+        real_images: real images ((N, C, H, W) in [-1, 1]): the optional GAN's real set and the
+            source of ``real_positives``.
+        real_labels: condition index of each real image ((N,) long), for ``gan_conditional``
+            and ``real_positives``.
     """
 
     def __init__(

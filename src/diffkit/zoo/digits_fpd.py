@@ -7,7 +7,8 @@ At this scale the drift estimate needs many samples per class: 4 classes x 24 sa
 plus a per-class queue of 48 refined positives (with 10 x 8 and no queue the student degraded).
 Drafts are argmax tokens (deterministic given z_init; the student samples the same way), and each
 draft's own refinement is left out of its positives (docs/distill.md, "What we learned").
-Class accuracy: a little training-time CFG of the drift (alpha = 1.1, data-free) and a
+72 real train images per class join the drift positives (real_positives), which frees the
+diversity that training-time CFG of the drift (alpha = 1.5) trades for class accuracy, with a
 class-conditional projection discriminator (lambda = 1, spectral norm) on the train split.
 Records the student's metrics on the evaluation network (500 samples vs the held-out split).
 """
