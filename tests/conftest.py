@@ -57,6 +57,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for torchrun's --master_port)."""
+    return _free_port()
+
+
+@pytest.fixture
 def single_vs_torchrun(tmp_path):
     """Run ``script OUT`` once plainly and once under ``torchrun --nproc_per_node 2`` (gloo, CPU).
 
