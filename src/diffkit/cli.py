@@ -26,14 +26,31 @@ zoo_app = typer.Typer(
 )
 app.add_typer(zoo_app, name="zoo")
 
-# Method subcommands: name -> module exposing `app: typer.Typer`. A subcommand is registered only
-# when its module exists (its method is implemented); nothing is a placeholder.
-SUBCOMMANDS: dict[str, str] = {
-    "curate": "diffkit.curate.cli",
-    "align": "diffkit.align.cli",
-    "distill": "diffkit.distill.cli",
-    "sparsify": "diffkit.attention.cli",
-    "quantize": "diffkit.quantize.cli",
+# Method subcommands: name -> (module exposing `app: typer.Typer`, one-line summary). Only the
+# subcommand a command line names is imported, so `diffkit --help` and `diffkit tour --help` import
+# none of them (each method's CLI module imports torch lazily too). The top-level help lists each
+# one by its summary; a test checks that the summary is the sub-app's own help's first line.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "curate": (
+        "diffkit.curate.cli",
+        "MONET-style image-text curation: local by default, Ray Data at scale.",
+    ),
+    "align": (
+        "diffkit.align.cli",
+        "Preference alignment (Linear-DPO, arXiv 2605.21123) of diffusion and flow models.",
+    ),
+    "distill": (
+        "diffkit.distill.cli",
+        "FPD: distil a masked-token (MaskGIT-style) generator into a one-step student.",
+    ),
+    "sparsify": (
+        "diffkit.attention.cli",
+        "RoPeSLR sparse + low-rank attention for video DiTs (Wan2.1): align, fine-tune, profile.",
+    ),
+    "quantize": (
+        "diffkit.quantize.cli",
+        "Q-ARVD post-training quantization of autoregressive video diffusion models",
+    ),
 }
 
 
@@ -120,6 +137,30 @@ def zoo_train(
     )
 
 
+@app.command()
+def env(
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+) -> None:
+    """Print the machine record that every benchmark writes into its results.
+
+    Versions, CPU kind and flags, torch threads, GPU, and the dtype diffkit picks as the fast one.
+    """
+    import json
+
+    from diffkit.core.machine import machine_info
+
+    info = machine_info()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for k, v in info.items():
+        if isinstance(v, list):
+            v = " ".join(map(str, v)) or "-"
+        elif isinstance(v, dict):
+            v = ", ".join(f"{a}={b}" for a, b in v.items())
+        typer.echo(f"{k:<16} {v if v is not None else '-'}")
+
+
 @zoo_app.command("verify")
 def zoo_verify() -> None:
     """Check every zoo model's files against its recorded SHA-256 hashes (exit 1 on mismatch)."""
@@ -134,16 +175,35 @@ def zoo_verify() -> None:
         raise typer.Exit(1)
 
 
-def _register_subcommands() -> None:
-    import importlib.util
+def _first_command(argv: list[str]) -> str | None:
+    """The subcommand a command line names (the first word that is not an option)."""
+    for a in argv:
+        if not a.startswith("-"):
+            return a
+    return None
 
-    for name, module in SUBCOMMANDS.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
+
+def _register_subcommands(argv: list[str] | None = None) -> None:
+    """Register the method sub-apps: the one ``argv`` names for real (importing its module), the
+    others as lightweight entries that only carry their summary for the top-level help. With
+    ``argv=None`` every sub-app is imported and registered for real."""
+    import importlib
+
+    wanted = _first_command(argv) if argv is not None else None
+    real = {g.name for g in app.registered_groups if g.name not in _STUBS}
+    for name, (module, summary) in SUBCOMMANDS.items():
+        if name in real:
+            continue
+        if argv is None or name == wanted:
+            if name in _STUBS:  # a summary-only entry from an earlier call: replace it
+                app.registered_groups.remove(_STUBS.pop(name))
             app.add_typer(importlib.import_module(module).app, name=name)
+        elif name not in _STUBS:
+            app.add_typer(typer.Typer(help=summary), name=name, help=summary)
+            _STUBS[name] = app.registered_groups[-1]
+
+
+_STUBS: dict = {}  # name -> the summary-only registration standing in for a sub-app
 
 
 def _kind(e: BaseException) -> set[str]:
@@ -152,7 +212,7 @@ def _kind(e: BaseException) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _register_subcommands()
+    _register_subcommands(sys.argv[1:] if argv is None else argv)
     try:
         rv = app(args=argv, standalone_mode=False)
     except Exception as e:

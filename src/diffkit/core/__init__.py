@@ -1,6 +1,6 @@
 """Shared primitives. This package imports nothing else of diffkit's (enforced by a test)."""
 
-from diffkit.core import ema, io, masking, metrics, rope, samplers, schedules
+from diffkit.core import ema, io, machine, masking, metrics, rope, samplers, schedules
 from diffkit.core.objective import LossOutput, StepContext
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "StepContext",
     "ema",
     "io",
+    "machine",
     "masking",
     "metrics",
     "rope",
