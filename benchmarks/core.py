@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from torch import nn
 
 from diffkit import models
 from diffkit.core import LossOutput
+from diffkit.core.machine import machine_info, machine_line
 from diffkit.core.metrics import frechet_distance, kernel_inception_distance
 from diffkit.data.digits import load_digits
 from diffkit.train import TrainConfig, fit
@@ -134,7 +134,7 @@ def main() -> None:
     }
     result = {
         "device": "cpu",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine_info(),
         "torch_threads": torch.get_num_threads(),
         "loadavg_1m": os.getloadavg()[0],
         "eval_network": ev,
@@ -155,7 +155,7 @@ def main() -> None:
         f"| plain PyTorch loop (baseline) | {loop['plain_torch_s_median']:.2f} |",
         f"| `diffkit.train.fit` (+ 3 checkpoints, JSONL/TensorBoard logs) | {loop['diffkit_fit_s_median']:.2f} ({loop['overhead_ratio']:.2f}×) |",
         "",
-        f"CPU, {result['machine']}, {result['torch_threads']} torch threads, 1-min load average {result['loadavg_1m']:.1f}.",
+        f"Machine: {machine_line(result['machine'])}; 1-min load average {result['loadavg_1m']:.1f}.",
     ]
     (OUT / "core.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -143,6 +143,39 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # shipped as package data
+
+
+def list_recipes(method: str) -> list[str]:
+    """Names of the recipes shipped for ``method`` (``align``, ``attention``, ``curate``,
+    ``distill``, ``quantize``); they live in the installed package, not the source tree."""
+    folder = RECIPES_DIR / method
+    if not folder.is_dir():
+        known = sorted(p.name for p in RECIPES_DIR.iterdir() if p.is_dir())
+        raise ValueError(f"no recipes for method={method!r}; methods with recipes: {known}")
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def recipe_path(method: str, ref: str | Path) -> Path:
+    """Resolve a recipe given by shipped name (``sd15`` or ``sd15.yaml``) or by path.
+
+    An existing file is taken as it is; otherwise a bare name is looked up among the recipes
+    shipped for ``method``. Nothing falls back silently: an unknown name or a missing file raises
+    ``FileNotFoundError`` naming it and listing the shipped recipes.
+    """
+    p = Path(ref).expanduser()
+    if p.is_file():
+        return p
+    shipped = list_recipes(method)
+    name = p.name[: -len(p.suffix)] if p.suffix in (".yaml", ".yml") else p.name
+    if len(p.parts) == 1 and name in shipped:
+        return RECIPES_DIR / method / f"{name}.yaml"
+    raise FileNotFoundError(
+        f"recipe {str(ref)!r} is neither a file nor a shipped {method} recipe; "
+        f"shipped: {', '.join(shipped) or 'none'}"
+    )
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe into a dict (an empty file is an empty dict)."""
     import yaml

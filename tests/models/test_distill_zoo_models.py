@@ -45,8 +45,7 @@ def test_registry_order_and_shipped_members():
     assert order[-1] == "digits-fpd" and "digits-lifter" in order
     for name in ("digits-patch-tokenizer", "digits-maskgit", "digits-lifter", "digits-fpd"):
         ok, msg = models.verify(name)
-        if not ok:
-            pytest.skip(f"zoo weights not built: {msg}")
+        assert ok, f"shipped zoo weights of {name} missing or altered: {msg}"
         models.load(name)
     tok = models.load("digits-patch-tokenizer")
     te = load_digits("test")

@@ -30,8 +30,25 @@ def test_report_writes_self_contained_html_and_markdown(tmp_path):
     assert (
         html.count("data:image/png;base64,") == 2
         and "S &lt;1&gt;" in html
-        and "<b>bold</b>" in html
+        and "<strong>bold</strong>" in html
     )
     md = (tmp_path / "report.md").read_text()
     assert "| a | b | c |" in md and "1.23e-05" in md and md.count("](figures/") == 2
     assert len(list((tmp_path / "figures").glob("*.png"))) == 2
+
+
+def test_markdown_is_rendered_by_a_real_renderer(tmp_path):
+    """Italic, lists, escaped HTML and markup in captions and cells render (not raw asterisks)."""
+    rep = Report("t")
+    sec = rep.section("s")
+    sec.text("*italic* and **bold**, `a*b*c` stays code\n\n- one\n- two\n\n<script>x</script>")
+    sec.table([{"method": "**ours**", "KID (×10³)": 1.5}], "measured *in this run*")
+    sec.image(make_grid(torch.zeros(1, 1, 2, 2)), "a *caption*")
+    html = rep.write(tmp_path).read_text()
+    assert "<em>italic</em>" in html and "<strong>bold</strong>" in html
+    assert "<code>a*b*c</code>" in html and "<li>one</li>" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<td><strong>ours</strong></td>" in html
+    assert "<caption>measured <em>in this run</em></caption>" in html
+    assert "<figcaption>a <em>caption</em></figcaption>" in html
+    assert "*italic*" not in html.split("<body>")[1]

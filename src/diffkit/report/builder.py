@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +58,13 @@ def plot_lines(
     title: str = "",
     logx=False,
     logy=False,
+    integer_x=False,
 ):
-    """A matplotlib line plot of {label: (xs, ys)}; returns the Figure."""
+    """A matplotlib line plot of {label: (xs, ys)}; returns the Figure.
+
+    ``integer_x`` puts ticks on whole numbers only (chunks, steps); a long title wraps."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +73,13 @@ def plot_lines(
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", ms=3, label=label)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if title:
+        ax.set_title("\n".join(textwrap.wrap(title, 48)), fontsize=10)
+    if integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if logx:
         ax.set_xscale("log")
     if logy:
@@ -98,6 +108,8 @@ def _png_bytes(obj: Any) -> bytes:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
     if isinstance(v, float):
         if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
             return f"{v:.3g}"
@@ -111,7 +123,7 @@ class Section:
     blocks: list[tuple[str, Any]] = field(default_factory=list)
 
     def text(self, markdown: str) -> Section:
-        """A paragraph; `code`, **bold** and [links](url) are rendered in HTML too."""
+        """Markdown text (CommonMark: emphasis, code, links, lists), rendered by markdown-it-py."""
         self.blocks.append(("text", markdown))
         return self
 
@@ -131,17 +143,33 @@ class Section:
         return self
 
 
-def _inline_md(text: str) -> str:
-    t = html.escape(text)
-    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-    t = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
-    t = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', t)
-    return t
+_MD = None
+
+
+def _markdown():
+    """One CommonMark renderer (markdown-it-py, with tables and strikethrough); raw HTML in the
+    text is escaped, not passed through."""
+    global _MD
+    if _MD is None:
+        from markdown_it import MarkdownIt
+
+        _MD = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+    return _MD
+
+
+def _md_block(text: str) -> str:
+    """Markdown text -> HTML block(s) (paragraphs, lists, emphasis, code, links)."""
+    return _markdown().render(text).strip()
+
+
+def _md_inline(text: str) -> str:
+    """Markdown text -> inline HTML (for captions and table cells)."""
+    return _markdown().renderInline(text)
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{image-rendering:pixelated;max-width:100%}
+th{background:#f3f3f3}caption{caption-side:top;text-align:left;color:#555;padding:.2em 0}td:first-child,th:first-child{text-align:left}img{image-rendering:pixelated;max-width:100%}
 figure{margin:.8em 0}figcaption{color:#555;font-size:.9em}code{background:#f3f3f3;padding:0 3px}"""
 
 
@@ -167,7 +195,7 @@ class Report:
         ]
         md = [f"# {self.title}", ""]
         if self.intro:
-            h.append(f"<p>{_inline_md(self.intro)}</p>")
+            h.append(_md_block(self.intro))
             md += [self.intro, ""]
         n_img = 0
         for si, sec in enumerate(self.sections):
@@ -175,14 +203,13 @@ class Report:
             md += [f"## {sec.title}", ""]
             for kind, payload in sec.blocks:
                 if kind == "text":
-                    h.append(f"<p>{_inline_md(payload)}</p>")
+                    h.append(_md_block(payload))
                     md += [payload, ""]
                 elif kind == "table":
                     rows, caption = payload
                     cols = list(dict.fromkeys(k for r in rows for k in r))
                     h.append(
-                        "<table>"
-                        + (f"<caption>{html.escape(caption)}</caption>" if caption else "")
+                        "<table>" + (f"<caption>{_md_inline(caption)}</caption>" if caption else "")
                     )
                     h.append(
                         "<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in cols) + "</tr>"
@@ -190,7 +217,7 @@ class Report:
                     for r in rows:
                         h.append(
                             "<tr>"
-                            + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols)
+                            + "".join(f"<td>{_md_inline(_fmt(r.get(c, '')))}</td>" for c in cols)
                             + "</tr>"
                         )
                     h.append("</table>")
@@ -208,7 +235,7 @@ class Report:
                     b64 = base64.b64encode(png).decode()
                     h.append(
                         f"<figure><img src='data:image/png;base64,{b64}' alt='{html.escape(caption)}'>"
-                        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                        f"<figcaption>{_md_inline(caption)}</figcaption></figure>"
                     )
                     md += [f"![{caption}](figures/{fname})", ""]
         h.append("</body></html>")

@@ -49,14 +49,16 @@ def run_tour(
     status: Callable[[str], None] = lambda msg: None,
 ) -> tuple[Path, list[dict]]:
     """Build the tour report; returns (path to report.html, per-section summary rows)."""
+    from diffkit.core.machine import machine_line
     from diffkit.report import Report
 
     out_dir = Path(out_dir)
     ctx = TourContext(out_dir=out_dir, fast=fast, seed=seed, status=status)
     rep = Report(
         "diffkit tour",
-        "Every stage of diffkit run end to end on the bundled tiny model zoo, on this machine's CPU. "
-        "Figures are measured in this run.",
+        "Every stage of diffkit run end to end on the bundled tiny model zoo. Every figure on this "
+        f"page is measured in this run, on this machine: {machine_line()}"
+        + (" (`--fast`: smaller sample counts, noisier figures)." if fast else "."),
     )
     summary = []
     for mod in sections():

@@ -77,8 +77,9 @@ def build(section, ctx) -> None:
             {n: (list(range(n_chunks)), m["chunk_mse"]) for n, m in metrics.items()},
             xlabel="chunk",
             ylabel="latent MSE vs FP",
-            title="per-chunk error (errors accumulate through the KV cache)",
+            title="per-chunk error through the KV cache",
             logy=True,
+            integer_x=True,
         ),
         "per-chunk latent MSE against the FP rollout with identical noise",
     )
