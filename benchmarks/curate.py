@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 RESULTS = Path(__file__).resolve().parent / "results"
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "curate" / "local.yaml"
+RECIPE = "local"  # the shipped recipe (diffkit/recipes/curate/local.yaml)
 TARGET = ("resize", "jpeg", "brightness")
 
 

@@ -13,8 +13,6 @@ import torch
 
 from diffkit import curate
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -30,7 +28,7 @@ def main() -> None:
     info = curate.make_corpus(out / "corpus", curate.CorpusConfig(n_base=args.n_base, seed=0))
     print(f"corpus: {info['rows']} rows, roles {info['roles']}")
 
-    cfg = curate.load_config(ROOT / "recipes/curate/local.yaml", ["shard_size=64"])
+    cfg = curate.load_config("local", ["shard_size=64"])
     executor = curate.RayExecutor(num_cpus=2) if args.ray else curate.LocalExecutor()
     summary = curate.Pipeline.from_config(cfg).run(out / "corpus", out / "run", executor)
     print(f"{summary['rows_in']} in -> {summary['kept']} kept, {summary['dropped']} dropped")

@@ -77,3 +77,19 @@ def test_fixed_length_tuple_coerced_in_order():
     assert cfg.betas == (0.8, 0.95)
     with pytest.raises(ValueError, match="betas needs 2 items"):
         C.from_dict(TrainConfig, {"betas": [0.9]})
+
+
+def test_recipes_resolve_by_name_or_path_and_never_fall_back(tmp_path):
+    from diffkit.config import RECIPES_DIR, list_recipes, read_recipe, recipe_path
+
+    assert {"sd15", "sdxl", "sd3"} <= set(list_recipes("align"))
+    assert recipe_path("align", "sd15") == RECIPES_DIR / "align" / "sd15.yaml"
+    assert recipe_path("align", "sd15.yaml") == RECIPES_DIR / "align" / "sd15.yaml"
+    mine = tmp_path / "sd15.yaml"  # an existing file wins over the shipped name
+    mine.write_text("resolution: 64\n")
+    assert recipe_path("align", mine) == mine and read_recipe("align", mine) == {"resolution": 64}
+    for bad in ("sd99", "recipes/align/sd15.yaml", tmp_path / "missing.yaml"):
+        with pytest.raises(FileNotFoundError, match="shipped: .*sd15"):
+            recipe_path("align", bad)
+    with pytest.raises(ValueError, match="method='nope'"):
+        list_recipes("nope")

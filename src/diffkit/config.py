@@ -176,6 +176,11 @@ def recipe_path(method: str, ref: str | Path) -> Path:
     )
 
 
+def read_recipe(method: str, ref: str | Path) -> dict[str, Any]:
+    """The YAML recipe ``ref`` (a shipped name or a path, see :func:`recipe_path`) as a dict."""
+    return load_yaml(recipe_path(method, ref))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe into a dict (an empty file is an empty dict)."""
     import yaml

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from diffkit.align.cli import RECIPES, load_recipe
+from diffkit.align.cli import load_recipe
 from diffkit.align.pipeline import AlignRecipe
+from diffkit.config import RECIPES_DIR
+
+RECIPES = RECIPES_DIR / "align"
 
 FILES = sorted(RECIPES.glob("*.yaml"))
 

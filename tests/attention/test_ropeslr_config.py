@@ -1,11 +1,10 @@
-from pathlib import Path
-
 import pytest
 
 from diffkit import config as cfglib
 from diffkit.attention import RoPeSLRConfig
+from diffkit.config import RECIPES_DIR
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "attention").glob("*.yaml"))
+RECIPES = sorted((RECIPES_DIR / "attention").glob("*.yaml"))
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "curate" / "local.yaml"
+from diffkit.config import RECIPES_DIR
+
+RECIPE = RECIPES_DIR / "curate" / "local.yaml"
 
 
 def _small_config(**over):

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from diffkit.cli import main
+from diffkit.config import RECIPES_DIR
 from diffkit.curate.pipeline import CurateConfig, Pipeline, load_config
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "curate").glob("*.yaml"))
+RECIPES = sorted((RECIPES_DIR / "curate").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from _amused_tiny import save_tiny_amused  # conftest.py puts this folder on sys.path
 
 from diffkit import cli, models
+from diffkit.config import RECIPES_DIR
 from diffkit.distill.cli import _configs
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "distill").glob("*.yaml"))
+RECIPES = sorted((RECIPES_DIR / "distill").glob("*.yaml"))
 
 
 def _run(args):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 from _quant_tiny import quantized, tiny_inputs, tiny_model  # noqa: E402
 
-from diffkit.config import field_docs, load_yaml
+from diffkit.config import RECIPES_DIR, field_docs, load_yaml
 from diffkit.models import causal_wan as cw
 from diffkit.quantize import (
     CONFIGS,
@@ -25,7 +24,7 @@ from diffkit.quantize import (
     quantize_,
 )
 
-RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes" / "quantize").glob("*.yaml"))
+RECIPES = sorted((RECIPES_DIR / "quantize").glob("*.yaml"))
 
 
 @pytest.mark.parametrize(

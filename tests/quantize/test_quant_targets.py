@@ -49,7 +49,7 @@ def test_cli_quantize_then_eval(tmp_path):
     res = runner.invoke(
         app,
         ["--model", "zoo:moving-digits-causal", "--config",
-         str(REPO / "recipes" / "quantize" / "qarvd-w4a8.yaml"), "--out", str(out),
+         "qarvd-w4a8", "--out", str(out),
          "--set", "quantize.iters=3", "--set", "calibration.rollouts=1"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -67,7 +67,7 @@ def test_cli_rejects_non_zoo_model(tmp_path):
 
     res = CliRunner().invoke(
         app,
-        ["--model", "some/folder", "--config", str(REPO / "recipes/quantize/rtn-w8a8.yaml"),
+        ["--model", "some/folder", "--config", "rtn-w8a8",
          "--out", str(tmp_path / "x")],
     )  # fmt: skip
     assert res.exit_code != 0

@@ -11,15 +11,13 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-RECIPES = Path(__file__).resolve().parents[3] / "recipes" / "align"
-
 
 def load_recipe(recipe: Path | None, overrides: list[str]):
     """An :class:`AlignRecipe` from a YAML file (or defaults) plus ``key.sub=value`` overrides."""
     from diffkit import config as cfglib
     from diffkit.align.pipeline import AlignRecipe
 
-    data = cfglib.load_yaml(recipe) if recipe is not None else {}
+    data = cfglib.read_recipe("align", recipe) if recipe is not None else {}
     data = cfglib.apply_overrides(data, overrides or [])
     return cfglib.from_dict(AlignRecipe, data)
 
@@ -32,7 +30,9 @@ def train(
         help="Preference data: Pick-a-Pic parquet(s)/folder, HPDv3 JSON, or JSONL/parquet "
         "with prompt, chosen, rejected. Repeatable.",
     ),
-    recipe: Path = typer.Option(None, help="YAML recipe (see `diffkit align recipes`)."),
+    recipe: Path = typer.Option(
+        None, help="Shipped recipe name (e.g. sd15; see `diffkit align recipes`) or a YAML path."
+    ),
     out: Path = typer.Option(Path("out/align"), help="Output folder (cache, checkpoints, final)."),
     set_: list[str] = typer.Option(
         None, "--set", help="Override a recipe key, e.g. --set train.steps=10. Repeatable."
@@ -62,8 +62,8 @@ def recipes() -> None:
     from diffkit.align.objective import LinearDPOConfig
     from diffkit.align.pipeline import AlignRecipe
 
-    for p in sorted(RECIPES.glob("*.yaml")):
-        typer.echo(f"recipe: {p}")
+    for name in cfglib.list_recipes("align"):
+        typer.echo(f"recipe: {name}  ({cfglib.recipe_path('align', name)})")
     for prefix, cls in (("", AlignRecipe), ("dpo.", LinearDPOConfig)):
         for name, doc in cfglib.field_docs(cls).items():
             typer.echo(f"  {prefix}{name}: {doc}")
@@ -73,7 +73,9 @@ def recipes() -> None:
 @app.command()
 def zoo(
     member: str = typer.Option("digits-unet-eps", help="digits-unet-eps or digits-sd3-flow."),
-    recipe: Path = typer.Option(None, help="YAML recipe (recipes/align/digits_*.yaml)."),
+    recipe: Path = typer.Option(
+        None, help="Shipped recipe name (digits_unet or digits_sd3) or a YAML path."
+    ),
     out: Path = typer.Option(Path("out/align-zoo"), help="Output folder (checkpoints, metrics)."),
     pairs: int = typer.Option(4000, help="Projection-reward preference pairs to draw."),
     seed: int = typer.Option(0, help="Seed of the pairs, the reward patterns and the samples."),

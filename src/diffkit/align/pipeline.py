@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class AlignRecipe:
-    """A complete ``diffkit align train`` recipe (the YAML files in ``recipes/align/``).
+    """A complete ``diffkit align train`` recipe (the shipped YAML files in
+    ``diffkit/recipes/align/``, resolvable by name).
 
     Attributes:
         dpo: the loss and reference settings (:class:`~diffkit.align.LinearDPOConfig`).

@@ -1,7 +1,7 @@
 """``diffkit sparsify``: install RoPeSLR on a diffusers Wan transformer and align / fine-tune /
 profile it from a YAML recipe.
 
-    diffkit sparsify --model moving-digits-wan --recipe recipes/attention/align.yaml --out out/rs
+    diffkit sparsify --model moving-digits-wan --recipe align --out out/rs
     diffkit sparsify --model path/to/transformer --recipe ... --set ropeslr.density=0.05
 """
 
@@ -277,7 +277,9 @@ def _ropeslr_flops(model, kwargs) -> float:
 @app.callback(invoke_without_command=True)
 def sparsify(
     model: str = typer.Option(..., help="Zoo name (moving-digits-wan) or a diffusers Wan folder."),
-    recipe: Path = typer.Option(..., help="YAML recipe (see recipes/attention/)."),
+    recipe: Path = typer.Option(
+        ..., help="Shipped recipe name (align, finetune, profile) or a YAML path."
+    ),
     out: Path = typer.Option(Path("out/sparsify"), help="Output folder."),
     set_: list[str] = typer.Option(None, "--set", help="Override a recipe key: a.b=value."),
 ) -> None:
@@ -287,7 +289,7 @@ def sparsify(
     from diffkit import config as cfglib
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    data = cfglib.apply_overrides(cfglib.load_yaml(recipe), list(set_ or []))
+    data = cfglib.apply_overrides(cfglib.read_recipe("attention", recipe), list(set_ or []))
     rec = cfglib.from_dict(Recipe, data)
     summary = run(model, rec, out, progress=True)
     for k, v in summary.items():

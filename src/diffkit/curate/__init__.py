@@ -2,7 +2,7 @@
 score-first-decide-later, tombstones with reasons, local or Ray executors, shard-level resume.
 
 >>> from diffkit import curate
->>> cfg = curate.load_config("recipes/curate/local.yaml")
+>>> cfg = curate.load_config("local")
 >>> curate.Pipeline.from_config(cfg).run("corpus/", "out/curated")   # LocalExecutor by default
 
 Names are resolved lazily so ``import diffkit.curate`` imports neither pyarrow nor Ray.

@@ -17,7 +17,7 @@ def run(
     input: Path = typer.Option(..., "--input", "-i", help="Folder of images or a .parquet file."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (resumes if it exists)."),
     config: Path = typer.Option(
-        None, "--config", "-c", help="YAML recipe, e.g. recipes/curate/local.yaml."
+        None, "--config", "-c", help="Shipped recipe name (local, models) or a YAML path."
     ),
     set_: list[str] = typer.Option(
         None, "--set", help="Override a config key: key.sub=value (repeatable)."

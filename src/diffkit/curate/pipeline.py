@@ -66,7 +66,7 @@ DEFAULT_STAGES = tuple(STAGES)
 
 @dataclass(frozen=True, kw_only=True)
 class CurateConfig:
-    """A whole curation run (what ``recipes/curate/*.yaml`` holds).
+    """A whole curation run (what ``diffkit/recipes/curate/*.yaml`` holds).
 
     Attributes:
         stages: Stage names in order; ``ingest`` first, ``write`` last. Options: ingest,
@@ -118,10 +118,11 @@ class CurateConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> CurateConfig:
-    """CurateConfig from a YAML recipe plus dotted ``key=value`` overrides."""
-    from diffkit.config import apply_overrides, from_dict, load_yaml
+    """CurateConfig from a YAML recipe (a shipped name such as ``local``, or a path) plus dotted
+    ``key=value`` overrides."""
+    from diffkit.config import apply_overrides, from_dict, read_recipe
 
-    data = load_yaml(path) if path else {}
+    data = read_recipe("curate", path) if path else {}
     return from_dict(CurateConfig, apply_overrides(data, list(overrides)))
 
 

@@ -1,7 +1,7 @@
 """``diffkit distill``: FPD one-step distillation from a YAML recipe; ``diffkit distill sample``.
 
-diffkit distill --recipe recipes/distill/digits.yaml            # the tiny zoo teacher
-diffkit distill --recipe recipes/distill/amused.yaml --teacher PATH   # local aMUSEd folder
+diffkit distill --recipe digits            # the tiny zoo teacher
+diffkit distill --recipe amused --teacher PATH   # local aMUSEd folder
 diffkit distill --recipe ... --set fpd.remask_max=0.3 --set train.steps=100
 diffkit distill sample --model digits-fpd --out grid.png         # or --model OUT/student
 """
@@ -28,7 +28,7 @@ def _configs(recipe: Path | None, overrides: list[str]):
     from diffkit.distill.fpd import FPDConfig
     from diffkit.train import TrainConfig
 
-    data = cfglib.load_yaml(recipe) if recipe else {}
+    data = cfglib.read_recipe("distill", recipe) if recipe else {}
     data = cfglib.apply_overrides(data, overrides or [])
     unknown = set(data) - {"fpd", "train", "out", "eval_samples_per_class", "amused"}
     if unknown:
@@ -44,7 +44,10 @@ def _configs(recipe: Path | None, overrides: list[str]):
 @app.callback()
 def distill(
     ctx: typer.Context,
-    recipe: Path = typer.Option(None, help="YAML recipe with `fpd:` and `train:` sections."),
+    recipe: Path = typer.Option(
+        None,
+        help="Shipped recipe name (digits, amused) or a YAML path with `fpd:` and `train:` sections.",
+    ),
     teacher: Path = typer.Option(
         None,
         help="Local diffusers aMUSEd folder (transformer/, vqvae/, scheduler/, text_encoder/, "

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="Q-ARVD post-training quantization of autoregressive video diffusion models "
-    "(`diffkit quantize --model zoo:moving-digits-causal --config recipes/quantize/qarvd-w4a8.yaml "
+    "(`diffkit quantize --model zoo:moving-digits-causal --config qarvd-w4a8 "
     "--out DIR`, then `diffkit quantize eval DIR`).",
     invoke_without_command=True,
     no_args_is_help=False,
@@ -41,7 +41,9 @@ def run(
     model: str = typer.Option(
         "zoo:moving-digits-causal", help="zoo:NAME of the model to quantize."
     ),
-    config: Path = typer.Option(None, help="YAML recipe (recipes/quantize/*.yaml)."),
+    config: Path = typer.Option(
+        None, help="Shipped recipe name (qarvd-w4a8, rtn-w8a8) or a YAML path."
+    ),
     out: Path = typer.Option(None, help="Output folder for the quantized model."),
     set_: list[str] = typer.Option(
         None, "--set", help="Override a recipe key, e.g. quantize.iters=100."
@@ -58,12 +60,12 @@ def run(
 
     import torch
 
-    from diffkit.config import apply_overrides, load_yaml
+    from diffkit.config import apply_overrides, read_recipe
     from diffkit.quantize import config_from_dict, quantize_, save_quantized
     from diffkit.quantize.targets import calibrate_causal
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    recipe = apply_overrides(load_yaml(config), set_ or [])
+    recipe = apply_overrides(read_recipe("quantize", config), set_ or [])
     cfg = config_from_dict(recipe.get("quantize", {}))
     cal = {"rollouts": 4, "seed": 0, **recipe.get("calibration", {})}
     fp = _load_fp(model)

@@ -7,8 +7,6 @@ from pathlib import Path
 TITLE = "Curation (MONET-style pipeline)"
 ORDER = 10
 
-RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "curate" / "local.yaml"
-
 
 def build(section, ctx) -> None:
     import torch
@@ -27,7 +25,7 @@ def build(section, ctx) -> None:
         f"A seeded corpus of {info['rows']} image-text rows built from procedural scenes and the photos "
         "bundled in scikit-image / scikit-learn, with planted exact and near duplicates, hard "
         "negatives, corrupt files, blocked domains, disallowed licences, proxy-unsafe images and junk "
-        "captions (ground truth beside it). It is curated by `recipes/curate/local.yaml` with the "
+        "captions (ground truth beside it). It is curated by the shipped recipe `local` with the "
         "LocalExecutor: decode guards, pre-filter, exact dedup (bytes then pixels), governance, "
         "embeddings (offline stand-in), safety (proxy marker + text blocklist), policy, pHash near-dup "
         "with dHash verification, SemDeDup, recaptioning (template stand-in), writers. Every dropped "
@@ -35,9 +33,7 @@ def build(section, ctx) -> None:
     )
     ctx.status("curate: running the pipeline")
     out = root / "run"
-    cfg = load_config(
-        RECIPE if RECIPE.is_file() else None, ["shard_size=64", "write.faiss_index=false"]
-    )
+    cfg = load_config("local", ["shard_size=64", "write.faiss_index=false"])
     Pipeline.from_config(cfg).run(root / "corpus", out)
     build_report(out, section=section, max_images=24, seed=ctx.seed)
     m = evaluate_dedup(out, root / "corpus")
