@@ -50,7 +50,8 @@ def _key_table(table, extra: list[str], source_priority: tuple[str, ...]):
     pri = priority_keys(t, source_priority)
     cols = {"id": t.column("id"), **{c: t.column(c) for c in extra}}
     keys = pa().table(cols)
-    return keys.append_column("prio", [[repr(p) for p in pri]]), pri
+    # typed explicitly: a shard with no surviving rows must not give a null-typed column
+    return keys.append_column("prio", pa().array([repr(p) for p in pri], pa().string())), pri
 
 
 def _sorted_keys(key_tables):
