@@ -181,6 +181,23 @@ class IngestConfig:
             raise ValueError(f"mime_mismatch must be 'fix' or 'drop', got {self.mime_mismatch!r}")
 
 
+def looks_truncated(data: bytes) -> bool:
+    """True when ``data`` starts like a JPEG, PNG, GIF or WebP file but its end marker is missing
+    (JPEG EOI ``FFD9``, PNG ``IEND``, GIF trailer ``;``, or fewer bytes than the RIFF header
+    declares). Used to tell a cut-off download from a corrupt file when Pillow fails, because
+    Pillow reports a JPEG cut inside its headers as a generic decode error."""
+    tail = data[-64:].rstrip(b"\x00")
+    if data[:3] == b"\xff\xd8\xff":
+        return not tail.endswith(b"\xff\xd9")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in tail
+    if data[:4] == b"GIF8":
+        return not tail.endswith(b";")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 8:
+        return int.from_bytes(data[4:8], "little") + 8 > len(data)
+    return False
+
+
 class DecodeFailure(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -236,6 +253,8 @@ def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
                 reason = (
                     "wrong_mime" if head[:1] in (b"<", b"{") or head.isascii() else "decode_error"
                 )
+                if reason == "decode_error" and looks_truncated(data):
+                    reason = "truncated"
                 raise DecodeFailure(reason) from e
             w0, h0 = img.size
             if w0 * h0 > cfg.max_pixels:
@@ -246,12 +265,9 @@ def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
                 img.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise DecodeFailure("decompression_bomb") from e
-            except OSError as e:
-                raise DecodeFailure(
-                    "truncated" if "truncat" in str(e).lower() else "decode_error"
-                ) from e
             except Exception as e:
-                raise DecodeFailure("decode_error") from e
+                cut = "truncat" in str(e).lower() or looks_truncated(data)
+                raise DecodeFailure("truncated" if cut else "decode_error") from e
     finally:
         Image.MAX_IMAGE_PIXELS = old
     if ext and _EXT_MIME.get(ext.lower(), mime) != mime and cfg.mime_mismatch == "drop":
