@@ -119,9 +119,17 @@ class CurateConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> CurateConfig:
     """CurateConfig from a YAML recipe plus dotted ``key=value`` overrides."""
+    import yaml
+
     from diffkit.config import apply_overrides, from_dict, load_yaml
 
-    data = load_yaml(path) if path else {}
+    try:
+        data = load_yaml(path) if path else {}
+    except yaml.YAMLError as e:  # one line naming file, line and column; no traceback
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or type(e).__name__
+        raise ValueError(f"recipe {path}:{where}: YAML syntax error: {what}") from None
     return from_dict(CurateConfig, apply_overrides(data, list(overrides)))
 
 
