@@ -28,7 +28,10 @@ def _img(seed=0, size=(40, 50)):
         (b"", "zero_bytes"),
         (b"<html>404</html>", "wrong_mime"),
         (_bomb_png(), "decompression_bomb"),
-        (b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9", "decode_error"),  # corrupt, complete
+        (
+            b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9",
+            "decode_error",
+        ),  # corrupt, complete
     ],
 )
 def test_decode_guards(data, reason):
