@@ -78,15 +78,17 @@ def test_exact_dedup_representative_is_deterministic():
     hb, hp = b"a" * 32, b"p" * 32
     base = dict(status="keep", drop_stage=None, drop_reason=None, sha256_pixels=hp, alt_text="x")
     rows = [
-        dict(id="b", source="other", width=300, height=300, sha256_bytes=hb, **base),
-        dict(id="a", source="other", width=100, height=100, sha256_bytes=b"z" * 32, **base),
-        dict(id="c", source="good", width=50, height=50, sha256_bytes=hb, **base),
+        dict(row_id="b", source="other", width=300, height=300, sha256_bytes=hb, **base),
+        dict(row_id="a", source="other", width=100, height=100, sha256_bytes=b"z" * 32, **base),
+        dict(row_id="c", source="good", width=50, height=50, sha256_bytes=hb, **base),
     ]
     t = _keys(rows)
     for split in ([t], [t.slice(0, 1), t.slice(1)], [t.slice(2), t.slice(0, 2)]):
         dec = st.reduce([st.emit_keys(x) for x in split])
         kept = sorted(
-            i for i, d in zip(dec.column("id").to_pylist(), dec.column("drop").to_pylist()) if not d
+            i
+            for i, d in zip(dec.column("row_id").to_pylist(), dec.column("drop").to_pylist())
+            if not d
         )
         assert kept == ["c"]  # source priority beats size; same pixels -> one group
     out = st.apply(t, dec)
@@ -111,10 +113,10 @@ def test_shard_with_no_surviving_rows_does_not_break_the_reduce():
 
     base = dict(source="s", width=300, height=300, alt_text="x", sha256_pixels=b"p" * 32,
                 sha256_bytes=b"b" * 32, phash=1, dhash=1, hash_entropy=5.0)  # fmt: skip
-    live = _keys([dict(id="a", status="keep", drop_stage=None, drop_reason=None, **base)])
-    dead = _keys([dict(id="b", status="drop", drop_stage="x", drop_reason="min_side", **base)])
+    live = _keys([dict(row_id="a", status="keep", drop_stage=None, drop_reason=None, **base)])
+    dead = _keys([dict(row_id="b", status="drop", drop_stage="x", drop_reason="min_side", **base)])
     for st in (ExactDedup(), PhashDedup()):
         empty = st.emit_keys(dead)
         assert empty.num_rows == 0 and empty.schema.field("prio").type == pa.string()
         dec = st.reduce([empty, st.emit_keys(live), empty])
-        assert dec.column("id").to_pylist() == ["a"]
+        assert dec.column("row_id").to_pylist() == ["a"]

@@ -107,7 +107,7 @@ def test_ingest_stage_turns_bad_rows_into_tombstones(tmp_path):
 
 def test_input_parquet_missing_columns_is_a_config_error(tmp_path):
     pq.write_table(pa.table({"url": ["x"]}), tmp_path / "in.parquet")
-    with pytest.raises(ValueError, match="missing column"):
+    with pytest.raises(ValueError, match="neither image bytes nor a path column"):
         read_input(tmp_path / "in.parquet")
     pq.write_table(
         pa.table({"source_key": ["k"], "image": [_png(_img())]}), tmp_path / "ok.parquet"

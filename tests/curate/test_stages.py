@@ -22,7 +22,7 @@ from diffkit.curate.schema import stable_id
 
 
 def _table(n, **cols):
-    base = {"id": [stable_id("t", str(i)) for i in range(n)], "status": ["keep"] * n,
+    base = {"row_id": [stable_id("t", str(i)) for i in range(n)], "status": ["keep"] * n,
             "drop_stage": pa.array([None] * n, pa.string()), "drop_reason": pa.array([None] * n, pa.string())}  # fmt: skip
     return pa.table({**base, **cols})
 

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 
 from diffkit.curate.annotate import load_pil
+from diffkit.curate.images import image_bytes
 from diffkit.curate.plugins import get_plugin
 from diffkit.curate.schema import alive, drop_rows, error_reason, pa, set_column
 from diffkit.curate.stage import Resources, Stage
@@ -181,8 +182,8 @@ class Recaption(Stage):
         c = self.config
         n = table.num_rows
         idx = np.flatnonzero(alive(table)).tolist()
-        data = table.column("image").to_pylist()
-        ids = table.column("id").to_pylist()
+        data = dict(zip(idx, image_bytes(table, idx)))
+        ids = table.column("row_id").to_pylist()
         alts = table.column("alt_text").to_pylist()
         caps = {s.name: [None] * n for s, _ in self.plugins}
         fin = {s.name: [""] * n for s, _ in self.plugins}

@@ -20,9 +20,11 @@ from typing import Literal
 import numpy as np
 
 from diffkit.core.io import atomic_write_bytes, atomic_write_json, sha256_file
+from diffkit.curate.images import image_bytes
 from diffkit.curate.schema import PIPELINE_VERSION, alive, pa, require, set_column
 from diffkit.curate.stage import Stage
 
+INTERNAL_ONLY = ("image", "image_ref")  # never written: bytes go to the tars only
 _EXT = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}
 META_SKIP = ("image", "caption_meta")
 
@@ -72,6 +74,15 @@ def _emb_column(table) -> str | None:
     return None
 
 
+def _join_dup_cluster(table, path: str):
+    import pyarrow.parquet as pq
+
+    d = pq.read_table(path)
+    lab = dict(zip(d.column("row_id").to_pylist(), d.column("dup_cluster").to_pylist()))
+    vals = [lab.get(r) for r in table.column("row_id").to_pylist()]
+    return set_column(table, "dup_cluster", vals, pa().string())
+
+
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
     """Deterministic tar written as ``path.tmp``, fsync'd, then renamed."""
     buf = io.BytesIO()
@@ -99,8 +110,14 @@ class Write(Stage):
         super().__init__(config or WriteConfig())
         self.out_dir: Path | None = None
 
-    def write_shard(self, table, shard: str, out_dir: Path, fingerprint: str) -> dict:
+    def write_shard(
+        self, table, shard: str, out_dir: Path, fingerprint: str, dup_clusters: str | None = None
+    ) -> dict:
         c = self.config
+        if dup_clusters:
+            table = _join_dup_cluster(table, dup_clusters)
+        images = table  # image bytes are read by reference, only for the tars
+        table = table.drop_columns([x for x in INTERNAL_ONLY if x in table.column_names])
         table = set_column(
             table, "config_fingerprint", [fingerprint] * table.num_rows, pa().string()
         )
@@ -108,22 +125,25 @@ class Write(Stage):
             table, "pipeline_version", [PIPELINE_VERSION] * table.num_rows, pa().string()
         )
         keep = alive(table)
+        kept_idx = np.flatnonzero(keep)
         kept = table.filter(pa().array(keep))
         dropped = table.filter(pa().array(~keep))
         files = {}
         if c.parquet:
             for name, t in (("kept", kept), ("dropped", dropped)):
                 p = out_dir / name / f"part-{shard}.parquet"
-                atomic_write_bytes(p, _parquet_bytes(t.drop_columns(["image"]), c.compression))
+                atomic_write_bytes(p, _parquet_bytes(t, c.compression))
                 files[str(p.relative_to(out_dir))] = t.num_rows
         if c.webdataset:
             members = []
             emb_col = _emb_column(kept)
-            rows = kept.drop_columns(["image"]).to_pylist()
-            images = kept.column("image").to_pylist()
+            rows = kept.to_pylist()
+            images = image_bytes(images, kept_idx)
             embs = kept.column(emb_col).to_pylist() if (emb_col and c.embeddings_in_tar) else None
             for j, (row, img) in enumerate(zip(rows, images)):
-                key = row["id"]
+                key = row["row_id"]
+                if img is None:
+                    raise OSError(f"image of row {key} is no longer readable")
                 meta = {
                     k: (v.hex() if isinstance(v, bytes) else v)
                     for k, v in row.items()
@@ -172,7 +192,7 @@ class Write(Stage):
                     index = faiss.IndexFlatIP(x.shape[1])
                 index.add(x)
                 atomic_write_bytes(out_dir / "index.faiss", faiss.serialize_index(index).tobytes())
-                atomic_write_json(out_dir / "index_ids.json", t.column("id").to_pylist())
+                atomic_write_json(out_dir / "index_ids.json", t.column("row_id").to_pylist())
                 for rel in ("index.faiss", "index_ids.json"):
                     entries.append(
                         {"path": rel, "rows": len(x), "sha256": sha256_file(out_dir / rel)}
