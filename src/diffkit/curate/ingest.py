@@ -114,6 +114,16 @@ def pixel_entropy(gray32: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def uniform_share(rgb64: np.ndarray, tol: int = 8) -> float:
+    """Share of pixels of a 64x64 RGB thumbnail within ``tol`` levels (every channel) of the
+    median colour: ~1.0 for blank and solid images (with or without sensor noise), well below 1
+    for any picture with a visible shape, however flat its colours (issue 19 item 2: a
+    histogram-entropy floor also dropped flat-colour illustrations)."""
+    a = rgb64.reshape(-1, 3).astype(np.int16)
+    med = np.median(a, axis=0)
+    return float((np.abs(a - med).max(axis=1) <= tol).mean())
+
+
 def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
     """Decode one file; raise :class:`DecodeFailure` with a reason code on any problem."""
     from PIL import Image, ImageFile, ImageOps
@@ -172,6 +182,7 @@ def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
         "phash": _bits_to_u64(ph.hash),
         "dhash": _bits_to_u64(dh.hash),
         "hash_entropy": pixel_entropy(gray32),
+        "uniform_share": uniform_share(np.asarray(rgb.resize((64, 64), Image.BILINEAR))),
     }
 
 
@@ -203,6 +214,7 @@ class Ingest(Stage):
             "phash": [0] * n,
             "dhash": [0] * n,
             "hash_entropy": [0.0] * n,
+            "uniform_share": [0.0] * n,
         }
         reasons = [""] * n
         for i in range(n):
@@ -240,6 +252,7 @@ class Ingest(Stage):
             "phash": P.uint64(),
             "dhash": P.uint64(),
             "hash_entropy": P.float32(),
+            "uniform_share": P.float32(),
         }
         for k, t in types.items():
             table = set_column(table, k, out[k], t)
