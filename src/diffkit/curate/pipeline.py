@@ -48,7 +48,7 @@ from diffkit.curate.schema import PIPELINE_VERSION, is_error_reason, pa
 from diffkit.curate.semdedup import SemDedup, SemDedupConfig
 from diffkit.curate.sources import InputConfig, read_input
 from diffkit.curate.stage import Stage, StageContext, fingerprint_of
-from diffkit.curate.write import Write, WriteConfig
+from diffkit.curate.write import Write, WriteConfig, write_card
 
 log = logging.getLogger(__name__)
 
@@ -322,11 +322,22 @@ class Pipeline:
             run.shards_run, run.shards_skipped = len(todo), len(tasks) - len(todo)
             run.wall_s = time.perf_counter() - t0
             runs.append(run)
+            if st.kind == "sink":
+                prev_before_sink = prev_dir
             upstream, prev_dir = sfp, sdir
         sink, sink_dir = stage_dirs[-1]
         files = [json.loads((sink_dir / f"{s}.json").read_text())["files"] for s in shards]
-        sink.finalize(out, files, sink_dir.name, table.num_rows)
+        sink.finalize(
+            out,
+            files,
+            sink_dir.name,
+            table.num_rows,
+            inputs=[str(prev_before_sink / f"{s}.parquet") for s in shards],
+            dup_clusters=str(sink_dir / "dup_clusters.parquet"),
+        )
         summary = _summarise(out, stage_dirs, shards, runs, attempt, table.num_rows)
+        if sink.config.parquet:
+            write_card(out, summary)
         if not keep_work and summary["errors"] == 0:
             shutil.rmtree(out / "work", ignore_errors=True)
         atomic_write_json(
