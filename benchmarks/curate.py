@@ -66,7 +66,7 @@ def dedup_quality(n_base: int, seeds=(0, 1, 2)) -> dict:
         # ingest-only run to sweep thresholds on the hashes
         run0 = tmp / f"ingest{seed}"
         Pipeline.from_config(_cfg("stages=[ingest, write]", "write.webdataset=false")).run(
-            corpus, run0
+            corpus, run0, keep_work=True
         )
         ing = concat_work(next((run0 / "work").glob("01_ingest/*")))
         sweep = phash_sweep(ing, corpus, ks, verify=vs)
@@ -85,7 +85,7 @@ def dedup_quality(n_base: int, seeds=(0, 1, 2)) -> dict:
                 f"phash_dedup.max_distance={chosen[0]}",
                 f"phash_dedup.verify_dhash_distance={chosen[1]}",
             )
-        ).run(corpus, run)
+        ).run(corpus, run, keep_work=True)
         run_s = time.perf_counter() - t0
         full = evaluate_dedup(run, corpus)
         # embedding-dedup cosine sweep on the rows alive after the policy stage (stand-in embedder)

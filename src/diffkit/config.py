@@ -188,7 +188,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:  # one line naming file, line and column; no traceback
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(e, "problem", None) or type(e).__name__
+        raise ValueError(f"recipe {path}:{where}: YAML syntax error: {what}") from None
     if not isinstance(data, dict):
         raise ValueError(f"recipe {path} must contain a mapping at the top level")
     return data

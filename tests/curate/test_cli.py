@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from diffkit.cli import main
@@ -56,3 +60,18 @@ def test_cli_make_corpus_run_report(tmp_path, capsys, recipe):
         )
         == 2
     )
+
+
+def test_yaml_syntax_error_is_one_line_not_a_traceback(tmp_path, corpus):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("shard_size: 16\nprefilter: {min_side: 10\nstages: [ingest\n")
+    r = subprocess.run(
+        [sys.executable, "-c", "from diffkit.cli import main; main()", "curate", "run",
+         "--config", str(bad), "--input", str(corpus), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "bad.yaml" in err[0] and "line 3" in err[0] and "YAML syntax error" in err[0]
+    assert not (tmp_path / "o").exists()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -39,8 +41,17 @@ def test_multi_index_lookup_equals_brute_force(k, bands):
 
 
 def test_choose_bands_grows_key_length_with_n():
-    assert choose_bands(1000, 8) >= choose_bands(1_000_000, 8)
-    assert 1 <= choose_bands(10, 0) <= 1
+    # tiny N: plain banding (m = k + 1, exact band matches); large N: fewer, longer bands
+    assert [choose_bands(10, k) for k in (0, 4, 8)] == [1, 5, 9]
+    assert choose_bands(1000, 12) > choose_bands(1_000_000, 12) >= 2
+    # the chosen m is the argmin of the documented cost N*m*V(b, r) * (1 + 4N / 2^b)
+    for n, k in ((1000, 8), (100_000, 12), (1_000_000, 6)):
+        cost = {
+            m: n * m * sum(math.comb(64 // m, t) for t in range(k // m + 1))
+            * (1 + 4 * n / 2 ** min(64 // m, 62))
+            for m in range(1, k + 2)
+        }  # fmt: skip
+        assert choose_bands(n, k) == min(cost, key=cost.get)
 
 
 def test_union_find_roots_are_smallest_members():
@@ -67,15 +78,17 @@ def test_exact_dedup_representative_is_deterministic():
     hb, hp = b"a" * 32, b"p" * 32
     base = dict(status="keep", drop_stage=None, drop_reason=None, sha256_pixels=hp, alt_text="x")
     rows = [
-        dict(id="b", source="other", width=300, height=300, sha256_bytes=hb, **base),
-        dict(id="a", source="other", width=100, height=100, sha256_bytes=b"z" * 32, **base),
-        dict(id="c", source="good", width=50, height=50, sha256_bytes=hb, **base),
+        dict(row_id="b", source="other", width=300, height=300, sha256_bytes=hb, **base),
+        dict(row_id="a", source="other", width=100, height=100, sha256_bytes=b"z" * 32, **base),
+        dict(row_id="c", source="good", width=50, height=50, sha256_bytes=hb, **base),
     ]
     t = _keys(rows)
     for split in ([t], [t.slice(0, 1), t.slice(1)], [t.slice(2), t.slice(0, 2)]):
         dec = st.reduce([st.emit_keys(x) for x in split])
         kept = sorted(
-            i for i, d in zip(dec.column("id").to_pylist(), dec.column("drop").to_pylist()) if not d
+            i
+            for i, d in zip(dec.column("row_id").to_pylist(), dec.column("drop").to_pylist())
+            if not d
         )
         assert kept == ["c"]  # source priority beats size; same pixels -> one group
     out = st.apply(t, dec)
@@ -91,3 +104,19 @@ def test_semdedup_drops_near_copies_keeps_distinct():
     assert drop[:40].sum() == 0 and drop[40:].all()
     assert (dup_of[40:] == np.arange(10)).all()
     assert (nn[40:] > 0.99).all() and len(cluster) == 50
+
+
+def test_shard_with_no_surviving_rows_does_not_break_the_reduce():
+    """A shard whose rows were all dropped upstream emits an empty key table; its ``prio``
+    column must keep the string type or ``concat_tables`` raises ArrowInvalid."""
+    from diffkit.curate.dedup import PhashDedup
+
+    base = dict(source="s", width=300, height=300, alt_text="x", sha256_pixels=b"p" * 32,
+                sha256_bytes=b"b" * 32, phash=1, dhash=1, hash_entropy=5.0)  # fmt: skip
+    live = _keys([dict(row_id="a", status="keep", drop_stage=None, drop_reason=None, **base)])
+    dead = _keys([dict(row_id="b", status="drop", drop_stage="x", drop_reason="min_side", **base)])
+    for st in (ExactDedup(), PhashDedup()):
+        empty = st.emit_keys(dead)
+        assert empty.num_rows == 0 and empty.schema.field("prio").type == pa.string()
+        dec = st.reduce([empty, st.emit_keys(live), empty])
+        assert dec.column("row_id").to_pylist() == ["a"]

@@ -28,7 +28,10 @@ def _img(seed=0, size=(40, 50)):
         (b"", "zero_bytes"),
         (b"<html>404</html>", "wrong_mime"),
         (_bomb_png(), "decompression_bomb"),
-        (b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4, "decode_error"),
+        (
+            b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9",
+            "decode_error",
+        ),  # corrupt, complete
     ],
 )
 def test_decode_guards(data, reason):
@@ -37,11 +40,16 @@ def test_decode_guards(data, reason):
     assert e.value.reason == reason
 
 
-def test_truncated_jpeg_is_refused():
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP"])
+@pytest.mark.parametrize("frac", [0.02, 0.05, 0.3, 0.5, 0.9])
+def test_truncated_file_is_reported_as_truncated(fmt, frac):
+    """Cut anywhere (inside the headers too, where Pillow only says 'cannot identify'): the
+    reason is ``truncated``, never ``decode_error``."""
     b = io.BytesIO()
-    Image.fromarray(_img(size=(128, 128))).save(b, "JPEG", quality=90)
+    Image.fromarray(_img(size=(128, 128))).save(b, fmt)
+    data = b.getvalue()
     with pytest.raises(DecodeFailure) as e:
-        decode_image(b.getvalue()[: len(b.getvalue()) // 2], ".jpg", IngestConfig())
+        decode_image(data[: max(16, int(len(data) * frac))], "." + fmt.lower(), IngestConfig())
     assert e.value.reason == "truncated"
 
 
@@ -99,7 +107,7 @@ def test_ingest_stage_turns_bad_rows_into_tombstones(tmp_path):
 
 def test_input_parquet_missing_columns_is_a_config_error(tmp_path):
     pq.write_table(pa.table({"url": ["x"]}), tmp_path / "in.parquet")
-    with pytest.raises(ValueError, match="missing column"):
+    with pytest.raises(ValueError, match="neither image bytes nor a path column"):
         read_input(tmp_path / "in.parquet")
     pq.write_table(
         pa.table({"source_key": ["k"], "image": [_png(_img())]}), tmp_path / "ok.parquet"

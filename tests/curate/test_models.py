@@ -89,3 +89,26 @@ def test_embed_stage_standin_is_offline_and_deterministic(corpus, small_config):
     a = st.image.embed_images(_images())
     b = st.image.embed_images(_images())
     np.testing.assert_array_equal(a, b)
+
+
+def test_weights_are_hashed_once_not_per_shard(tiny_clip, tmp_path, monkeypatch):
+    """Every shard task asks its stage for the fingerprint (the executor's set-up cache key);
+    that must not re-read the weights each time, yet new weights must change the revision."""
+    import shutil
+    from pathlib import Path
+
+    d = tmp_path / "clip"
+    shutil.copytree(tiny_clip, d)
+    weights = d / "model.safetensors"
+    reads = []
+    real = Path.read_bytes
+    monkeypatch.setattr(
+        Path, "read_bytes", lambda p: (reads.append(p.name), real(p))[1], raising=True
+    )
+    st = Embed(EmbedConfig(image_embedder="clip", image_model_path=str(d)))
+    fps = {st.fingerprint("up") for _ in range(20)}
+    assert len(fps) == 1 and reads.count("model.safetensors") == 1
+    data = bytearray(real(weights))
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert st.fingerprint("up") not in fps and reads.count("model.safetensors") == 2

@@ -15,7 +15,7 @@ from diffkit.curate.pipeline import Pipeline, load_config
 @pytest.fixture(scope="module")
 def run_dir(corpus, tmp_path_factory, small_config):
     out = tmp_path_factory.mktemp("run") / "out"
-    summary = Pipeline.from_config(small_config()).run(corpus, out)
+    summary = Pipeline.from_config(small_config()).run(corpus, out, keep_work=True)
     return out, summary
 
 
@@ -26,7 +26,7 @@ def test_every_row_accounted_for(run_dir, corpus):
     assert (
         summary["rows_in"] == gt.num_rows == rows.num_rows == summary["kept"] + summary["dropped"]
     )
-    assert len(set(rows.column("id").to_pylist())) == rows.num_rows  # nothing duplicated
+    assert len(set(rows.column("row_id").to_pylist())) == rows.num_rows  # nothing duplicated
     for st in summary["stages"]:
         assert st["rows_in"] == st["kept"] + st["dropped"]
     # stage chain: each stage's input is the previous stage's kept count
@@ -82,15 +82,17 @@ def test_outputs_tars_and_manifest(run_dir):
 def test_rerun_skips_everything_and_is_identical(run_dir, corpus, small_config):
     out, _ = run_dir
     before = (out / "manifest.json").read_bytes()
-    s = Pipeline.from_config(small_config()).run(corpus, out)
+    s = Pipeline.from_config(small_config()).run(corpus, out, keep_work=True)
     assert all(st["shards_run"] == 0 for st in s["stages"])
     assert (out / "manifest.json").read_bytes() == before
 
 
 def test_changed_threshold_reruns_only_downstream(corpus, tmp_path, small_config):
     out = tmp_path / "o"
-    Pipeline.from_config(small_config()).run(corpus, out)
-    s = Pipeline.from_config(small_config(**{"phash_dedup.max_distance": 4})).run(corpus, out)
+    Pipeline.from_config(small_config()).run(corpus, out, keep_work=True)
+    s = Pipeline.from_config(small_config(**{"phash_dedup.max_distance": 4})).run(
+        corpus, out, keep_work=True
+    )
     ran = {st["stage"]: st["shards_run"] for st in s["stages"]}
     upstream = ("ingest", "prefilter", "exact_dedup", "governance", "embed", "safety", "policy")
     assert all(ran[k] == 0 for k in upstream)
@@ -119,3 +121,99 @@ def test_config_errors_before_work(corpus, tmp_path, small_config, recipe):
     with pytest.raises(FileNotFoundError):
         Pipeline.from_config(small_config()).run(tmp_path / "missing", tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_image_bytes_are_stored_once_and_work_is_removed(run_dir, corpus, tmp_path, small_config):
+    """Folder input: no stage shard carries image bytes (they are read from the files by
+    reference), so work/ is far smaller than the images; a default run removes work/."""
+    out, _ = run_dir
+    image_bytes = sum(p.stat().st_size for p in (corpus / "images").rglob("*") if p.is_file())
+    work = [p for p in (out / "work").rglob("*.parquet")]
+    assert work and all("image" not in pq.read_schema(p).names or
+                        pq.read_table(p, columns=["image"]).column("image").null_count
+                        == pq.read_metadata(p).num_rows for p in work)  # fmt: skip
+    assert sum(p.stat().st_size for p in work) < image_bytes  # 11 stages: was ~8.7 copies
+    fresh = tmp_path / "fresh"
+    Pipeline.from_config(small_config()).run(corpus, fresh)
+    assert not (fresh / "work").exists()
+    assert (fresh / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
+
+
+def test_replacing_an_image_reruns_its_shard(corpus, tmp_path, small_config):
+    """The input fingerprint covers file size and mtime: new pixels under the same name are
+    re-ingested, not served from the previous run's shards."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "c"
+    shutil.copytree(corpus, src)
+    out = tmp_path / "o"
+    Pipeline.from_config(small_config()).run(src, out, keep_work=True)
+    key = next(r for r in load_outputs(out).to_pylist() if r["status"] == "keep")["source_key"]
+    before = {r["source_key"]: r["sha256_pixels"] for r in load_outputs(out).to_pylist()}
+    p = src / "images" / key
+    arr = np.random.default_rng(7).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(p, format=Image.open(p).format)
+    s = Pipeline.from_config(small_config()).run(src, out, keep_work=True)
+    assert s["stages"][0]["shards_run"] > 0
+    after = {r["source_key"]: r["sha256_pixels"] for r in load_outputs(out).to_pylist()}
+    assert after[key] != before[key]
+    assert {k: v for k, v in after.items() if k != key} == {
+        k: v for k, v in before.items() if k != key
+    }
+
+
+def test_webdataset_shards_are_size_capped_and_readable(corpus, tmp_path, small_config):
+    import webdataset as wds
+
+    cap = 60_000
+    out = tmp_path / "o"
+    cfg = small_config(**{"write.wds_max_bytes": cap, "write.faiss_index": "false"})
+    s = Pipeline.from_config(cfg).run(corpus, out)
+    tars = sorted((out / "wds").glob("*.tar"))
+    assert len(tars) >= 3 and not list((out / "wds").glob("*.tmp"))
+    samples: dict[str, int] = {}
+    for t in tars:
+        with tarfile.open(t) as tf:
+            sizes = [(m.name.split(".")[0], m.size) for m in tf.getmembers()]
+        for k, n in sizes:
+            samples[k] = samples.get(k, 0) + n
+        shard = sum(n for _, n in sizes)
+        last = samples[sizes[-1][0]]
+        assert shard - last < cap  # closed once it reached the cap: over it by <= one sample
+    got = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False))
+    kept = pq.read_table(out / "kept")
+    assert sorted(x["__key__"] for x in got) == sorted(kept.column("row_id").to_pylist())
+    assert len(got) == s["kept"]
+    meta = json.loads(got[0]["json"])
+    assert meta["status"] == "keep" and "dup_cluster" in meta and "caption_fused" in meta
+    man = json.loads((out / "manifest.json").read_text())
+    assert sum(e["rows"] for e in man["files"] if e["path"].startswith("wds/")) == s["kept"]
+
+
+def test_dataset_card_and_parquet_dataset(run_dir):
+    """README.md in the output: funnel, drop reasons and licence mix, with counts that match the
+    Parquet outputs; kept/ is one Parquet dataset with one schema (what
+    ``datasets.load_dataset("parquet", ...)`` reads)."""
+    from collections import Counter
+
+    import pyarrow.dataset as ds
+
+    out, summary = run_dir
+    card = (out / "README.md").read_text()
+    for title in ("## Funnel", "## Drop reasons", "## Licence mix", "## Duplicates", "## Loading"):
+        assert title in card
+    for st in summary["stages"]:
+        assert f"| {st['stage']} | {st['rows_in']} | {st['kept']} |" in card
+    dropped = pq.read_table(out / "dropped")
+    for reason, n in Counter(dropped.column("drop_reason").to_pylist()).items():
+        assert f"| {reason} | {n} |" in card
+    kept_parts = sorted((out / "kept").glob("*.parquet"))
+    schemas = {str(pq.read_schema(p)) for p in kept_parts}
+    assert len(kept_parts) > 1 and len(schemas) == 1
+    kept = ds.dataset(out / "kept", format="parquet").to_table()
+    assert kept.num_rows == summary["kept"]
+    for lic, n in Counter(kept.column("license_spdx").to_pylist()).items():
+        assert f"| {lic} | {n} |" in card

@@ -23,8 +23,8 @@ def test_ray_local_parity(ray_session, corpus, tmp_path, small_config):
 
     def sets(t):
         rows = t.to_pylist()
-        return ({r["id"] for r in rows if r["status"] == "keep"},
-                {(r["id"], r["drop_reason"]) for r in rows if r["status"] == "drop"})  # fmt: skip
+        return ({r["row_id"] for r in rows if r["status"] == "keep"},
+                {(r["row_id"], r["drop_reason"]) for r in rows if r["status"] == "drop"})  # fmt: skip
 
     assert sets(a) == sets(b)
     assert (local["kept"], local["dropped"]) == (ray_sum["kept"], ray_sum["dropped"])

@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 
+from diffkit.curate.images import image_bytes
 from diffkit.curate.plugins import get_plugin, text_blocklist_scores
 from diffkit.curate.schema import alive, drop_rows, error_reason, pa, set_column
 from diffkit.curate.stage import Resources, Stage
@@ -37,7 +38,7 @@ def _batched_rows(stage, table, batch_size, fn):
     """Call ``fn(row_indices, images)`` on alive rows in batches; a failing batch is retried row
     by row and rows that still fail become ``error:`` tombstones. Returns (table, {index: result})."""
     idx = np.flatnonzero(alive(table))
-    data = table.column("image").to_pylist()
+    data = dict(zip(idx.tolist(), image_bytes(table, idx)))
     results, failed = {}, {}
     for s in range(0, len(idx), batch_size):
         part = idx[s : s + batch_size]

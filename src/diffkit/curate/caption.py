@@ -6,7 +6,9 @@ training example, i.e. no fusion). Each caption gets a QC status: ``ok``, ``empt
 ``repetition`` (share of repeated word 3-grams above a limit), ``truncated`` (finish reason
 ``length``) or ``misaligned`` (CLIP score below ``min_alignment``). Fusion ``none`` keeps all
 captions; ``select`` picks, per length tier (short < 30 tokens, medium, long > 120), the passing
-caption with the highest alignment (ties: captioner order). Images are resized to ``max_pixels``
+caption with the highest alignment (ties: captioner order); with ``none`` the fused column holds
+the first passing caption. A row where no caption passes QC is dropped as ``caption_failed``, so
+no kept row has a null ``caption_fused``. Images are resized to ``max_pixels``
 on the CPU before any captioner sees them (the VLM actors never decode full-size images).
 """
 
@@ -21,6 +23,7 @@ from typing import Literal
 import numpy as np
 
 from diffkit.curate.annotate import load_pil
+from diffkit.curate.images import image_bytes
 from diffkit.curate.plugins import get_plugin
 from diffkit.curate.schema import alive, drop_rows, error_reason, pa, set_column
 from diffkit.curate.stage import Resources, Stage
@@ -179,8 +182,8 @@ class Recaption(Stage):
         c = self.config
         n = table.num_rows
         idx = np.flatnonzero(alive(table)).tolist()
-        data = table.column("image").to_pylist()
-        ids = table.column("id").to_pylist()
+        data = dict(zip(idx, image_bytes(table, idx)))
+        ids = table.column("row_id").to_pylist()
         alts = table.column("alt_text").to_pylist()
         caps = {s.name: [None] * n for s, _ in self.plugins}
         fin = {s.name: [""] * n for s, _ in self.plugins}
@@ -257,15 +260,16 @@ class Recaption(Stage):
                     if cur is None or score > cur[1] or (score == cur[1] and order < cur[2]):
                         tiers[tier(ntok)][i] = (text, score, order, nm)
             meta[i] = entries
-            if c.fusion == "select":
-                best = [t[i] for t in tiers.values() if t[i] is not None]
-                if best:
-                    b = max(best, key=lambda t: (t[1], -t[2]))
-                    fused[i], method[i] = b[0], f"select:{b[3]}"
-                else:
-                    method[i] = "select:none_passed"
-            else:
-                method[i] = "none"
+            best = [t[i] for t in tiers.values() if t[i] is not None]
+            if not best:
+                method[i] = f"{c.fusion}:none_passed"
+                failed[i] = "caption_failed"
+            elif c.fusion == "select":
+                b = max(best, key=lambda t: (t[1], -t[2]))
+                fused[i], method[i] = b[0], f"select:{b[3]}"
+            else:  # all captions are kept; caption_fused is the first passing one in order
+                b = min(best, key=lambda t: t[2])
+                fused[i], method[i] = b[0], f"none:{b[3]}"
         for nm in names:
             table = set_column(table, f"caption_{nm}", caps[nm], pa().string())
         table = set_column(table, "caption_original", alts, pa().string())

@@ -14,7 +14,25 @@ app = typer.Typer(
 
 @app.command()
 def run(
-    input: Path = typer.Option(..., "--input", "-i", help="Folder of images or a .parquet file."),
+    input: Path = typer.Option(
+        ...,
+        "--input",
+        "-i",
+        help="Folder of images, a folder of Parquet shards or WebDataset tars, or one "
+        ".parquet/.jsonl/.csv/.tar file.",
+    ),
+    metadata: Path = typer.Option(
+        None,
+        "--metadata",
+        "-m",
+        help="JSONL/CSV/Parquet table listing the rows; its `path` column is relative to --input.",
+    ),
+    column: list[str] = typer.Option(
+        None,
+        "--column",
+        help="Map a role to your column name: path|caption|url|license|id|source|image=NAME "
+        "(repeatable).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (resumes if it exists)."),
     config: Path = typer.Option(
         None, "--config", "-c", help="Shipped recipe name (local, models) or a YAML path."
@@ -28,6 +46,9 @@ def run(
         False, "--retry-failed", help="Re-run only shards with failed rows."
     ),
     report: bool = typer.Option(True, help="Write <out>/report/report.html at the end."),
+    keep_work: bool = typer.Option(
+        False, "--keep-work", help="Keep <out>/work (intermediate shards) after a clean run."
+    ),
 ) -> None:
     """Curate INPUT into OUT: kept/ and dropped/ Parquet, WebDataset tars, manifest, report."""
     import torch
@@ -39,7 +60,15 @@ def run(
     torch.set_num_threads(1)
     if executor not in ("local", "ray"):
         raise ValueError(f"--executor={executor!r}; options: local, ray")
-    cfg = load_config(config, set_ or [])
+    sets = list(set_ or [])
+    if metadata is not None:
+        sets.append(f"input.metadata={metadata}")
+    for item in column or []:
+        role, sep, name = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--column {item!r} must look like ROLE=NAME, e.g. caption=text")
+        sets.append(f"input.columns.{role.strip()}={name.strip()}")
+    cfg = load_config(config, sets)
     pipe = Pipeline.from_config(cfg)
     ex = LocalExecutor(workers) if executor == "local" else RayExecutor(num_cpus=max(2, workers))
     bars: dict = {}
@@ -53,7 +82,9 @@ def run(
                 bars[stage] = prog.add_task(stage, total=max(total, 1))
             prog.update(bars[stage], completed=done if total else 1, total=max(total, 1))
 
-        summary = pipe.run(input, out, ex, retry_failed=retry_failed, progress=progress)
+        summary = pipe.run(
+            input, out, ex, retry_failed=retry_failed, progress=progress, keep_work=True
+        )
     ex.close()
     typer.echo(
         f"{summary['rows_in']} rows in, {summary['kept']} kept, {summary['dropped']} dropped, "
@@ -63,6 +94,10 @@ def run(
         from diffkit.curate.report import build_report
 
         typer.echo(f"report: {build_report(out)}")
+    if not keep_work and summary["errors"] == 0:  # kept while the report read its images
+        import shutil
+
+        shutil.rmtree(out / "work", ignore_errors=True)
 
 
 @app.command("report")

@@ -415,7 +415,7 @@ def make_corpus(out_dir: str | Path, config: CorpusConfig | None = None) -> dict
             role="degenerate",
             transform="near_blank",
             expect="drop",
-            reason="low_entropy",
+            reason="near_uniform",
         )
         fam += 1
     add(

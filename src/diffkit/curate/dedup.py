@@ -33,7 +33,7 @@ def priority_keys(table, source_priority: tuple[str, ...]) -> list[tuple]:
     w = table.column("width").to_pylist()
     h = table.column("height").to_pylist()
     alt = table.column("alt_text").to_pylist()
-    ids = table.column("id").to_pylist()
+    ids = table.column("row_id").to_pylist()
     aes = (
         table.column("score_aesthetic").to_pylist()
         if "score_aesthetic" in table.schema.names
@@ -48,9 +48,10 @@ def priority_keys(table, source_priority: tuple[str, ...]) -> list[tuple]:
 def _key_table(table, extra: list[str], source_priority: tuple[str, ...]):
     t = table.filter(pa().array(alive(table)))
     pri = priority_keys(t, source_priority)
-    cols = {"id": t.column("id"), **{c: t.column(c) for c in extra}}
+    cols = {"row_id": t.column("row_id"), **{c: t.column(c) for c in extra}}
     keys = pa().table(cols)
-    return keys.append_column("prio", [[repr(p) for p in pri]]), pri
+    # typed explicitly: a shard with no surviving rows must not give a null-typed column
+    return keys.append_column("prio", pa().array([repr(p) for p in pri], pa().string())), pri
 
 
 def _sorted_keys(key_tables):
@@ -64,8 +65,8 @@ def _sorted_keys(key_tables):
 
 
 def _apply_decisions(table, decisions, stage: str, reason: str, cols: dict):
-    d = {r["id"]: r for r in decisions.to_pylist()}
-    ids = table.column("id").to_pylist()
+    d = {r["row_id"]: r for r in decisions.to_pylist()}
+    ids = table.column("row_id").to_pylist()
     for col, typ in cols.items():
         table = set_column(table, col, [d[i][col] if i in d else None for i in ids], typ)
     drop = np.array([bool(d[i]["drop"]) if i in d else False for i in ids])
@@ -107,7 +108,7 @@ class ExactDedup(Stage):
 
     def reduce(self, key_tables):
         keys = _sorted_keys(key_tables)
-        ids = keys.column("id").to_pylist()
+        ids = keys.column("row_id").to_pylist()
         hb = keys.column("sha256_bytes").to_pylist()
         hp = keys.column("sha256_pixels").to_pylist()
         seen_b: dict = {}
@@ -125,7 +126,7 @@ class ExactDedup(Stage):
                 if hp[i] is not None:
                     seen_p[hp[i]] = i
             group.append(g)
-        return pa().table({"id": ids, "exact_group": group, "drop": drop})
+        return pa().table({"row_id": ids, "exact_group": group, "drop": drop})
 
     def apply(self, table, decisions):
         return _apply_decisions(
@@ -339,10 +340,10 @@ class PhashDedup(Stage):
             self.config,
             keys.column("dhash").to_numpy(),
         )
-        ids = keys.column("id").to_pylist()
+        ids = keys.column("row_id").to_pylist()
         cluster = [int(ids[r][:15], 16) for r in roots]
         drop = roots != np.arange(len(roots))
-        return pa().table({"id": ids, "phash_cluster": cluster, "drop": drop})
+        return pa().table({"row_id": ids, "phash_cluster": cluster, "drop": drop})
 
     def apply(self, table, decisions):
         return _apply_decisions(

@@ -106,7 +106,7 @@ def evaluate_dedup(out_dir: str | Path, corpus_dir: str | Path) -> dict:
         for r in pq.read_table(Path(corpus_dir) / "ground_truth.parquet").to_pylist()
     }
     rows, gt_rows = _population(table, gt)
-    ids = [r["id"] for r in rows]
+    ids = [r["row_id"] for r in rows]
     index = {i: k for k, i in enumerate(ids)}
     ii, jj = [], []
     for col in ("exact_group", "phash_cluster"):

@@ -91,7 +91,11 @@ def execute_task(
     elif mode == "sink":
         out_dir = Path(ctx.extra["out_dir"])
         info["files"] = stage.write_shard(
-            table, task.shard, out_dir, ctx.extra.get("fingerprint", "")
+            table,
+            task.shard,
+            out_dir,
+            ctx.extra.get("fingerprint", ""),
+            dup_clusters=ctx.extra.get("dup_clusters"),
         )
     else:  # pragma: no cover
         raise ValueError(f"unknown task mode {mode!r}")

@@ -30,9 +30,16 @@ class PreFilterConfig:
         min_side: Minimum of width and height in pixels (``min_side``).
         min_area: Minimum width*height (``min_area``).
         max_aspect: Maximum of w/h and h/w (``aspect``).
-        min_bytes: Minimum file size in bytes (``min_bytes``).
-        min_entropy: Minimum ``hash_entropy`` (bits, max 6): drops blank and solid images
-            (``low_entropy``); 0 disables.
+        min_bytes: Minimum file size in bytes (``min_bytes``) for the formats in
+            ``min_bytes_mimes``.
+        min_bytes_mimes: MIME types the byte floor applies to. Only lossy JPEG by default: a
+            small JPEG is an over-compressed one, but a small PNG/GIF is a simple picture that
+            compresses well (a flat-colour illustration is often under 2 KB).
+        max_uniform_share: Drop blank and solid images (``near_uniform``): rows whose share of
+            pixels within 8 levels of the median colour (``uniform_share``) is above this;
+            1.0 disables.
+        min_entropy: Minimum ``hash_entropy`` (64-bin grey-histogram entropy, bits, max 6)
+            (``low_entropy``); 0 disables (the default: a two-colour illustration has ~1 bit).
         alt_text_min_chars: Minimum alt-text length after stripping; 0 allows empty alt text.
         alt_text_max_chars: Maximum alt-text length.
         alt_text_boilerplate: Regex (case-insensitive, full match after stripping) of
@@ -43,7 +50,9 @@ class PreFilterConfig:
     min_area: int = 65_536
     max_aspect: float = 3.0
     min_bytes: int = 5_120
-    min_entropy: float = 1.0
+    min_bytes_mimes: tuple[str, ...] = ("image/jpeg",)
+    max_uniform_share: float = 0.99
+    min_entropy: float = 0.0
     alt_text_min_chars: int = 0
     alt_text_max_chars: int = 2_000
     alt_text_boilerplate: str = BOILERPLATE
@@ -52,6 +61,8 @@ class PreFilterConfig:
         for f in ("min_side", "min_area", "min_bytes", "alt_text_min_chars"):
             if getattr(self, f) < 0:
                 raise ValueError(f"{f} must be >= 0, got {getattr(self, f)}")
+        if not 0.0 <= self.max_uniform_share <= 1.0:
+            raise ValueError(f"max_uniform_share must be in [0, 1], got {self.max_uniform_share}")
         if self.max_aspect < 1:
             raise ValueError(f"max_aspect must be >= 1, got {self.max_aspect}")
         if self.alt_text_max_chars < self.alt_text_min_chars:
@@ -78,7 +89,12 @@ class PreFilter(Stage):
         table = drop_rows(table, np.minimum(w, h) < c.min_side, self.name, "min_side")
         table = drop_rows(table, w * h < c.min_area, self.name, "min_area")
         table = drop_rows(table, aspect > c.max_aspect, self.name, "aspect")
-        table = drop_rows(table, b < c.min_bytes, self.name, "min_bytes")
+        mime = np.asarray(table.column("mime").to_pylist(), object)
+        small = (b < c.min_bytes) & np.isin(mime, list(c.min_bytes_mimes))
+        table = drop_rows(table, small, self.name, "min_bytes")
+        if "uniform_share" in table.column_names:
+            share = np.asarray(table.column("uniform_share").to_numpy(), np.float64)
+            table = drop_rows(table, share > c.max_uniform_share, self.name, "near_uniform")
         table = drop_rows(table, ent < c.min_entropy, self.name, "low_entropy")
         pat = re.compile(c.alt_text_boilerplate, re.I) if c.alt_text_boilerplate else None
         bad = []
@@ -100,8 +116,10 @@ class GovernanceConfig:
     Attributes:
         blocked_domains: Blocked hosts; each is reduced to its registered domain, so
             ``images.gettyimages.com`` blocks every ``*.gettyimages.com`` (``blocked_domain``).
-        allowed_licenses: Licence allowlist (case-insensitive); empty allows every licence,
-            ``''`` in the list allows rows without a licence (``license``).
+        allowed_licenses: Licence allowlist, compared by SPDX-like family after normalisation
+            (``cc-by``, ``CC BY 4.0`` and ``cc-by-4.0`` are all ``CC-BY``); empty allows every
+            licence, ``''`` in the list allows rows without a licence (``license``). Every row
+            gets ``license_spdx`` (the normalised id).
         takedown_sha256: Hex SHA-256 of image bytes or canonical pixels to remove (``takedown``).
         takedown_urls: URLs to remove (``takedown``).
         takedown_file: Optional text file with one SHA-256 or URL per line, re-read every run.
@@ -122,6 +140,53 @@ class GovernanceConfig:
 
 
 _EXTRACT = None
+
+# Common open licences (SPDX families, version-free): what the default recipe allows.
+OPEN_LICENSES = (
+    "CC0", "PDM", "CC-BY", "CC-BY-SA", "Apache", "MIT", "BSD", "OFL", "ODC-BY", "ODbL",
+)  # fmt: skip
+_LICENSE_WORDS = (
+    (r"\bcreative[- ]?commons\b", "cc"), (r"\battribution\b", "by"),
+    (r"\bshare[- ]?alike\b", "sa"), (r"\bnon[- ]?commercial\b", "nc"),
+    (r"\bno[- ]?deriv(?:ative)?s?\b", "nd"), (r"\b(?:license|licence|international|generic|unported)\b", ""),
+)  # fmt: skip
+_LICENSE_ALIASES = {
+    "cc0": "CC0", "cc-0": "CC0", "cc-zero": "CC0", "zero": "CC0",
+    "public-domain": "PDM", "publicdomain": "PDM", "pd": "PDM", "pdm": "PDM", "cc-pdm": "PDM",
+    "apache": "Apache", "mit": "MIT", "bsd": "BSD", "ofl": "OFL", "odc-by": "ODC-BY",
+    "odbl": "ODbL",
+}  # fmt: skip
+
+
+def normalize_license(text: str | None) -> tuple[str, str]:
+    """SPDX-like ``(id, family)`` of a free-text licence: ``cc-by``, ``CC BY 4.0``,
+    ``cc-by-4.0`` and ``Creative Commons Attribution 4.0 International`` all have family
+    ``CC-BY`` (ids ``CC-BY`` or ``CC-BY-4.0``); ``('', '')`` for an empty licence. Unknown
+    licences keep their text (upper-cased, dash-joined) as id and family."""
+    s = (text or "").strip().lower()
+    if not s:
+        return "", ""
+    s = re.sub(r"^https?://creativecommons\.org/(licenses|publicdomain)/", r"cc-", s)
+    for pat, rep in _LICENSE_WORDS:
+        s = re.sub(pat, rep, s)
+    s = re.sub(r"[\s_/]+", "-", s).strip("-")
+    s = re.sub(r"-+", "-", s)
+    if s in _LICENSE_ALIASES:  # cc0, mit, ... (no version to split off)
+        fam = _LICENSE_ALIASES[s]
+        return ("CC0-1.0" if fam == "CC0" else fam), fam
+    if s.startswith("bsd"):
+        return s.upper().replace("CLAUSE", "Clause"), "BSD"
+    m = re.fullmatch(r"(.*?)-?v?(\d+(?:\.\d+)*)(?:-[a-z]{2})?", s)
+    base, version = (m.group(1), m.group(2)) if m and m.group(1) else (s, "")
+    if base.startswith("cc-") and base not in _LICENSE_ALIASES:
+        family = base.upper()
+    else:
+        family = _LICENSE_ALIASES.get(base, base.upper())
+    if family == "CC0":
+        version = version or "1.0"
+    if version and "." not in version:
+        version += ".0"
+    return (f"{family}-{version}" if version else family), family
 
 
 def registered_domain(url: str) -> str:
@@ -160,10 +225,11 @@ class Governance(Stage):
         table = drop_rows(
             table, [d in blocked and d != "" for d in domains], self.name, "blocked_domain"
         )
+        norm = [normalize_license(x) for x in table.column("license").to_pylist()]
+        table = set_column(table, "license_spdx", [i for i, _ in norm], pa().string())
         if c.allowed_licenses:
-            allowed = {x.lower() for x in c.allowed_licenses}
-            lic = [(x or "").lower() for x in table.column("license").to_pylist()]
-            table = drop_rows(table, [x not in allowed for x in lic], self.name, "license")
+            allowed = {normalize_license(x)[1] for x in c.allowed_licenses}
+            table = drop_rows(table, [f not in allowed for _, f in norm], self.name, "license")
         hashes = {h.lower() for h in c.takedown_sha256}
         urls_out = set(c.takedown_urls)
         if c.takedown_file:

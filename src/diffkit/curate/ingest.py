@@ -1,4 +1,4 @@
-"""Reading the input (a folder of images or a Parquet file) and the ingest/decode stage.
+"""The ingest/decode stage (reading the input is :mod:`diffkit.curate.sources`).
 
 Decode follows spec (e) stage 1: Pillow with ``MAX_IMAGE_PIXELS`` set and truncated images
 refused, EXIF transpose, sizes, SHA-256 of the bytes and of the canonical pixels (RGB8, alpha
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -19,20 +18,12 @@ from typing import Literal
 
 import numpy as np
 
-from diffkit.curate.schema import (
-    INPUT_COLUMNS,
-    drop_rows,
-    error_reason,
-    pa,
-    require,
-    set_column,
-    stable_id,
-)
+from diffkit.curate.schema import drop_rows, error_reason, pa, require, set_column
+from diffkit.curate.sources import IMAGE_EXTS, read_input  # noqa: F401  (re-exported)
 from diffkit.curate.stage import Stage
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 _EXT_MIME = {
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
@@ -43,112 +34,6 @@ _EXT_MIME = {
     ".tif": "image/tiff",
     ".tiff": "image/tiff",
 }
-
-
-def _decode_text(v) -> tuple[str, bool]:
-    if v is None:
-        return "", True
-    if isinstance(v, str):
-        return v, True
-    try:
-        return bytes(v).decode("utf-8"), True
-    except UnicodeDecodeError:
-        return bytes(v).decode("utf-8", errors="replace"), False
-
-
-def read_input(path: str | Path):
-    """Load the input listing as one Arrow table (no image decoding).
-
-    ``path`` is a folder (images found recursively, sorted; optional ``metadata.parquet`` or
-    ``metadata.jsonl`` with a ``uri`` column relative to the folder; optional ``<stem>.txt`` alt
-    text) or a Parquet file, which must have ``source_key`` and ``image`` (bytes) or ``uri``.
-    A missing column or path is a configuration error raised before any work.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"curate input not found: {path}")
-    if path.is_dir():
-        rows = _read_dir(path)
-    elif path.suffix == ".parquet":
-        rows = _read_parquet(path)
-    else:
-        raise ValueError(f"curate input {path} must be a folder of images or a .parquet file")
-    cols = {c: [r.get(c, "") or "" for r in rows] for c in INPUT_COLUMNS if c != "alt_text"}
-    texts = [_decode_text(r.get("alt_text")) for r in rows]
-    cols["alt_text"] = [t for t, _ in texts]
-    ids = [stable_id(s, k) for s, k in zip(cols["source"], cols["source_key"])]
-    if len(set(ids)) != len(ids):
-        seen, dup = set(), None
-        for i, k in zip(ids, cols["source_key"]):
-            if i in seen:
-                dup = k
-                break
-            seen.add(i)
-        raise ValueError(f"duplicate (source, source_key) in input, e.g. source_key={dup!r}")
-    table = pa().table(
-        {
-            "id": ids,
-            **{c: pa().array(cols[c], pa().string()) for c in INPUT_COLUMNS},
-            "alt_text_valid": pa().array([ok for _, ok in texts], pa().bool_()),
-            "image": pa().array([r.get("image") for r in rows], pa().binary()),
-        }
-    )
-    order = np.argsort(np.asarray(ids), kind="stable")
-    return table.take(pa().array(order))
-
-
-def _read_dir(root: Path) -> list[dict]:
-    meta: dict[str, dict] = {}
-    if (root / "metadata.parquet").is_file():
-        for r in _pq_rows(root):
-            meta[r["uri"]] = r
-    elif (root / "metadata.jsonl").is_file():
-        for line in (root / "metadata.jsonl").read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                meta[r["uri"]] = r
-    rows = []
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    for p in files:
-        rel = p.relative_to(root).as_posix()
-        if rel.startswith("metadata.") or p.suffix == ".txt":
-            continue
-        m = dict(meta.get(rel, {}))
-        if not m and p.suffix.lower() not in IMAGE_EXTS:
-            continue
-        m.setdefault("source", root.name)
-        m.setdefault("source_key", rel)
-        m["uri"] = str(p)
-        if "alt_text" not in m and p.with_suffix(".txt").is_file():
-            m["alt_text"] = p.with_suffix(".txt").read_bytes()
-        rows.append(m)
-    return rows
-
-
-def _pq_rows(root: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(root / "metadata.parquet").to_pylist()
-
-
-def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
-    names = set(schema.names)
-    missing = [c for c in ("source_key",) if c not in names]
-    if missing or not ({"image", "uri"} & names):
-        raise ValueError(
-            f"input parquet {path} is missing column(s) {missing or ['image or uri']}; "
-            f"it has {sorted(names)}; required: source_key and image (bytes) or uri"
-        )
-    rows = pq.read_table(path).to_pylist()
-    for r in rows:
-        r.setdefault("source", path.stem)
-        uri = r.get("uri")
-        if uri and not Path(uri).is_absolute():
-            r["uri"] = str(path.parent / uri)
-    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,6 +64,23 @@ class IngestConfig:
             raise ValueError(f"hash_size must be 8 (64-bit uint64 hashes), got {self.hash_size}")
         if self.mime_mismatch not in ("fix", "drop"):
             raise ValueError(f"mime_mismatch must be 'fix' or 'drop', got {self.mime_mismatch!r}")
+
+
+def looks_truncated(data: bytes) -> bool:
+    """True when ``data`` starts like a JPEG, PNG, GIF or WebP file but its end marker is missing
+    (JPEG EOI ``FFD9``, PNG ``IEND``, GIF trailer ``;``, or fewer bytes than the RIFF header
+    declares). Used to tell a cut-off download from a corrupt file when Pillow fails, because
+    Pillow reports a JPEG cut inside its headers as a generic decode error."""
+    tail = data[-64:].rstrip(b"\x00")
+    if data[:3] == b"\xff\xd8\xff":
+        return not tail.endswith(b"\xff\xd9")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in tail
+    if data[:4] == b"GIF8":
+        return not tail.endswith(b";")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 8:
+        return int.from_bytes(data[4:8], "little") + 8 > len(data)
+    return False
 
 
 class DecodeFailure(Exception):
@@ -212,6 +114,16 @@ def pixel_entropy(gray32: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def uniform_share(rgb64: np.ndarray, tol: int = 8) -> float:
+    """Share of pixels of a 64x64 RGB thumbnail within ``tol`` levels (every channel) of the
+    median colour: ~1.0 for blank and solid images (with or without sensor noise), well below 1
+    for any picture with a visible shape, however flat its colours (issue 19 item 2: a
+    histogram-entropy floor also dropped flat-colour illustrations)."""
+    a = rgb64.reshape(-1, 3).astype(np.int16)
+    med = np.median(a, axis=0)
+    return float((np.abs(a - med).max(axis=1) <= tol).mean())
+
+
 def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
     """Decode one file; raise :class:`DecodeFailure` with a reason code on any problem."""
     from PIL import Image, ImageFile, ImageOps
@@ -236,6 +148,8 @@ def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
                 reason = (
                     "wrong_mime" if head[:1] in (b"<", b"{") or head.isascii() else "decode_error"
                 )
+                if reason == "decode_error" and looks_truncated(data):
+                    reason = "truncated"
                 raise DecodeFailure(reason) from e
             w0, h0 = img.size
             if w0 * h0 > cfg.max_pixels:
@@ -246,12 +160,9 @@ def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
                 img.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise DecodeFailure("decompression_bomb") from e
-            except OSError as e:
-                raise DecodeFailure(
-                    "truncated" if "truncat" in str(e).lower() else "decode_error"
-                ) from e
             except Exception as e:
-                raise DecodeFailure("decode_error") from e
+                cut = "truncat" in str(e).lower() or looks_truncated(data)
+                raise DecodeFailure("truncated" if cut else "decode_error") from e
     finally:
         Image.MAX_IMAGE_PIXELS = old
     if ext and _EXT_MIME.get(ext.lower(), mime) != mime and cfg.mime_mismatch == "drop":
@@ -271,6 +182,7 @@ def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
         "phash": _bits_to_u64(ph.hash),
         "dhash": _bits_to_u64(dh.hash),
         "hash_entropy": pixel_entropy(gray32),
+        "uniform_share": uniform_share(np.asarray(rgb.resize((64, 64), Image.BILINEAR))),
     }
 
 
@@ -287,6 +199,11 @@ class Ingest(Stage):
         n = table.num_rows
         images = table.column("image").to_pylist()
         uris = table.column("uri").to_pylist()
+        input_errors = (
+            table.column("input_error").to_pylist()
+            if "input_error" in table.column_names
+            else [None] * n
+        )
         out = {
             "mime": [""] * n,
             "bytes_len": [0] * n,
@@ -297,14 +214,17 @@ class Ingest(Stage):
             "phash": [0] * n,
             "dhash": [0] * n,
             "hash_entropy": [0.0] * n,
+            "uniform_share": [0.0] * n,
         }
         reasons = [""] * n
         for i in range(n):
+            if input_errors[i]:  # missing_file, broken_symlink, ... found by the reader
+                reasons[i] = input_errors[i]
+                continue
             try:
                 data = images[i]
                 if data is None:
                     data = Path(uris[i]).read_bytes() if uris[i] else b""
-                    images[i] = data
                 out["bytes_len"][i] = len(data)
                 out["sha256_bytes"][i] = hashlib.sha256(data).digest()
                 ext = Path(uris[i]).suffix if uris[i] else ""
@@ -318,7 +238,10 @@ class Ingest(Stage):
                 reasons[i] = error_reason(self.name, e)
                 log.debug("ingest row %d failed", i, exc_info=True)
         P = pa()
-        table = set_column(table, "image", images, P.binary())
+        if "image_ref" in table.column_names:  # the bytes stay where they are (file or input
+            table = table.drop_columns(["image"])  # shard); later stages read them by reference
+        if "input_error" in table.column_names:
+            table = table.drop_columns(["input_error"])
         types = {
             "mime": P.string(),
             "bytes_len": P.int32(),
@@ -329,6 +252,7 @@ class Ingest(Stage):
             "phash": P.uint64(),
             "dhash": P.uint64(),
             "hash_entropy": P.float32(),
+            "uniform_share": P.float32(),
         }
         for k, t in types.items():
             table = set_column(table, k, out[k], t)

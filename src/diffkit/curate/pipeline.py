@@ -2,12 +2,14 @@
 
 Layout of ``out_dir`` (identical for every executor, so a local run can resume on Ray)::
 
-    work/00_input/<fp>/<shard>.parquet            input shards (sorted by id)
+    work/00_input/<fp>/<shard>.parquet            input shards (sorted by row_id); the one copy of
+                                                  inline image bytes (files are read in place)
     work/<ii>_<stage>/<fp>/<shard>.parquet        map-stage outputs (+ <shard>.json timing)
     work/<ii>_<stage>/<fp>/keys/<shard>.parquet   global stages: compact keys per shard
     work/<ii>_<stage>/<fp>/decisions.parquet      global stages: one reduce
     work/<ii>_<stage>/<fp>/completions/<name>     empty completion markers (datatrove pattern)
-    kept/ dropped/ wds/ manifest.json             outputs (Write stage)
+    kept/ dropped/ wds/ manifest.json             outputs (Write stage; work/ is removed after a
+                                                  run without failed rows unless keep_work)
     errors.parquet stats.json run.json            per-run tables
 
 The unit of work is (stage fingerprint, shard). A stage's fingerprint hashes its version, config,
@@ -40,11 +42,13 @@ from diffkit.curate.filters import (
     PreFilter,
     PreFilterConfig,
 )
-from diffkit.curate.ingest import Ingest, IngestConfig, read_input
+from diffkit.curate.images import blob_ref, file_ref
+from diffkit.curate.ingest import Ingest, IngestConfig
 from diffkit.curate.schema import PIPELINE_VERSION, is_error_reason, pa
 from diffkit.curate.semdedup import SemDedup, SemDedupConfig
+from diffkit.curate.sources import InputConfig, read_input
 from diffkit.curate.stage import Stage, StageContext, fingerprint_of
-from diffkit.curate.write import Write, WriteConfig
+from diffkit.curate.write import Write, WriteConfig, write_card
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class CurateConfig:
             recaption, write. The default puts the policy before the near-dup stages so that an
             unsafe image is never chosen as a family's representative.
         shard_size: Rows per shard (the unit of work and of resume).
+        input: How to read the input: metadata table and column names (InputConfig).
         ingest: Decode guards (IngestConfig).
         prefilter: Size, aspect, bytes, entropy and alt-text rules (PreFilterConfig).
         exact_dedup: Byte and pixel hashes (ExactDedupConfig).
@@ -89,6 +94,7 @@ class CurateConfig:
 
     stages: tuple[str, ...] = DEFAULT_STAGES
     shard_size: int = 256
+    input: InputConfig = field(default_factory=InputConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     prefilter: PreFilterConfig = field(default_factory=PreFilterConfig)
     exact_dedup: ExactDedupConfig = field(default_factory=ExactDedupConfig)
@@ -180,11 +186,20 @@ class Pipeline:
     # ------------------------------------------------------------------------------- helpers
     @staticmethod
     def _input_fingerprint(table) -> str:
+        """Hash of the listing, the inline image bytes and, for images that are files, their
+        size and mtime: replacing an image's pixels re-runs its shard (a content hash of every
+        file would read the whole input once more on every resume)."""
         h = hashlib.sha256()
         cols = [c for c in table.schema.names if c != "image"]
         h.update(json.dumps(table.select(cols).to_pydict(), sort_keys=True, default=str).encode())
         for b in table.column("image").to_pylist():
             h.update(hashlib.sha256(b).digest() if b is not None else b"-")
+        for uri in table.column("uri").to_pylist():
+            try:
+                st = os.stat(uri) if uri else None
+            except OSError:
+                st = None
+            h.update(f"{st.st_size},{st.st_mtime_ns};".encode() if st else b"-;")
         return h.hexdigest()[:16]
 
     def _shards(self, n: int) -> list[str]:
@@ -199,13 +214,18 @@ class Pipeline:
         *,
         retry_failed: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
+        keep_work: bool = False,
     ) -> dict:
-        """Run (or resume) the pipeline; returns the run summary written to ``stats.json``."""
+        """Run (or resume) the pipeline; returns the run summary written to ``stats.json``.
+
+        ``out_dir/work`` (intermediate shards) is removed after a run without failed rows unless
+        ``keep_work``; with failed rows it stays so that ``retry_failed`` reuses it."""
         from diffkit.curate.executors import LocalExecutor, ShardTask
 
         executor = executor or LocalExecutor()
         out = Path(out_dir)
-        table = read_input(input_path)  # configuration errors surface here, before any work
+        in_cfg = self.config.input if self.config is not None else InputConfig()
+        table = read_input(input_path, in_cfg)  # configuration errors surface here
         out.mkdir(parents=True, exist_ok=True)
         prev = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
         attempt = int(prev.get("attempt", 0)) + (1 if retry_failed else 0)
@@ -217,6 +237,14 @@ class Pipeline:
         for k, s in enumerate(shards):
             if not (in_dir / "completions" / s).exists():
                 part = table.slice(k * self.shard_size, self.shard_size)
+                shard_path = in_dir / f"{s}.parquet"
+                refs = [
+                    blob_ref(shard_path, j) if img is not None else (file_ref(u) if u else None)
+                    for j, (img, u) in enumerate(
+                        zip(part.column("image").to_pylist(), part.column("uri").to_pylist())
+                    )
+                ]
+                part = part.append_column("image_ref", pa().array(refs, pa().string()))
                 part = part.append_column(
                     "status", pa().array(["keep"] * part.num_rows, pa().string())
                 )
@@ -280,15 +308,31 @@ class Pipeline:
                 todo = [t for t in tasks if not Path(t.marker).exists()]
                 if st.kind == "sink":
                     ctx.extra["fingerprint"] = sfp
+                    ctx.extra["dup_clusters"] = str(
+                        _dup_clusters(sdir / "dup_clusters.parquet", prev_dir, shards)
+                    )
                 executor.run(st, "sink" if st.kind == "sink" else "map", todo, ctx, report)
             run.shards_run, run.shards_skipped = len(todo), len(tasks) - len(todo)
             run.wall_s = time.perf_counter() - t0
             runs.append(run)
+            if st.kind == "sink":
+                prev_before_sink = prev_dir
             upstream, prev_dir = sfp, sdir
         sink, sink_dir = stage_dirs[-1]
         files = [json.loads((sink_dir / f"{s}.json").read_text())["files"] for s in shards]
-        sink.finalize(out, files, sink_dir.name, table.num_rows)
+        sink.finalize(
+            out,
+            files,
+            sink_dir.name,
+            table.num_rows,
+            inputs=[str(prev_before_sink / f"{s}.parquet") for s in shards],
+            dup_clusters=str(sink_dir / "dup_clusters.parquet"),
+        )
         summary = _summarise(out, stage_dirs, shards, runs, attempt, table.num_rows)
+        if sink.config.parquet:
+            write_card(out, summary)
+        if not keep_work and summary["errors"] == 0:
+            shutil.rmtree(out / "work", ignore_errors=True)
         atomic_write_json(
             out / "run.json",
             {
@@ -308,6 +352,49 @@ def _cfg_dict(cfg):
     from diffkit.curate.stage import _jsonable
 
     return _jsonable(cfg)
+
+
+def _dup_clusters(path: Path, last_dir: Path, shards: list[str]) -> Path:
+    """One ``dup_cluster`` label per row shared by every row that exact dedup (equal
+    ``exact_group``), pHash near-dup (equal ``phash_cluster``) or embedding near-dup
+    (``emb_dup_of`` links) put together: connected components, labelled by their smallest
+    ``row_id``; null for singletons. Written once per sink fingerprint (resume-safe)."""
+    if path.exists():
+        return path
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from diffkit.curate.dedup import union_find
+
+    want = ("row_id", "exact_group", "phash_cluster", "emb_dup_of")
+    parts = []
+    for s in shards:
+        f = last_dir / f"{s}.parquet"
+        names = pq.read_schema(f).names
+        parts.append(pq.read_table(f, columns=[c for c in want if c in names]))
+    keys = pa().concat_tables(parts, promote_options="permissive")
+    ids = keys.column("row_id").to_pylist()
+    pos = {r: i for i, r in enumerate(ids)}
+    ii, jj = [], []
+    for col in ("exact_group", "phash_cluster"):
+        if col in keys.column_names:
+            first: dict = {}
+            for i, v in enumerate(keys.column(col).to_pylist()):
+                if v is not None:
+                    ii.append(first.setdefault(v, i))
+                    jj.append(i)
+    if "emb_dup_of" in keys.column_names:
+        for i, v in enumerate(keys.column("emb_dup_of").to_pylist()):
+            if v is not None and v in pos:
+                ii.append(pos[v])
+                jj.append(i)
+    roots = union_find(len(ids), np.asarray(ii, np.int64), np.asarray(jj, np.int64))
+    members: dict[int, list[str]] = {}
+    for i, r in enumerate(roots.tolist()):
+        members.setdefault(r, []).append(ids[i])
+    label = [min(members[r]) if len(members[r]) > 1 else None for r in roots.tolist()]
+    _write_table(path, pa().table({"row_id": ids, "dup_cluster": pa().array(label, pa().string())}))
+    return path
 
 
 def _write_table(path: Path, table) -> None:
@@ -351,7 +438,7 @@ def _summarise(out: Path, stage_dirs, shards, runs, attempt: int, n_in: int) -> 
         for s in shards:
             t = pq.read_table(
                 sdir / f"{s}.parquet",
-                columns=["id", "source", "status", "drop_stage", "drop_reason"],
+                columns=["row_id", "source", "status", "drop_stage", "drop_reason"],
             )
             side = sdir / f"{s}.json"
             if side.is_file():
@@ -373,7 +460,7 @@ def _summarise(out: Path, stage_dirs, shards, runs, attempt: int, n_in: int) -> 
                         {
                             "stage": st.name,
                             "shard": s,
-                            "id": r["id"],
+                            "row_id": r["row_id"],
                             "reason": r["drop_reason"],
                             "attempt": attempt,
                         }
@@ -402,7 +489,7 @@ def _summarise(out: Path, stage_dirs, shards, runs, attempt: int, n_in: int) -> 
         [
             ("stage", pa().string()),
             ("shard", pa().string()),
-            ("id", pa().string()),
+            ("row_id", pa().string()),
             ("reason", pa().string()),
             ("attempt", pa().int64()),
         ]

@@ -10,6 +10,7 @@ Third-party plugins register through the entry-point groups ``diffkit.curate.emb
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -29,12 +30,26 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 
 def _dir_revision(path: str) -> str:
-    """Revision of a local weights folder: hash of its weight and config files."""
+    """Revision of a local weights folder: hash of its weight and config files.
+
+    The content hash is computed once per (file, size, mtime) set and then served from a cache,
+    so asking every shard's stage for its fingerprint costs a ``stat`` per file, not a re-read of
+    the weights; replacing a file changes its size or mtime and so re-hashes it."""
+    files = sorted(
+        f
+        for f in Path(path).glob("*")
+        if f.suffix in (".json", ".safetensors", ".onnx", ".bin") and f.is_file()
+    )
+    sig = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _hash_files(sig)
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_files(sig: tuple) -> str:
     h = hashlib.sha256()
-    for f in sorted(Path(path).glob("*")):
-        if f.suffix in (".json", ".safetensors", ".onnx", ".bin") and f.is_file():
-            h.update(f.name.encode())
-            h.update(hashlib.sha256(f.read_bytes()).digest())
+    for name, _, _ in sig:
+        h.update(Path(name).name.encode())
+        h.update(hashlib.sha256(Path(name).read_bytes()).digest())
     return h.hexdigest()[:16]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffkit.curate.images import image_bytes
 from diffkit.curate.schema import pa
 
 
@@ -33,10 +34,21 @@ def _thumbs(images: list[bytes], size: int = 64):
 
 
 def _work_rows(out: Path):
+    """Rows of the last stage before the writers: from ``work/`` when it was kept, else from the
+    kept/dropped outputs (images are then read from their files; inline ones only while
+    ``work/`` exists)."""
     from diffkit.curate.pipeline import concat_work, last_work_dir
 
-    d = last_work_dir(out)
-    return concat_work(d) if d is not None else None
+    d = last_work_dir(out) if (out / "work").is_dir() else None
+    if d is not None:
+        return concat_work(d)
+    if not (out / "kept").is_dir():
+        return None
+    from diffkit.curate.evaluate import load_outputs
+
+    rows = load_outputs(out)
+    refs = [f"file:{u}" if u else None for u in rows.column("uri").to_pylist()]
+    return rows.append_column("image_ref", pa().array(refs, pa().string()))
 
 
 def build_report(
@@ -128,7 +140,7 @@ def build_report(
                 continue
             pick = np.sort(rng.choice(idx, size=min(max_images, len(idx)), replace=False))
             t = rows.take(pa().array(pick))
-            imgs = _thumbs([b or b"" for b in t.column("image").to_pylist()])
+            imgs = _thumbs([b or b"" for b in image_bytes(t)])
             cap = f"sample of {len(pick)} {label} rows"
             if want == "drop":
                 cap += (

@@ -28,6 +28,7 @@ REASONS = (
     "aspect",
     "min_bytes",
     "low_entropy",
+    "near_uniform",
     "alt_text_rule",
     "exact_dup",
     "blocked_domain",

@@ -137,11 +137,11 @@ class SemDedup(Stage):
 
     def reduce(self, key_tables):
         keys = _sorted_keys(key_tables)
-        ids = keys.column("id").to_pylist()
+        ids = keys.column("row_id").to_pylist()
         if not ids:
             return pa().table(
                 {
-                    "id": pa().array([], pa().string()),
+                    "row_id": pa().array([], pa().string()),
                     "emb_cluster": pa().array([], pa().int64()),
                     "emb_nn_sim": pa().array([], pa().float32()),
                     "emb_dup_of": pa().array([], pa().string()),
@@ -153,7 +153,7 @@ class SemDedup(Stage):
         dup = [ids[j] if j >= 0 else None for j in dup_of]
         return pa().table(
             {
-                "id": ids,
+                "row_id": ids,
                 "emb_cluster": cluster,
                 "emb_nn_sim": nn,
                 "emb_dup_of": pa().array(dup, pa().string()),
