@@ -12,6 +12,7 @@ from diffkit.attention import (
     ropeslr_state_dict,
 )
 
+
 def _wan(path):
     from diffusers import WanTransformer3DModel
 

@@ -239,7 +239,7 @@ class RoPeSLRHunyuanProcessor(_RoPeSLRProcessorBase):
 
 
 def _family(transformer) -> str:
-    """"wan" or "hunyuan" for a supported class (or a subclass of one), else a ValueError."""
+    """ "wan" or "hunyuan" for a supported class (or a subclass of one), else a ValueError."""
     for cls in type(transformer).__mro__:
         if cls.__name__ in SUPPORTED:
             return SUPPORTED[cls.__name__]
@@ -258,7 +258,8 @@ def _targets(transformer) -> tuple[str, list[tuple[str, nn.Module]], tuple[int, 
     mods = [
         (n, m)
         for n, m in transformer.named_modules()
-        if n.endswith(".attn") and n.startswith(("transformer_blocks.", "single_transformer_blocks."))
+        if n.endswith(".attn")
+        and n.startswith(("transformer_blocks.", "single_transformer_blocks."))
     ]
     return "hunyuan", mods, (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
 
