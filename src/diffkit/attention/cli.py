@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: diffusers classes ``--model <folder>`` may hold (same forward inputs as Wan2.1's transformer).
+CLI_CLASSES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
+
 app = typer.Typer(
     help="RoPeSLR sparse + low-rank attention for video DiTs (Wan2.1): align, fine-tune, profile.",
     add_completion=False,
@@ -40,14 +43,15 @@ def _load_model(spec: str):
     if not cfg_file.is_file():
         raise FileNotFoundError(f"--model {spec!r}: no zoo member of that name and no {cfg_file}")
     cls = json.loads(cfg_file.read_text()).get("_class_name")
-    if cls != "WanTransformer3DModel":
+    if cls not in CLI_CLASSES:
         raise ValueError(
-            f"diffkit sparsify trains {cls}? not supported; supported: WanTransformer3DModel "
-            "(HunyuanVideoTransformer3DModel works through the Python API apply_ropeslr_)"
+            f"diffkit sparsify trains {cls}? not supported; supported: {', '.join(CLI_CLASSES)} "
+            "(WanVACETransformer3DModel and HunyuanVideoTransformer3DModel work through the "
+            "Python API apply_ropeslr_)"
         )
-    from diffusers import WanTransformer3DModel
+    import diffusers
 
-    return WanTransformer3DModel.from_pretrained(str(path))
+    return getattr(diffusers, cls).from_pretrained(str(path))
 
 
 def _dataset(recipe: Recipe, model, seed: int):
