@@ -56,3 +56,16 @@ def test_sparsify_cli_bad_model_is_a_clear_error(tmp_path, capsys):
         )
     assert e.value.code == 2
     assert "no zoo member" in capsys.readouterr().err
+
+
+def test_cli_module_imports_without_torch():
+    """`diffkit sparsify --help` stays fast: the sub-app's module imports no torch/diffusers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, diffkit.attention.cli as c; c.app; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
