@@ -132,7 +132,8 @@ def markdown(res: dict) -> list[str]:
     md = [
         "",
         f"(d) whole `WanPipeline` generation on CPU ({res['steps']} Euler steps, CFG "
-        f"{res['guidance_scale']}, `output_type='latent'`; the tiny random VAE's decode is timed "
+        f"{res['guidance_scale']}, {res['env']['threads']} thread(s), loadavg "
+        f"{res['env']['loadavg_start'][0]:.1f} at start, `output_type='latent'`; the tiny random VAE's decode is timed "
         f"apart), RoPeSLR vs dense; median of {res['reps']} calls interleaved; first call "
         "separate (it includes flex's compile). Measured while the machine was shared: ratios "
         "only.",

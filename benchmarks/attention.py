@@ -697,8 +697,11 @@ def main() -> None:
         return
     path = RESULTS / "attention.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
-    res["env"] = _env()
     parts = args.part or ["a", "b", "c", "d"]
+    if parts == ["d"]:  # keep the machine record of the parts that did not run
+        res.setdefault("env", _env())
+    else:
+        res["env"] = _env()
     if "a" in parts:
         res["speed"] = part_a(
             args.lengths,
@@ -720,8 +723,11 @@ def main() -> None:
     if "d" in parts:
         from _attention_pipeline import part_d
 
+        env = _env()
         res["pipeline"] = part_d(args.pipeline_tokens, args.pipeline_steps, args.pipeline_reps)
-    res["env"]["loadavg_end"] = os.getloadavg()
+        res["pipeline"]["env"] = {**env, "loadavg_end": os.getloadavg()}
+    if parts != ["d"]:
+        res["env"]["loadavg_end"] = os.getloadavg()
     path.write_text(json.dumps(res, indent=1))
     _plots_and_table(res)
     print(f"wrote {path}")

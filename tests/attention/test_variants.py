@@ -110,6 +110,31 @@ def test_wan22_ti2v_expand_timesteps():
     assert (_latents(pipe) - ref).abs().max() > 1e-3
 
 
+def test_wan22_ti2v_image_to_video():
+    """WanImageToVideoPipeline with expand_timesteps (Wan2.2 TI2V-5B): the first latent frame is
+    the encoded image, its tokens get timestep 0; density 1 equals dense, sparse changes it."""
+    from PIL import Image
+
+    image = Image.new("RGB", (CALL["width"], CALL["height"]), (200, 30, 60))
+
+    def make():
+        return pipeline(
+            "WanImageToVideoPipeline",
+            transformer=_wan(0),
+            expand_timesteps=True,
+            image_processor=None,
+            image_encoder=None,
+        )
+
+    pipe = make()
+    ref = _latents(pipe, image=image)
+    apply_ropeslr_pipeline_(pipe, DENSE)
+    assert (_latents(pipe, image=image) - ref).abs().max() < TOL
+    pipe = make()
+    apply_ropeslr_pipeline_(pipe, SPARSE)
+    assert (_latents(pipe, image=image) - ref).abs().max() > 1e-3
+
+
 def _control_video():
     from PIL import Image
 

@@ -239,7 +239,7 @@ class RoPeSLRHunyuanProcessor(_RoPeSLRProcessorBase):
 
 
 def _family(transformer) -> str:
-    """ "wan" or "hunyuan" for a supported class (or a subclass of one), else a ValueError."""
+    """The processor family of a supported class (or a subclass of one), else a ValueError."""
     for cls in type(transformer).__mro__:
         if cls.__name__ in SUPPORTED:
             return SUPPORTED[cls.__name__]
@@ -311,7 +311,7 @@ def apply_ropeslr_(
     handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
     transformer._ropeslr_state = state
     transformer._ropeslr_hook = handle
-    _record_config(transformer, config, sorted(int(n) for n in _layer_ids(replaced, mods)))
+    _record_config(transformer, config, _layer_ids(replaced, mods))
     log.info("RoPeSLR installed on %d %s attention layers", len(replaced), kind)
     return replaced
 
