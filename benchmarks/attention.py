@@ -8,8 +8,11 @@
     before and after stage-1 alignment: relative L2, cosine, attention-mass recall.
 (c) sample quality of the tiny Wan model (evaluation-network FID/KID, per-frame digit accuracy):
     dense vs spike-only vs RoPeSLR, same seeds.
+(d) a whole diffusers ``WanPipeline`` generation with the zoo's Wan model, RoPeSLR (reference and
+    flex backends, spike only) vs dense: pipeline time and final-latent distance
+    (``benchmarks/_attention_pipeline.py``).
 
-    python benchmarks/attention.py --part a --part b --part c
+    python benchmarks/attention.py --part a --part b --part c --part d
 Writes benchmarks/results/attention*.json|png|md. Records os.getloadavg() and the device.
 
 On a CUDA machine only (a) runs, after an agreement check of the CUDA backend (flex vs reference,
@@ -593,6 +596,10 @@ def _plots_and_table(res: dict) -> None:
         ]
         for k, v in res["quality"].items():
             md.append(f"| {k} | {v['fid']:.2f} | {v['kid']:.4f} | {v['frame_accuracy']:.3f} |")
+    if "pipeline" in res:
+        from _attention_pipeline import markdown
+
+        md += markdown(res["pipeline"])
     (RESULTS / "attention.md").write_text("\n".join(md) + "\n")
 
 
@@ -631,7 +638,7 @@ def main() -> None:
         epilog="On a CUDA machine part (a) runs on the GPU and writes attention_gpu.json/.md "
         "(the CPU results are left as they are), after an agreement check of the CUDA backend.",
     )
-    ap.add_argument("--part", action="append", choices=["a", "b", "c"], help="parts to run")
+    ap.add_argument("--part", action="append", choices=["a", "b", "c", "d"], help="parts to run")
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768],
                     help="token counts L of part (a)")  # fmt: skip
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 128], help="head dims of (a)")
@@ -651,6 +658,10 @@ def main() -> None:
                     help="seconds after which (a) starts no new (L, d) configuration")  # fmt: skip
     ap.add_argument("--quality-videos", type=int, default=20, help="videos per setting in (c)")
     ap.add_argument("--quality-steps", type=int, default=20, help="sampling steps in (c)")
+    ap.add_argument("--pipeline-tokens", type=int, nargs="+", default=[2048], choices=[2048, 8192],
+                    help="token counts of (d)")  # fmt: skip
+    ap.add_argument("--pipeline-steps", type=int, default=10, help="sampling steps in (d)")
+    ap.add_argument("--pipeline-reps", type=int, default=3, help="timed generations in (d)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -686,8 +697,11 @@ def main() -> None:
         return
     path = RESULTS / "attention.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
-    res["env"] = _env()
-    parts = args.part or ["a", "b", "c"]
+    parts = args.part or ["a", "b", "c", "d"]
+    if parts == ["d"]:  # keep the machine record of the parts that did not run
+        res.setdefault("env", _env())
+    else:
+        res["env"] = _env()
     if "a" in parts:
         res["speed"] = part_a(
             args.lengths,
@@ -706,7 +720,14 @@ def main() -> None:
         res["error"] = part_b([1.0, 0.5, 0.3, 0.2, 0.1, 0.05])
     if "c" in parts:
         res["quality"] = part_c(args.quality_videos, args.quality_steps)
-    res["env"]["loadavg_end"] = os.getloadavg()
+    if "d" in parts:
+        from _attention_pipeline import part_d
+
+        env = _env()
+        res["pipeline"] = part_d(args.pipeline_tokens, args.pipeline_steps, args.pipeline_reps)
+        res["pipeline"]["env"] = {**env, "loadavg_end": os.getloadavg()}
+    if parts != ["d"]:
+        res["env"]["loadavg_end"] = os.getloadavg()
     path.write_text(json.dumps(res, indent=1))
     _plots_and_table(res)
     print(f"wrote {path}")

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from _wan_tiny import WAN  # conftest.py puts this folder on sys.path
+from _wan_tiny import HUNYUAN, WAN  # conftest.py puts this folder on sys.path
 
 from diffkit.attention import (
     RoPeSLRConfig,
@@ -10,22 +10,6 @@ from diffkit.attention import (
     remove_ropeslr_,
     ropeslr_state,
     ropeslr_state_dict,
-)
-
-HUNYUAN = dict(
-    in_channels=4,
-    out_channels=4,
-    num_attention_heads=2,
-    attention_head_dim=12,
-    num_layers=1,
-    num_single_layers=1,
-    num_refiner_layers=1,
-    patch_size=2,
-    patch_size_t=1,
-    guidance_embeds=False,
-    text_embed_dim=16,
-    pooled_projection_dim=8,
-    rope_axes_dim=(4, 4, 4),
 )
 
 
@@ -153,7 +137,8 @@ def test_unsupported_class_and_bad_head_dim_are_clear_errors():
     )
     with pytest.raises(
         ValueError,
-        match="SD3Transformer2DModel.*WanTransformer3DModel, HunyuanVideoTransformer3DModel",
+        match="SD3Transformer2DModel.*WanTransformer3DModel, WanVACETransformer3DModel, "
+        "SkyReelsV2Transformer3DModel, HunyuanVideoTransformer3DModel",
     ):
         apply_ropeslr_(sd3, RoPeSLRConfig())
     wan = WanTransformer3DModel(**{**WAN, "attention_head_dim": 4})

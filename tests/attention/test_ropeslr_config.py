@@ -1,7 +1,12 @@
+import dataclasses
+from pathlib import Path
+
 import pytest
+import torch
 
 from diffkit import config as cfglib
 from diffkit.attention import RoPeSLRConfig
+from diffkit.attention.ropeslr import AUTO_FLEX_MIN_TOKENS, resolve_backend
 from diffkit.config import RECIPES_DIR
 
 RECIPES = sorted((RECIPES_DIR / "attention").glob("*.yaml"))
@@ -40,20 +45,59 @@ def test_fixed_length_tuples_round_trip_through_from_dict():
     assert cfglib.from_dict(RoPeSLRConfig, cfglib.to_dict(c)) == c
 
 
-def test_every_field_is_documented():
-    docs = cfglib.field_docs(RoPeSLRConfig)
-    import dataclasses
+def _docs_options_table() -> dict[str, tuple[str, str]]:
+    """{option: (default, meaning)} of the options table in docs/attention.md."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "attention.md").read_text()
+    table = text.split("## Options (`RoPeSLRConfig`)", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (cells[1].strip("`"), cells[2])
+    return rows
 
-    assert {f.name for f in dataclasses.fields(RoPeSLRConfig)} <= set(docs)
+
+def test_every_field_is_documented_with_its_default_in_the_docs():
+    docs = cfglib.field_docs(RoPeSLRConfig)
+    table = _docs_options_table()
+    for f in dataclasses.fields(RoPeSLRConfig):
+        assert docs.get(f.name, "").strip(), f"RoPeSLRConfig.{f.name} has no docstring entry"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert table.get(f.name) == (repr(default), docs[f.name]), f"docs table: {f.name}"
+
+
+def test_auto_backend_is_flex_for_inference_where_faster_and_reference_for_training():
+    cfg = RoPeSLRConfig()
+    assert (cfg.backend, cfg.block_size, cfg.tile) == ("auto", 128, (4, 4, 8))
+    long, short = torch.zeros(1, 1, AUTO_FLEX_MIN_TOKENS, 8), torch.zeros(1, 1, 1024, 8)
+    with torch.no_grad():
+        assert resolve_backend(cfg, long) == "flex"
+        assert resolve_backend(cfg, short) == "reference"
+        assert resolve_backend(RoPeSLRConfig(backend="reference"), long) == "reference"
+    with torch.enable_grad():
+        assert resolve_backend(cfg, long) == "reference"  # training: CPU flex has no backward
+        assert resolve_backend(RoPeSLRConfig(backend="flex"), short) == "flex"
+
+
+def _expect(value):
+    """A YAML value as the config holds it (lists become tuples)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
-def test_recipes_load(path):
-    from diffkit.attention.cli import Recipe
+def test_recipes_load_with_their_values(path):
+    from diffkit.attention.recipe import Recipe
 
     data = cfglib.load_yaml(path)
     recipe = cfglib.from_dict(Recipe, data)
-    assert isinstance(recipe.ropeslr, RoPeSLRConfig)
+    for key, value in data.items():
+        if isinstance(value, dict):  # a nested config: every key it sets
+            sub = getattr(recipe, key)
+            for k, v in value.items():
+                assert getattr(sub, k) == _expect(v), f"{path.name}: {key}.{k}"
+        else:
+            assert getattr(recipe, key) == _expect(value), f"{path.name}: {key}"
+    assert {"density", "backend"} <= set(data["ropeslr"])  # the recipe really sets them
 
 
 def test_there_are_recipes():

@@ -43,7 +43,7 @@ def test_density_one_equals_sdpa_fp64(L):
 @pytest.mark.parametrize("L,kk", [(257, 2), (1000, 5)])
 def test_background_off_equals_masked_sdpa(L, kk):
     q, k, v = _qkv(L)
-    cfg = RoPeSLRConfig(density=kk / num_blocks(L, 64), background=False)
+    cfg = RoPeSLRConfig(density=kk / num_blocks(L, 64), block_size=64, background=False)
     out = ropeslr_attention(q, k, v, config=cfg)
     idx, valid = _select(q, k, 64, kk)
     mask = _dense_mask(idx, valid, num_blocks(L, 64), 64, L)

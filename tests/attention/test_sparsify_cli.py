@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from diffkit.attention import read_ropeslr_record
 from diffkit.cli import main
 
 
@@ -38,7 +39,8 @@ def test_sparsify_cli_runs_on_a_diffusers_folder(wan_dir, tmp_path, stage):
     assert 0 < summary["self_attention_flop_share"] < 1
     if stage == "align":
         assert (out / "ropeslr.safetensors").is_file()
-        assert json.loads((out / "ropeslr.json").read_text())["density"] == 0.5
+        config, layers = read_ropeslr_record(out)
+        assert config.density == 0.5 and config.rank == 12 and layers == [0, 1]
 
 
 def test_sparsify_cli_bad_model_is_a_clear_error(tmp_path, capsys):
@@ -54,3 +56,16 @@ def test_sparsify_cli_bad_model_is_a_clear_error(tmp_path, capsys):
         )
     assert e.value.code == 2
     assert "no zoo member" in capsys.readouterr().err
+
+
+def test_cli_module_imports_without_torch():
+    """`diffkit sparsify --help` stays fast: the sub-app's module imports no torch/diffusers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, diffkit.attention.cli as c; c.app; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

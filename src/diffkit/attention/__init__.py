@@ -7,66 +7,61 @@ density 1 it equals dense attention exactly. See ``docs/attention.md``.
 
     from diffkit.attention import RoPeSLRConfig, apply_ropeslr_
     replaced = apply_ropeslr_(wan_transformer, RoPeSLRConfig(density=0.1))
+
+Names are imported on first use (``__getattr__``), so ``import diffkit.attention.cli`` (the
+``diffkit sparsify`` sub-app) does not import torch.
 """
 
-from diffkit.attention.background import RoPeSLRParams, fourier_ape
-from diffkit.attention.config import RoPeSLRConfig
-from diffkit.attention.layout import (
-    block_mean,
-    block_scores,
-    forced_blocks,
-    inverse_permutation,
-    num_selected,
-    select_blocks,
-    selection_mask,
-    tile_permutation,
-)
-from diffkit.attention.processors import (
-    RoPeSLRHunyuanProcessor,
-    RoPeSLRState,
-    RoPeSLRWanProcessor,
-    apply_ropeslr_,
-    remove_ropeslr_,
-    ropeslr_parameters,
-    ropeslr_state,
-    ropeslr_state_dict,
-)
-from diffkit.attention.ropeslr import BlockPlan, plan_blocks, ropeslr_attention
-from diffkit.attention.sparse import block_sparse_flex, block_sparse_reference
-from diffkit.attention.training import (
-    AlignmentObjective,
-    DensityAnneal,
-    FinetuneObjective,
-    freeze_backbone_,
-)
+from __future__ import annotations
 
-__all__ = [
-    "AlignmentObjective",
-    "BlockPlan",
-    "DensityAnneal",
-    "FinetuneObjective",
-    "RoPeSLRConfig",
-    "RoPeSLRHunyuanProcessor",
-    "RoPeSLRParams",
-    "RoPeSLRState",
-    "RoPeSLRWanProcessor",
-    "apply_ropeslr_",
-    "block_mean",
-    "block_scores",
-    "block_sparse_flex",
-    "block_sparse_reference",
-    "forced_blocks",
-    "fourier_ape",
-    "freeze_backbone_",
-    "inverse_permutation",
-    "num_selected",
-    "plan_blocks",
-    "remove_ropeslr_",
-    "ropeslr_attention",
-    "ropeslr_parameters",
-    "ropeslr_state",
-    "ropeslr_state_dict",
-    "select_blocks",
-    "selection_mask",
-    "tile_permutation",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "background": ("RoPeSLRParams", "fourier_ape"),
+    "config": ("RoPeSLRConfig",),
+    "layout": (
+        "block_mean",
+        "block_scores",
+        "forced_blocks",
+        "inverse_permutation",
+        "num_selected",
+        "select_blocks",
+        "selection_mask",
+        "tile_permutation",
+    ),
+    "persist": ("load_ropeslr_", "read_ropeslr_record", "ropeslr_layers", "save_ropeslr"),
+    "pipelines": (
+        "apply_ropeslr_pipeline_",
+        "load_ropeslr_pipeline_",
+        "remove_ropeslr_pipeline_",
+    ),
+    "processors": (
+        "RoPeSLRHunyuanProcessor",
+        "RoPeSLRState",
+        "RoPeSLRWanProcessor",
+        "apply_ropeslr_",
+        "remove_ropeslr_",
+        "ropeslr_parameters",
+        "ropeslr_state",
+        "ropeslr_state_dict",
+    ),
+    "ropeslr": ("BlockPlan", "plan_blocks", "ropeslr_attention"),
+    "sparse": ("block_sparse_flex", "block_sparse_reference"),
+    "training": ("AlignmentObjective", "DensityAnneal", "FinetuneObjective", "freeze_backbone_"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'diffkit.attention' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"diffkit.attention.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

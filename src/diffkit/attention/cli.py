@@ -9,68 +9,24 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from diffkit.attention.config import RoPeSLRConfig
-from diffkit.train import TrainConfig
+if TYPE_CHECKING:
+    from diffkit.attention.recipe import Recipe
 
 log = logging.getLogger(__name__)
+
+#: diffusers classes ``--model <folder>`` may hold (same forward inputs as Wan2.1's transformer).
+CLI_CLASSES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
 
 app = typer.Typer(
     help="RoPeSLR sparse + low-rank attention for video DiTs (Wan2.1): align, fine-tune, profile.",
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Recipe:
-    """A ``diffkit sparsify`` run.
-
-    Attributes:
-        stage: "align" (stage 1: new parameters only, per-layer MSE to dense attention),
-            "finetune" (stage 2: whole model, flow or distillation loss + aux MSE, density
-            annealing) or "profile" (per-layer error, timing and Amdahl bound; no training).
-        ropeslr: the RoPeSLR options.
-        train: the training loop settings (steps, batch size, lr, ...).
-        data: "moving-digits" (bundled videos; the model must take 1 input channel) or "noise"
-            (random latents of ``latent_shape``: activations for alignment on any Wan model).
-        videos: number of training videos / noise samples.
-        latent_shape: (frames, height, width) of the noise latents (before patching).
-        text_tokens: length of the random text sequence for data="noise".
-        target: stage-2 objective: "flow" (flow matching on data) or "distill" (dense velocity).
-        aux_weight: weight of the per-layer MSE auxiliary loss in stage 2.
-        anneal_start: stage-2 density at step 0 (annealed linearly to ropeslr.density).
-        anneal_steps: annealing length in steps (0 = no annealing).
-        shift: flow-matching timestep shift used to noise the inputs.
-    """
-
-    stage: Literal["align", "finetune", "profile"] = "align"
-    ropeslr: RoPeSLRConfig = field(default_factory=lambda: RoPeSLRConfig(backend="reference"))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=150, batch_size=4))
-    data: Literal["moving-digits", "noise"] = "moving-digits"
-    videos: int = 600
-    latent_shape: tuple[int, int, int] = (8, 32, 32)
-    text_tokens: int = 4
-    target: Literal["flow", "distill"] = "distill"
-    aux_weight: float = 0.1
-    anneal_start: float = 0.5
-    anneal_steps: int = 0
-    shift: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.videos < 1:
-            raise ValueError(f"Recipe.videos must be >= 1, got {self.videos}")
-        if min(self.latent_shape) < 1 or len(self.latent_shape) != 3:
-            raise ValueError(
-                f"Recipe.latent_shape must be 3 positive ints, got {self.latent_shape}"
-            )
-        if self.aux_weight < 0:
-            raise ValueError(f"Recipe.aux_weight must be >= 0, got {self.aux_weight}")
 
 
 def _load_model(spec: str):
@@ -87,14 +43,15 @@ def _load_model(spec: str):
     if not cfg_file.is_file():
         raise FileNotFoundError(f"--model {spec!r}: no zoo member of that name and no {cfg_file}")
     cls = json.loads(cfg_file.read_text()).get("_class_name")
-    if cls != "WanTransformer3DModel":
+    if cls not in CLI_CLASSES:
         raise ValueError(
-            f"diffkit sparsify trains {cls}? not supported; supported: WanTransformer3DModel "
-            "(HunyuanVideoTransformer3DModel works through the Python API apply_ropeslr_)"
+            f"diffkit sparsify trains {cls}? not supported; supported: {', '.join(CLI_CLASSES)} "
+            "(WanVACETransformer3DModel and HunyuanVideoTransformer3DModel work through the "
+            "Python API apply_ropeslr_)"
         )
-    from diffusers import WanTransformer3DModel
+    import diffusers
 
-    return WanTransformer3DModel.from_pretrained(str(path))
+    return getattr(diffusers, cls).from_pretrained(str(path))
 
 
 def _dataset(recipe: Recipe, model, seed: int):
@@ -161,15 +118,15 @@ def run(model_spec: str, recipe: Recipe, out: Path, progress: bool = False) -> d
     """Run a recipe; returns the summary written to ``out/summary.json``."""
     import torch
 
-    from diffkit import config as cfglib
-    from diffkit.attention.processors import apply_ropeslr_, remove_ropeslr_, ropeslr_state_dict
+    from diffkit.attention.persist import save_ropeslr
+    from diffkit.attention.processors import apply_ropeslr_, remove_ropeslr_
     from diffkit.attention.training import (
         AlignmentObjective,
         DensityAnneal,
         FinetuneObjective,
         freeze_backbone_,
     )
-    from diffkit.core.io import atomic_write_json, save_tensors
+    from diffkit.core.io import atomic_write_json
     from diffkit.train import fit
 
     model = _load_model(model_spec)
@@ -193,8 +150,7 @@ def run(model_spec: str, recipe: Recipe, out: Path, progress: bool = False) -> d
             obj = FinetuneObjective(make_inputs, recipe.target, recipe.aux_weight, anneal)
         res = fit(obj, model, data, recipe.train, out / "run", progress=progress)
         summary["final_metrics"] = res.metrics
-        save_tensors(out / "ropeslr.safetensors", ropeslr_state_dict(model))
-        atomic_write_json(out / "ropeslr.json", cfglib.to_dict(recipe.ropeslr))
+        save_ropeslr(model, out)  # ropeslr.json + ropeslr.safetensors (load_ropeslr_ reads them)
         if recipe.stage == "finetune":
             remove_ropeslr_(model, replaced)
             model.save_pretrained(out / "transformer")
@@ -287,6 +243,7 @@ def sparsify(
     import torch
 
     from diffkit import config as cfglib
+    from diffkit.attention.recipe import Recipe
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     data = cfglib.apply_overrides(cfglib.read_recipe("attention", recipe), list(set_ or []))
@@ -296,3 +253,11 @@ def sparsify(
         if not isinstance(v, dict):
             typer.echo(f"{k}: {v}")
     typer.echo(f"written: {out.resolve()}")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Recipe":  # moved to diffkit.attention.recipe (it imports torch through train)
+        from diffkit.attention.recipe import Recipe
+
+        return Recipe
+    raise AttributeError(f"module 'diffkit.attention.cli' has no attribute {name!r}")

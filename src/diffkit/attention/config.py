@@ -22,8 +22,9 @@ class RoPeSLRConfig:
             1), so the spike set has ~kappa * L^1.5 nonzeros, the paper's O(L^{3/2}) bound).
         kappa: constant of the "sqrt" budget (18.1 gives density 0.10 at 32,760 tokens).
         min_density: lower clip of the "sqrt" budget.
-        block_size: tokens per block (queries and keys) after the tile-major permutation.
-        tile: (t, h, w) tile of the tile-major token order; 4x4x4 = 64 tokens (VSA's cube).
+        block_size: tokens per block (queries and keys) after the tile-major permutation; 128
+            is flex's native block and the benchmark's fast configuration (64: VSA's cube).
+        tile: (t, h, w) tile of the tile-major token order; 4x4x8 = 128 tokens, one block.
         local_radius: also force the key blocks whose tile lies within this Chebyshev radius of
             the query block's tile (0 = only the query's own block is forced).
         selection: "topk" (k = ceil(density * n) blocks per query block) or "topp" (smallest set
@@ -54,8 +55,10 @@ class RoPeSLRConfig:
             needs it.
         gate_bias_init: initial gate bias b_h (sigmoid(-1.946) = 0.125).
         backend: "reference" (pure PyTorch, fp64-able, differentiable), "flex" (FlexAttention
-            BlockMask from the top-k indices; forward-only on CPU), or "auto" (flex on CUDA when no
-            gradient is needed, otherwise reference).
+            BlockMask from the top-k indices; forward-only on CPU), or "auto": flex where it is
+            faster and no gradient is needed (CUDA; CPU from 2,048 tokens, where compiled flex
+            runs ~2x the reference), otherwise reference (training, short sequences). Compiled
+            flex compiles once per new shape on first use (CPU: 10-40 s, more on a busy machine).
         dense_first_steps: run dense attention for the first N denoising steps of a sampling run.
         dense_first_layers: keep the first N self-attention layers dense.
         dense_heads: head indices always computed densely.
@@ -65,8 +68,8 @@ class RoPeSLRConfig:
     budget: Literal["fixed", "sqrt"] = "fixed"
     kappa: float = 18.1
     min_density: float = 0.02
-    block_size: int = 64
-    tile: tuple[int, int, int] = (4, 4, 4)
+    block_size: int = 128
+    tile: tuple[int, int, int] = (4, 4, 8)
     local_radius: int = 0
     selection: Literal["topk", "topp"] = "topk"
     top_p: float = 0.9

@@ -8,7 +8,6 @@ for the moving-digit videos.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,8 +15,8 @@ import torch
 from diffkit import config as cfglib
 from diffkit import models
 from diffkit.attention.config import RoPeSLRConfig
+from diffkit.attention.persist import SIDECAR_CONFIG, SIDECAR_WEIGHTS, load_ropeslr_
 from diffkit.attention.processors import apply_ropeslr_
-from diffkit.core.io import load_tensors
 from diffkit.core.schedules import FlowMatching
 from diffkit.models import moving_digits_wan as mdw
 
@@ -40,8 +39,8 @@ DEFAULT_CONFIG: dict = {
     "mass_lse": "estimate",
     "backend": "reference",
 }
-WEIGHTS = "ropeslr.safetensors"
-CONFIG = "ropeslr.json"
+WEIGHTS = SIDECAR_WEIGHTS
+CONFIG = SIDECAR_CONFIG
 
 
 def ropeslr_config(config: dict) -> RoPeSLRConfig:
@@ -56,14 +55,10 @@ def build(config: dict):
 
 
 def load_dir(path: str | Path):
-    """The shipped ``moving-digits-wan`` backbone + the RoPeSLR parameters stored in ``path``."""
-    path = Path(path)
-    cfg = json.loads((path / CONFIG).read_text())
+    """The shipped ``moving-digits-wan`` backbone + the RoPeSLR parameters stored in ``path``
+    (the :func:`~diffkit.attention.save_ropeslr` layout, read by ``load_ropeslr_``)."""
     model = models.load(BASE)
-    apply_ropeslr_(model, ropeslr_config(cfg))
-    missing, unexpected = model.load_state_dict(load_tensors(path / WEIGHTS), strict=False)
-    if unexpected or any(".processor.params." in k for k in missing):
-        raise ValueError(f"RoPeSLR weights in {path} do not match: unexpected={unexpected}")
+    load_ropeslr_(model, path)
     return model
 
 

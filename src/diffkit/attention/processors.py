@@ -1,6 +1,8 @@
 """Drop-in diffusers attention processors: ``apply_ropeslr_(transformer, RoPeSLRConfig)``.
 
-* ``WanTransformer3DModel``: every self-attention ``blocks.*.attn1`` gets a
+* The Wan family: ``WanTransformer3DModel`` (Wan2.1, both experts of Wan2.2 A14B, Wan2.2 TI2V),
+  ``WanVACETransformer3DModel`` (``blocks.*`` and ``vace_blocks.*``) and
+  ``SkyReelsV2Transformer3DModel``: every self-attention ``*.attn1`` gets a
   :class:`RoPeSLRWanProcessor` (cross-attention ``attn2`` is untouched). The processor reproduces
   ``WanAttnProcessor`` (projections, RMSNorm across heads, interleaved 3D RoPE, output projection)
   and replaces only the attention itself.
@@ -31,7 +33,16 @@ from diffkit.core.rope import apply_rope, split_3d
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = ("WanTransformer3DModel", "HunyuanVideoTransformer3DModel")
+#: key of the RoPeSLR record (config + layers) in a diffusers model's config.json.
+RECORD_KEY = "_ropeslr"
+
+#: transformer class -> processor family ("wan": self-attention ``*.attn1``; "hunyuan": joint).
+SUPPORTED = {
+    "WanTransformer3DModel": "wan",
+    "WanVACETransformer3DModel": "wan",
+    "SkyReelsV2Transformer3DModel": "wan",
+    "HunyuanVideoTransformer3DModel": "hunyuan",
+}
 
 
 @dataclass
@@ -136,7 +147,10 @@ class RoPeSLRWanProcessor(_RoPeSLRProcessorBase):
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
             raise ValueError("RoPeSLRWanProcessor is for self-attention (attn1) only")
         if attention_mask is not None:
-            raise ValueError("RoPeSLRWanProcessor does not support an attention_mask")
+            raise ValueError(
+                "RoPeSLRWanProcessor does not support an attention_mask (SkyReels-V2 diffusion "
+                "forcing with causal blocks, num_frame_per_block > 1, passes one)"
+            )
         if getattr(attn, "fused_projections", False):
             q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
@@ -224,34 +238,47 @@ class RoPeSLRHunyuanProcessor(_RoPeSLRProcessorBase):
         return hs, enc
 
 
-def _targets(transformer) -> tuple[str, list[tuple[str, nn.Module]], tuple[int, int, int]]:
-    name = type(transformer).__name__
-    cfg = transformer.config
-    if name == "WanTransformer3DModel" or any(
-        c.__name__ == "WanTransformer3DModel" for c in type(transformer).__mro__
-    ):
-        mods = [(n, m) for n, m in transformer.named_modules() if n.endswith(".attn1")]
-        return "wan", mods, tuple(cfg.patch_size)
-    if name == "HunyuanVideoTransformer3DModel":
-        mods = [
-            (n, m)
-            for n, m in transformer.named_modules()
-            if n.endswith(".attn")
-            and n.startswith(("transformer_blocks.", "single_transformer_blocks."))
-        ]
-        return "hunyuan", mods, (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
+def _family(transformer) -> str:
+    """The processor family of a supported class (or a subclass of one), else a ValueError."""
+    for cls in type(transformer).__mro__:
+        if cls.__name__ in SUPPORTED:
+            return SUPPORTED[cls.__name__]
     raise ValueError(
-        f"apply_ropeslr_ does not support {name}; supported transformer classes: {', '.join(SUPPORTED)}"
+        f"apply_ropeslr_ does not support {type(transformer).__name__}; supported transformer "
+        f"classes: {', '.join(SUPPORTED)}"
     )
 
 
+def _targets(transformer) -> tuple[str, list[tuple[str, nn.Module]], tuple[int, int, int]]:
+    kind = _family(transformer)
+    cfg = transformer.config
+    if kind == "wan":
+        mods = [(n, m) for n, m in transformer.named_modules() if n.endswith(".attn1")]
+        return "wan", mods, tuple(cfg.patch_size)
+    mods = [
+        (n, m)
+        for n, m in transformer.named_modules()
+        if n.endswith(".attn")
+        and n.startswith(("transformer_blocks.", "single_transformer_blocks."))
+    ]
+    return "hunyuan", mods, (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
+
+
 def apply_ropeslr_(
-    transformer: nn.Module, config: RoPeSLRConfig, layers: list[int] | None = None
+    transformer: nn.Module,
+    config: RoPeSLRConfig,
+    layers: list[int] | None = None,
+    *,
+    state: RoPeSLRState | None = None,
 ) -> dict[str, object]:
     """Install RoPeSLR processors in place; returns {module name: replaced processor}.
 
     ``layers`` restricts to these self-attention layer indices (default: all). The new
-    parameters are created in the transformer's dtype and device.
+    parameters are created in the transformer's dtype and device. ``state`` shares another
+    transformer's :class:`RoPeSLRState` (same config): the two experts of a Wan2.2 pipeline then
+    count one sampling run's steps together (see :func:`apply_ropeslr_pipeline_`). The config
+    and layers are recorded in the model's diffusers config (private key ``_ropeslr``), so
+    ``save_pretrained`` writes them and :func:`load_ropeslr_` restores them.
     """
     if getattr(transformer, "_ropeslr_state", None) is not None:
         raise ValueError("RoPeSLR is already applied to this transformer; remove_ropeslr_ first")
@@ -262,7 +289,9 @@ def apply_ropeslr_(
         split_3d(head_dim)
     except ValueError as e:
         raise ValueError(f"RoPeSLR needs a head_dim that the 3D split can divide: {e}") from None
-    state = RoPeSLRState(config=config)
+    if state is not None and state.config != config:
+        raise ValueError("apply_ropeslr_(state=...): the shared state holds a different config")
+    state = RoPeSLRState(config=config) if state is None else state
     cls = RoPeSLRWanProcessor if kind == "wan" else RoPeSLRHunyuanProcessor
     ref = next(transformer.parameters())
     replaced = {}
@@ -282,6 +311,7 @@ def apply_ropeslr_(
     handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
     transformer._ropeslr_state = state
     transformer._ropeslr_hook = handle
+    _record_config(transformer, config, _layer_ids(replaced, mods))
     log.info("RoPeSLR installed on %d %s attention layers", len(replaced), kind)
     return replaced
 
@@ -296,6 +326,25 @@ def remove_ropeslr_(transformer: nn.Module, replaced: dict[str, object]) -> None
         handle.remove()
     transformer._ropeslr_state = None
     transformer._ropeslr_hook = None
+    _record_config(transformer, None, None)
+
+
+def _layer_ids(replaced: dict, mods: list[tuple[str, nn.Module]]) -> list[int]:
+    return [i for i, (name, _) in enumerate(mods) if name in replaced]
+
+
+def _record_config(transformer: nn.Module, config: RoPeSLRConfig | None, layers) -> None:
+    """Write (or, with None, drop) ``_ropeslr`` in a diffusers model's config: ``save_pretrained``
+    writes private keys to config.json and ``from_pretrained`` does not pass them to __init__."""
+    internal = getattr(transformer, "_internal_dict", None)
+    if internal is None:
+        return
+    from diffkit import config as cfglib
+
+    data = {k: v for k, v in internal.items() if k != RECORD_KEY}
+    if config is not None:
+        data[RECORD_KEY] = {"config": cfglib.to_dict(config), "layers": list(layers)}
+    transformer._internal_dict = type(internal)(data)
 
 
 def ropeslr_state(transformer: nn.Module) -> RoPeSLRState:
