@@ -287,6 +287,29 @@ def add_lora_(model: nn.Module, rank: int, alpha: float) -> None:
             p.data = p.data.float()
 
 
+def save_lora(pipeline_cls: type, policy: nn.Module, out_dir: str | Path) -> Path:
+    """Write the policy's LoRA adapters as diffusers' ``save_lora_weights`` does.
+
+    The peft state dict is converted to diffusers key names, prefixed with ``unet.`` or
+    ``transformer.`` and saved with the adapter's config (rank, alpha, targets) as metadata by the
+    pipeline class's own ``save_lora_weights``, so ``pipe.load_lora_weights(out_dir)`` on a freshly
+    loaded pipeline restores the trained denoiser (scale alpha / rank included).
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    if not hasattr(pipeline_cls, "save_lora_weights"):
+        raise ValueError(f"{pipeline_cls.__name__} has no save_lora_weights; cannot save LoRA")
+    name = "unet" if model_kind(policy) == "UNet2DConditionModel" else "transformer"
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(policy))
+    meta = policy.peft_config["default"].to_dict()
+    pipeline_cls.save_lora_weights(
+        str(out_dir),
+        **{f"{name}_lora_layers": layers, f"{name}_lora_adapter_metadata": meta},
+    )
+    return Path(out_dir) / "pytorch_lora_weights.safetensors"
+
+
 def align_model(
     model_dir: str | Path,
     data: str | Path | list,
@@ -326,9 +349,7 @@ def align_model(
     if rank != 0:
         return {"rank": rank, "steps": result.step, "final": str(final)}
     if recipe.lora_rank:
-        from peft.utils import get_peft_model_state_dict
-
-        save_tensors(final / "pytorch_lora_weights.safetensors", get_peft_model_state_dict(policy))
+        save_lora(type(pipe), policy, final)
     else:
         policy.save_pretrained(str(final))
     summary = {
