@@ -191,3 +191,25 @@ def test_sdxl_unet_with_added_time_ids_and_pooled_text():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert unet.add_embedding.linear_1.weight.grad.abs().sum() > 0  # the added embeds are used
+
+
+def test_batch_pair_weights_reach_the_loss(model_and_pairs):
+    """A batch's ``weight`` scales each pair's loss: all-zero weights give a zero loss, and
+    doubling every weight doubles it (same t and noise from the same generator)."""
+    kind, model, pairs = model_and_pairs
+    obj = LinearDPO(
+        LinearDPOConfig(loss="sigmoid", beta=500.0, reference="frozen"),
+        model,
+        schedule=schedule_for(kind),
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+
+    def loss(weight):
+        batch = dict(pairs, weight=weight) if weight is not None else pairs
+        return obj(model, batch, generator=torch.Generator().manual_seed(5)).loss
+
+    n = len(pairs["x_w"])
+    assert loss(torch.zeros(n)).item() == 0.0
+    torch.testing.assert_close(loss(torch.full((n,), 2.0)), 2 * loss(None))

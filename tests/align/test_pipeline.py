@@ -9,11 +9,16 @@ import torch
 from _align_tiny import png_bytes, save_tiny_sd3, save_tiny_sd15, save_tiny_sdxl
 
 from diffkit.align import LinearDPOConfig
+from diffkit.align.data import load_pairs
 from diffkit.align.objective import predict
 from diffkit.align.pipeline import (
     AlignRecipe,
+    RecipeError,
+    ResumeError,
+    _wait_for,
     add_lora_,
     align_model,
+    cache_key,
     denoiser_of,
     load_pipeline,
     schedule_from_scheduler,
@@ -172,3 +177,89 @@ def test_lora_output_loads_in_diffusers(family, tmp_path):
     assert (loaded - trained).abs().max() <= 1e-5
     # ... and it is not the base model: 3 steps at this LR move the output well beyond 1e-5.
     assert (loaded - base).abs().max() > 1e-3
+
+
+def _recipe(steps, **dpo):
+    return AlignRecipe(
+        dpo=LinearDPOConfig(**{"reference": "ema", "ema_decay": 0.9, **dpo}),
+        train=TrainConfig(steps=steps, batch_size=2, lr=1e-3, checkpoint_every=2),
+        resolution=16,
+    )
+
+
+def _ckpt_model(out, step):
+    return load_tensors(out / "run" / "checkpoints" / f"step_{step:08d}" / "model.safetensors")
+
+
+def test_resume_is_bit_identical_and_refuses_a_changed_run(tmp_path):
+    model_dir = save_tiny_sd15(tmp_path / "sd15")
+    data = [_data(tmp_path)]
+    align_model(model_dir, data, _recipe(4), tmp_path / "a")  # straight through
+    align_model(model_dir, data, _recipe(2), tmp_path / "b")  # stopped at 2 ...
+    align_model(model_dir, data, _recipe(4), tmp_path / "b")  # ... resumed from the cache on disk
+    a, b = _ckpt_model(tmp_path / "a", 4), _ckpt_model(tmp_path / "b", 4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    with pytest.raises(ResumeError, match=r"dpo\.beta: 500\.0 -> 100\.0"):
+        align_model(model_dir, data, _recipe(6, beta=100.0), tmp_path / "b")
+    more = data + [data[0]]  # the same file twice: other data contents
+    with pytest.raises(ResumeError, match="data: "):
+        align_model(model_dir, more, _recipe(6), tmp_path / "b")
+    summary = align_model(model_dir, data, _recipe(6, beta=100.0), tmp_path / "b", force=True)
+    assert summary["steps"] == 6
+
+
+def test_constraints_checked_before_caching(tmp_path):
+    model_dir = save_tiny_sd15(tmp_path / "sd15")
+    recipe = AlignRecipe(train=TrainConfig(steps=1, batch_size=3, grad_accum=2), resolution=16)
+    with pytest.raises(RecipeError, match="batch_size=3"):
+        align_model(model_dir, [_data(tmp_path)], recipe, tmp_path / "out")
+    assert not (tmp_path / "out" / "cache").exists()
+
+
+def test_cache_key_follows_data_contents_and_filters(tmp_path):
+    f = _data(tmp_path)
+    recipe = AlignRecipe(resolution=16)
+    pairs, _ = load_pairs(f)
+    key = cache_key(tmp_path, pairs, recipe)
+    assert cache_key(tmp_path, load_pairs(f)[0], recipe) == key
+    assert cache_key(tmp_path, pairs[:-1], recipe) != key  # a filter dropping one pair
+    (tmp_path / "data" / "w0.png").write_bytes(png_bytes(99, 20))  # same path, new image
+    assert cache_key(tmp_path, load_pairs(f)[0], recipe) != key
+    assert cache_key(tmp_path, pairs, AlignRecipe(resolution=24)) != key
+
+
+def test_ranks_wait_for_the_cache_with_a_timeout(tmp_path):
+    with pytest.raises(TimeoutError, match="rank 0"):
+        _wait_for(tmp_path / "cache.json", 0.01)
+
+
+def _cli_error(args, capsys) -> str:
+    from diffkit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()  # library warnings may come first
+    assert err[-1].startswith("error: ") and not any("Traceback" in line for line in err), err
+    return err[-1]
+
+
+def test_cli_one_line_errors(tmp_path, capsys):
+    model_dir = save_tiny_sd15(tmp_path / "sd15")
+    data = _data(tmp_path)
+    base = ["align", "train", "--out", str(tmp_path / "out"), "--set", "resolution=16"]
+    msg = _cli_error(base + ["--model", str(tmp_path), "--data", str(data)], capsys)
+    assert "no model_index.json" in msg
+    (model_dir / "unet" / "config.json").write_text("{broken")
+    msg = _cli_error(base + ["--model", str(model_dir), "--data", str(data)], capsys)
+    assert "cannot load the diffusers pipeline" in msg
+    msg = _cli_error(
+        base + ["--model", str(model_dir), "--data", str(data), "--set", "data_format=pickapic"],
+        capsys,
+    )
+    assert "needs parquet" in msg
+    msg = _cli_error(
+        base + ["--model", str(model_dir), "--data", str(data), "--set", "dpo.betta=1"], capsys
+    )
+    assert "betta" in msg

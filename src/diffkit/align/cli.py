@@ -24,6 +24,11 @@ def load_recipe(recipe: Path | None, overrides: list[str]):
     return cfglib.from_dict(AlignRecipe, data)
 
 
+def _fail(error: Exception) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(2)
+
+
 @app.command()
 def train(
     model: Path = typer.Option(..., help="Local diffusers pipeline folder (SD1.5, SDXL or SD3)."),
@@ -37,18 +42,30 @@ def train(
     set_: list[str] = typer.Option(
         None, "--set", help="Override a recipe key, e.g. --set train.steps=10. Repeatable."
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Resume the checkpoint in OUT/run even if it was made by another recipe, model or "
+        "data (by default such a run is refused, naming the changed fields).",
+    ),
 ) -> None:
     """Cache VAE latents and text embeddings once, then train the denoiser with Linear-DPO."""
     import json
 
     import torch
 
-    from diffkit.align.pipeline import align_model
+    from diffkit.align.data import DataError
+    from diffkit.align.pipeline import ModelFolderError, RecipeError, ResumeError, align_model
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    cfg = load_recipe(recipe, set_)
-    src = data[0] if len(data) == 1 else list(data)
-    summary = align_model(model, src, cfg, out, progress=True)
+    try:
+        cfg = load_recipe(recipe, set_)
+    except ValueError as e:  # an unknown key or a bad value: one line, not a traceback
+        _fail(e)
+    try:
+        summary = align_model(model, list(data), cfg, out, progress=True, force=force)
+    except (DataError, ModelFolderError, RecipeError, ResumeError, TimeoutError) as e:
+        _fail(e)
     if "rank" in summary:  # a non-zero torchrun rank: rank 0 reports
         return
     typer.echo(json.dumps({k: summary[k] for k in ("model", "steps", "data", "cache")}))

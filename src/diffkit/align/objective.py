@@ -17,7 +17,8 @@ train_cfg, out)``. ``fit`` calls ``after_step`` once per optimizer step (the EMA
 and saves ``state_dict()`` (the EMA) in every checkpoint.
 
 A batch is a dict ``{"x_w": (B, C, H, W), "x_l": (B, C, H, W), "cond": {name: (B, ...)}}`` where
-``cond`` holds the model's conditioning (see :func:`predict`).
+``cond`` holds the model's conditioning (see :func:`predict`), with an optional ``"weight"`` (B,)
+of per-pair weights (the loss is mean_i(weight_i * loss_i); see :mod:`diffkit.align.losses`).
 """
 
 from __future__ import annotations
@@ -254,9 +255,15 @@ class LinearDPO:
         err_w, err_l = paired_errors(
             model, self.schedule, x_w, x_l, cond, noise, t, cfg.time_weighting
         )
-        loss, w = self.loss_fn(err_w, err_l, ref_w, ref_l, beta=cfg.beta, eta=cfg.eta)
+        pair_weight = batch.get("weight")
+        if pair_weight is not None:
+            pair_weight = pair_weight.to(err_w.device)
+        loss, w = self.loss_fn(
+            err_w, err_l, ref_w, ref_l, beta=cfg.beta, eta=cfg.eta, pair_weight=pair_weight
+        )
         if cfg.sft_weight > 0:
-            loss = loss + cfg.sft_weight * err_w.mean()
+            sft = err_w if pair_weight is None else pair_weight * err_w
+            loss = loss + cfg.sft_weight * sft.mean()
         m = ((err_w - err_l) - (ref_w - ref_l)).detach()
         metrics = {
             "mse_w": err_w.detach().mean(),

@@ -2,13 +2,19 @@
 
 ``align_model(model_dir, data, recipe, out_dir)`` is what ``diffkit align train`` runs:
 
+0. check what can be checked cheaply, before any encoding: the batch divides over ranks and
+   accumulation, the data reads in the asked format and holds usable pairs, and an existing
+   checkpoint in ``out_dir/run`` was made by the same recipe, model and data (else
+   :class:`ResumeError` naming the changed fields; ``force=True`` resumes anyway);
 1. load the pipeline folder (``DiffusionPipeline.from_pretrained(model_dir)``; local files only);
    supported denoisers: ``UNet2DConditionModel`` (SD1.5, SDXL with its added time ids and pooled
    text embeds) and ``SD3Transformer2DModel`` (SD3 / SD3.5);
 2. read preference pairs (:mod:`diffkit.align.data`), decode each image once, encode both images
    with the VAE and every unique prompt with the pipeline's own ``encode_prompt``, and save the
-   cache to ``out_dir/cache`` (a second run with the same inputs reuses it); undecodable images are
-   skipped and counted;
+   cache to ``out_dir/cache/<key>`` where the key hashes the selected pairs' contents (prompts,
+   image bytes or path/size/mtime, weights, so every filter counts), the model's encoders and the
+   encoding settings; a second run with the same inputs reuses it; undecodable images are skipped
+   and counted; under torchrun, rank 0 caches and the others wait (``cache_wait_s``);
 3. free the VAE and text encoders, and train the denoiser with :class:`~diffkit.align.LinearDPO`
    through :func:`diffkit.train.fit` (full fine-tune, or LoRA when ``recipe.lora_rank > 0``);
 4. save the trained denoiser (``save_pretrained``) to ``out_dir/final``.
@@ -20,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +34,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffkit.align.data import Format, ImageError, PreferencePair, decode_image, load_pairs
+from diffkit import config as cfglib
+from diffkit.align.data import (
+    DataError,
+    Format,
+    ImageError,
+    PreferencePair,
+    decode_image,
+    load_pairs,
+)
 from diffkit.align.objective import SUPPORTED_MODELS, LinearDPO, LinearDPOConfig, model_kind
 from diffkit.core.io import atomic_write_json, load_tensors, save_tensors
 from diffkit.core.schedules import DDPM, FlowMatching
-from diffkit.train import TrainConfig, fit
+from diffkit.train import TrainConfig, fit, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +66,7 @@ class AlignRecipe:
         cache_batch_size: images per VAE/text-encoder call while caching.
         max_pairs: use at most this many pairs (0 = all).
         seed: seed of the VAE latent sampling while caching.
+        cache_wait_s: under torchrun, how long ranks > 0 wait for rank 0's cache (seconds).
     """
 
     dpo: LinearDPOConfig = field(default_factory=LinearDPOConfig)
@@ -63,6 +79,7 @@ class AlignRecipe:
     cache_batch_size: int = 4
     max_pairs: int = 0
     seed: int = 0
+    cache_wait_s: float = 6 * 3600.0
 
     def __post_init__(self) -> None:
         if self.resolution < 8 or self.resolution % 8:
@@ -79,6 +96,36 @@ class AlignRecipe:
             raise ValueError(
                 f"AlignRecipe.dpo.reference={self.dpo.reference!r} needs lora_rank > 0"
             )
+        if not self.cache_wait_s > 0:
+            raise ValueError(f"AlignRecipe.cache_wait_s must be > 0, got {self.cache_wait_s}")
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is not a loadable diffusers pipeline of a supported kind."""
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run in this setting (e.g. a batch that does not split over ranks)."""
+
+
+class ResumeError(ValueError):
+    """A checkpoint in the output folder was made by another recipe, model or data."""
+
+
+# Recipe fields a resumed run may change: they do not alter what the first steps computed.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.steps",
+        "train.grad_accum",  # a memory knob: the noise is drawn per pair, not per micro-batch
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.max_consecutive_nonfinite",
+        "train.resume",
+        "cache_batch_size",
+        "cache_wait_s",
+    }
+)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -105,18 +152,30 @@ def load_pipeline(model_dir: str | Path):
 
     model_dir = Path(model_dir)
     if not (model_dir / "model_index.json").is_file():
-        raise FileNotFoundError(
+        raise ModelFolderError(
             f"{model_dir} is not a diffusers pipeline folder (no model_index.json)"
         )
-    index = json.loads((model_dir / "model_index.json").read_text())
+    try:
+        index = json.loads((model_dir / "model_index.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{model_dir}/model_index.json is not valid JSON ({e})") from e
     # Components saved as [null, null] (e.g. SD3 without T5) must be passed as None explicitly.
     absent = {
         k: None
         for k, v in index.items()
         if not k.startswith("_") and isinstance(v, list) and v[0] is None
     }
-    pipe = DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, **absent)
-    model_kind(denoiser_of(pipe))
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, **absent)
+    except Exception as e:  # diffusers raises OSError, ValueError, KeyError, ... per component
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelFolderError(
+            f"cannot load the diffusers pipeline in {model_dir}: {type(e).__name__}: {first}"
+        ) from e
+    try:
+        model_kind(denoiser_of(pipe))
+    except ValueError as e:
+        raise ModelFolderError(f"{model_dir}: {e}") from e
     return pipe
 
 
@@ -177,8 +236,12 @@ class CachedPairs:
     """Cached latents of winners/losers and per-prompt conditioning, as ``fit`` data."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        # Contiguous: the VAE returns channels-last latents, and a run on those rounds differently
+        # from one on the same values reloaded from disk (a resumed run would drift by ~1e-7).
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
         self.x_w, self.x_l = tensors["x_w"], tensors["x_l"]
         self.prompt_index = tensors["prompt_index"]
+        self.weight = tensors.get("weight", torch.ones(len(self.x_w)))
         self.cond = {k[5:]: v for k, v in tensors.items() if k.startswith("cond.")}
 
     def __len__(self) -> int:
@@ -190,6 +253,7 @@ class CachedPairs:
             "x_w": self.x_w[idx],
             "x_l": self.x_l[idx],
             "cond": {k: v[p] for k, v in self.cond.items()},
+            "weight": self.weight[idx],
         }
 
 
@@ -204,7 +268,7 @@ def build_cache(
         return CachedPairs(load_tensors(cache_file)), info
     g = torch.Generator().manual_seed(recipe.seed)
     prompts: dict[str, int] = {}
-    x_w, x_l, pidx, bad = [], [], [], 0
+    x_w, x_l, pidx, weights, bad = [], [], [], [], 0
     it = range(0, len(pairs), recipe.cache_batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -229,8 +293,12 @@ def build_cache(
         x_l.append(z[1::2])
         for pair in keep:
             pidx.append(prompts.setdefault(pair.prompt, len(prompts)))
+            weights.append(pair.weight)
     if not x_w:
-        raise ValueError(f"no usable pairs: all {len(pairs)} had a missing or undecodable image")
+        raise DataError(
+            f"no usable pairs: all {len(pairs)} had a missing or undecodable image "
+            f"(e.g. {pairs[0].chosen if isinstance(pairs[0].chosen, str) else 'image bytes'})"
+        )
     names = list(prompts)
     conds: dict[str, list] = {}
     for i in range(0, len(names), recipe.cache_batch_size):
@@ -242,6 +310,7 @@ def build_cache(
         "x_w": torch.cat(x_w),
         "x_l": torch.cat(x_l),
         "prompt_index": torch.tensor(pidx, dtype=torch.long),
+        "weight": torch.tensor(weights, dtype=torch.float32),
     }
     tensors.update({f"cond.{k}": torch.cat(v) for k, v in conds.items()})
     info = {
@@ -255,18 +324,106 @@ def build_cache(
     return CachedPairs(tensors), info
 
 
-def _cache_key(model_dir, data, recipe: AlignRecipe) -> str:
-    blob = json.dumps(
-        [
-            str(Path(model_dir).resolve()),
-            str(data),
-            recipe.resolution,
-            recipe.max_pairs,
-            recipe.data_format,
-            recipe.seed,
-        ]
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def _image_fingerprint(src) -> bytes:
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(bytes(src)).digest()
+    try:
+        st = os.stat(src)
+        return f"{src}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+    except OSError:
+        return f"{src}\0missing".encode()
+
+
+def _model_fingerprint(model_dir: Path) -> list:
+    """Path, size and mtime of the files that shape the cache: the index, VAE and text encoders."""
+    model_dir = Path(model_dir).resolve()
+    files = [model_dir / "model_index.json"]
+    for sub in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
+        if sub.is_dir() and sub.name.startswith(("vae", "text_encoder", "tokenizer")):
+            files += sorted(f for f in sub.rglob("*") if f.is_file())
+    out = [str(model_dir)]
+    for f in files:
+        if f.is_file():
+            st = f.stat()
+            out.append([str(f.relative_to(model_dir)), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def cache_key(model_dir, pairs: list[PreferencePair], recipe: AlignRecipe) -> str:
+    """A hash of what the cache holds: the selected pairs' contents (so every data filter and
+    ``max_pairs`` count), the model's encoders, the resolution, the VAE sampling seed and batch."""
+    h = hashlib.sha256()
+    settings = [_model_fingerprint(model_dir), recipe.resolution, recipe.seed]
+    h.update(json.dumps(settings + [recipe.cache_batch_size]).encode())
+    for pair in pairs:
+        h.update(pair.prompt.encode() + b"\0")
+        h.update(_image_fingerprint(pair.chosen))
+        h.update(_image_fingerprint(pair.rejected))
+        h.update(struct.pack("<d", pair.weight))
+    return h.hexdigest()[:16]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume(run_dir: Path, record: dict, *, force: bool = False) -> None:
+    """Refuse to resume a checkpoint in ``run_dir`` made under another recipe, model or data.
+
+    ``record`` is ``{"recipe": ..., "model": ..., "data": <cache key>}``; it is written to
+    ``run_dir/align_run.json`` when the run starts fresh (or is forced). Fields in
+    :data:`RESUMABLE_CHANGES` may change (e.g. more ``train.steps``).
+    """
+    path = run_dir / "align_run.json"
+    resuming = record["recipe"]["train"].get("resume", True) and latest_checkpoint(run_dir)
+    if resuming and path.is_file():
+        old = _flatten(json.loads(path.read_text()))
+        new = _flatten(json.loads(json.dumps(record)))  # tuples -> lists, as stored
+        changed = sorted(
+            k
+            for k in set(old) | set(new)
+            if old.get(k) != new.get(k) and k.removeprefix("recipe.") not in RESUMABLE_CHANGES
+        )
+        if changed:
+            shown = ", ".join(
+                f"{k.removeprefix('recipe.')}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed
+            )
+            if not force:
+                raise ResumeError(
+                    f"{run_dir} holds a checkpoint of another run ({shown}); use --force to "
+                    "resume it anyway, or another --out"
+                )
+            log.warning("resuming under a changed run (--force): %s", shown)
+        else:
+            return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record)
+
+
+def check_batch(train: TrainConfig, world: int) -> None:
+    """The global batch must split evenly over ranks and accumulation steps (as ``fit`` needs)."""
+    if train.batch_size % (world * train.grad_accum):
+        raise RecipeError(
+            f"train.batch_size={train.batch_size} must be divisible by world_size ({world}) x "
+            f"train.grad_accum ({train.grad_accum})"
+        )
+
+
+def _wait_for(path: Path, timeout_s: float) -> None:
+    t0 = time.monotonic()
+    while not path.is_file():
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(
+                f"waited {timeout_s:.0f} s for rank 0 to write {path}; did rank 0 fail? "
+                "(raise cache_wait_s for very large data)"
+            )
+        time.sleep(1.0)
 
 
 def add_lora_(model: nn.Module, rank: int, alpha: float) -> None:
@@ -317,24 +474,38 @@ def align_model(
     out_dir: str | Path,
     *,
     progress: bool = False,
+    force: bool = False,
 ) -> dict:
-    """Load, cache, train and save; returns a summary dict (also written to ``summary.json``)."""
+    """Check, load, cache, train and save; returns a summary dict (also in ``summary.json``).
+
+    ``force``: resume a checkpoint in ``out_dir/run`` even if it was made by another recipe,
+    model or data (otherwise :class:`ResumeError` names what changed).
+    """
     out_dir = Path(out_dir)
-    pipe = load_pipeline(model_dir)
-    policy = denoiser_of(pipe).float()
-    schedule = schedule_from_scheduler(dict(pipe.scheduler.config))
-    kwargs = {}
-    if recipe.data_format in ("hpdv3",) or str(data).endswith(".json"):
-        kwargs["models"] = recipe.hpdv3_models or None
-    pairs, stats = load_pairs(data, recipe.data_format, **kwargs)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 caches, the others wait
+    check_batch(recipe.train, int(os.environ.get("WORLD_SIZE", "1")))
+    if not (Path(model_dir) / "model_index.json").is_file():
+        raise ModelFolderError(
+            f"{model_dir} is not a diffusers pipeline folder (no model_index.json)"
+        )
+    pairs, stats = load_pairs(data, recipe.data_format, models=recipe.hpdv3_models or None)
     if recipe.max_pairs:
         pairs = pairs[: recipe.max_pairs]
     log.info("loaded %d pairs (%s)", len(pairs), stats.as_dict())
-    cache_dir = out_dir / "cache" / _cache_key(model_dir, data, recipe)
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 caches, the others wait
+    key = cache_key(model_dir, pairs, recipe)
+    record = {
+        "recipe": cfglib.to_dict(recipe),
+        "model": str(Path(model_dir).resolve()),
+        "data": key,
+    }
+    if rank == 0:
+        check_resume(out_dir / "run", record, force=force)
+    pipe = load_pipeline(model_dir)
+    policy = denoiser_of(pipe).float()
+    schedule = schedule_from_scheduler(dict(pipe.scheduler.config))
+    cache_dir = out_dir / "cache" / key
     if rank != 0:
-        while not (cache_dir / "cache.json").is_file():
-            time.sleep(1.0)
+        _wait_for(cache_dir / "cache.json", recipe.cache_wait_s)
     cached, info = build_cache(pipe, pairs, recipe, cache_dir, progress=progress and rank == 0)
     pipe.vae = None  # free the encoders: only the denoiser trains
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
