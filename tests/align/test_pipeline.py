@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -263,3 +264,88 @@ def test_cli_one_line_errors(tmp_path, capsys):
         base + ["--model", str(model_dir), "--data", str(data), "--set", "dpo.betta=1"], capsys
     )
     assert "betta" in msg
+
+
+def _fit(out, **train):
+    from _align_tiny import PairData, make_pairs, tiny_unet
+
+    from diffkit.align import LinearDPO
+    from diffkit.train import fit
+
+    net = tiny_unet()
+    obj = LinearDPO(LinearDPOConfig(reference="ema", ema_decay=0.9), net, schedule=DDPM())
+    cfg = TrainConfig(**{"steps": 2, "batch_size": 4, "lr": 1e-3, "log_every": 1, **train})
+    return fit(obj, net, PairData(make_pairs("unet")), cfg, out)
+
+
+def test_mixed_precision_autocasts_and_keeps_fp32_state(tmp_path):
+    """bf16 / fp16 autocast: the forward runs in low precision (the MSEs move by a little, not
+    by nothing), while weights, optimizer state and the EMA reference stay fp32."""
+    fp32 = _fit(tmp_path / "no", mixed_precision="no").metrics
+    bf16 = _fit(tmp_path / "bf16", mixed_precision="bf16").metrics
+    assert math.isfinite(bf16["loss"]) and bf16["skipped_nonfinite"] == 0
+    rel = abs(bf16["mse_w"] - fp32["mse_w"]) / fp32["mse_w"]
+    assert 0 < rel < 0.05  # bf16 keeps 8 mantissa bits: ~0.4% per op, far from 5%
+    ckpt = latest_checkpoint(tmp_path / "bf16")
+    assert {v.dtype for v in load_tensors(ckpt / "model.safetensors").values()} == {torch.float32}
+    trainer = torch.load(ckpt / "trainer.pt", weights_only=False)
+    assert all(s["exp_avg"].dtype == torch.float32 for s in trainer["optimizer"]["state"].values())
+    ema = torch.load(ckpt / "objective.pt", weights_only=False)["reference"]
+    assert {v.dtype for k, v in ema.items() if k.startswith("module.")} == {torch.float32}
+    # fp16 adds a gradient scaler, saved with the checkpoint for resume.
+    fp16 = _fit(tmp_path / "fp16", mixed_precision="fp16").metrics
+    assert math.isfinite(fp16["loss"])
+    trainer = torch.load(latest_checkpoint(tmp_path / "fp16") / "trainer.pt", weights_only=False)
+    assert "scaler" in trainer
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from _align_tiny import make_pairs, tiny_unet
+
+    from diffkit.align import LinearDPO
+
+    pairs = make_pairs("unet")
+
+    def grads(checkpointing):
+        net = tiny_unet()
+        if checkpointing:
+            net.enable_gradient_checkpointing()
+        net.train()
+        obj = LinearDPO(LinearDPOConfig(loss="sigmoid", reference="frozen"), net, schedule=DDPM())
+        loss = obj(net, pairs, generator=torch.Generator().manual_seed(0)).loss
+        return torch.autograd.grad(loss, [p for p in net.parameters()], allow_unused=True)
+
+    for a, b in zip(grads(False), grads(True)):
+        assert (a is None) == (b is None)
+        if a is not None:  # the same ops recomputed: equal up to fp32 round-off
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_adamw_8bit_without_bitsandbytes_is_a_clear_error(monkeypatch):
+    import sys
+
+    from diffkit.train import make_optimizer
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'diffkit\[bnb\]'"):
+        make_optimizer(TrainConfig(optimizer="adamw_8bit"), [torch.nn.Parameter(torch.ones(2))])
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(mixed_precision="fp8")
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_with_checkpointing(tmp_path):
+    """On a GPU: cache on the device, train in bf16 with gradient checkpointing, fp32 state."""
+    model_dir = save_tiny_sd15(tmp_path / "sd15")
+    recipe = AlignRecipe(
+        dpo=LinearDPOConfig(reference="ema", ema_decay=0.9),
+        train=TrainConfig(steps=2, batch_size=2, lr=1e-3, device="cuda", mixed_precision="bf16"),
+        resolution=16,
+        gradient_checkpointing=True,
+    )
+    summary = align_model(model_dir, [_data(tmp_path)], recipe, tmp_path / "out")
+    assert summary["steps"] == 2 and math.isfinite(summary["metrics"]["loss"])
+    ckpt = latest_checkpoint(tmp_path / "out" / "run")
+    assert {v.dtype for v in load_tensors(ckpt / "model.safetensors").values()} == {torch.float32}

@@ -46,7 +46,7 @@ from diffkit.align.data import (
 from diffkit.align.objective import SUPPORTED_MODELS, LinearDPO, LinearDPOConfig, model_kind
 from diffkit.core.io import atomic_write_json, load_tensors, save_tensors
 from diffkit.core.schedules import DDPM, FlowMatching
-from diffkit.train import TrainConfig, fit, latest_checkpoint
+from diffkit.train import TrainConfig, fit, latest_checkpoint, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class AlignRecipe:
         max_pairs: use at most this many pairs (0 = all).
         seed: seed of the VAE latent sampling while caching.
         cache_wait_s: under torchrun, how long ranks > 0 wait for rank 0's cache (seconds).
+        gradient_checkpointing: recompute the denoiser's activations in the backward pass
+            (diffusers' ``enable_gradient_checkpointing``): less memory, ~30% more compute.
     """
 
     dpo: LinearDPOConfig = field(default_factory=LinearDPOConfig)
@@ -80,6 +82,7 @@ class AlignRecipe:
     max_pairs: int = 0
     seed: int = 0
     cache_wait_s: float = 6 * 3600.0
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.resolution < 8 or self.resolution % 8:
@@ -124,6 +127,8 @@ RESUMABLE_CHANGES = frozenset(
         "train.resume",
         "cache_batch_size",
         "cache_wait_s",
+        "train.device",  # another machine: same math, rounding may differ
+        "gradient_checkpointing",  # recomputes the same activations
     }
 )
 
@@ -191,10 +196,12 @@ def denoiser_of(pipe) -> nn.Module:
 
 # ----------------------------------------------------------------------------- caching
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
-    """Conditioning tensors for each prompt with the pipeline's own ``encode_prompt``."""
+def encode_prompts(
+    pipe, prompts: list[str], resolution: int, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Conditioning tensors (fp32, on the CPU) for each prompt with the pipeline's own
+    ``encode_prompt``, run on ``device`` (where the text encoders are)."""
     kind = model_kind(denoiser_of(pipe))
-    device = "cpu"
     if kind == "SD3Transformer2DModel":
         emb, _, pooled, _ = pipe.encode_prompt(
             prompt=prompts,
@@ -204,7 +211,10 @@ def encode_prompts(pipe, prompts: list[str], resolution: int) -> dict[str, torch
             num_images_per_prompt=1,
             do_classifier_free_guidance=False,
         )
-        return {"encoder_hidden_states": emb.float(), "pooled_projections": pooled.float()}
+        return {
+            "encoder_hidden_states": emb.float().cpu(),
+            "pooled_projections": pooled.float().cpu(),
+        }
     if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL
         emb, _, pooled, _ = pipe.encode_prompt(
             prompt=prompts,
@@ -215,21 +225,26 @@ def encode_prompts(pipe, prompts: list[str], resolution: int) -> dict[str, torch
         r = float(resolution)
         time_ids = torch.tensor([[r, r, 0.0, 0.0, r, r]]).repeat(len(prompts), 1)
         return {
-            "encoder_hidden_states": emb.float(),
-            "text_embeds": pooled.float(),
+            "encoder_hidden_states": emb.float().cpu(),
+            "text_embeds": pooled.float().cpu(),
             "time_ids": time_ids,
         }
     emb, _ = pipe.encode_prompt(prompts, device, 1, False)
-    return {"encoder_hidden_states": emb.float()}
+    return {"encoder_hidden_states": emb.float().cpu()}
 
 
 @torch.no_grad()
 def encode_images(vae, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """VAE latents ((z - shift) * scale), sampled from the posterior with ``generator``."""
-    dist = vae.encode(images.to(vae.dtype)).latent_dist
-    z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator)
+    """VAE latents ((z - shift) * scale), sampled from the posterior with ``generator``.
+
+    Runs on the VAE's device; the posterior noise comes from the CPU ``generator`` (the same
+    samples on every device); returns fp32 on the CPU.
+    """
+    dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+    noise = torch.randn(dist.mean.shape, generator=generator).to(dist.mean.device)
+    z = dist.mean + dist.std * noise.to(dist.std.dtype)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((z - shift) * vae.config.scaling_factor).float()
+    return ((z - shift) * vae.config.scaling_factor).float().cpu()
 
 
 class CachedPairs:
@@ -258,14 +273,23 @@ class CachedPairs:
 
 
 def build_cache(
-    pipe, pairs: list[PreferencePair], recipe: AlignRecipe, cache_dir: Path, progress: bool = False
+    pipe,
+    pairs: list[PreferencePair],
+    recipe: AlignRecipe,
+    cache_dir: Path,
+    progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> tuple[CachedPairs, dict]:
-    """Encode every pair once (skipping and counting undecodable images); reuse if cached."""
+    """Encode every pair once, ``cache_batch_size`` images per VAE / text-encoder call on
+    ``device`` (skipping and counting undecodable images); reuse if cached."""
     cache_file = cache_dir / "pairs.safetensors"
     if cache_file.is_file():
         log.info("reusing cached latents and text embeddings in %s", cache_dir)
         info = json.loads((cache_dir / "cache.json").read_text())
         return CachedPairs(load_tensors(cache_file)), info
+    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).to(device)
     g = torch.Generator().manual_seed(recipe.seed)
     prompts: dict[str, int] = {}
     x_w, x_l, pidx, weights, bad = [], [], [], [], 0
@@ -303,7 +327,7 @@ def build_cache(
     conds: dict[str, list] = {}
     for i in range(0, len(names), recipe.cache_batch_size):
         for k, v in encode_prompts(
-            pipe, names[i : i + recipe.cache_batch_size], recipe.resolution
+            pipe, names[i : i + recipe.cache_batch_size], recipe.resolution, device
         ).items():
             conds.setdefault(k, []).append(v)
     tensors = {
@@ -506,14 +530,19 @@ def align_model(
     cache_dir = out_dir / "cache" / key
     if rank != 0:
         _wait_for(cache_dir / "cache.json", recipe.cache_wait_s)
-    cached, info = build_cache(pipe, pairs, recipe, cache_dir, progress=progress and rank == 0)
+    device = resolve_device(recipe.train.device)
+    cached, info = build_cache(
+        pipe, pairs, recipe, cache_dir, progress=progress and rank == 0, device=device
+    )
     pipe.vae = None  # free the encoders: only the denoiser trains
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         if hasattr(pipe, name):
             setattr(pipe, name, None)
     if recipe.lora_rank:
         add_lora_(policy, recipe.lora_rank, recipe.lora_alpha)
-    policy.train()
+    if recipe.gradient_checkpointing:
+        policy.enable_gradient_checkpointing()
+    policy.to(device).train()  # before the objective: its reference copies land on the device
     objective = LinearDPO(recipe.dpo, policy, schedule=schedule)
     result = fit(objective, policy, cached, recipe.train, out_dir / "run", progress=progress)
     final = out_dir / "final"
