@@ -349,3 +349,53 @@ def test_cuda_bf16_with_checkpointing(tmp_path):
     assert summary["steps"] == 2 and math.isfinite(summary["metrics"]["loss"])
     ckpt = latest_checkpoint(tmp_path / "out" / "run")
     assert {v.dtype for v in load_tensors(ckpt / "model.safetensors").values()} == {torch.float32}
+
+
+def test_sdxl_per_image_size_and_crop_conditioning(tmp_path):
+    """SDXL time ids are per image (original size, crop top-left, target size), the winner's in
+    ``cond`` and the loser's in ``cond_l``; random crops move the crop; flips mirror pairs."""
+    import io
+
+    from PIL import Image
+
+    from diffkit.align.pipeline import build_cache
+
+    pipe = load_pipeline(save_tiny_sdxl(tmp_path / "sdxl"))
+    d = tmp_path / "data"
+    d.mkdir()
+    rows = []
+    for i, (w_size, l_size) in enumerate([((32, 20), (20, 40)), ((16, 16), (48, 24))]):
+        for name, (w, h) in (("w", w_size), ("l", l_size)):
+            img = Image.open(io.BytesIO(png_bytes(10 * i + len(name), 48))).resize((w, h))
+            img.save(d / f"{name}{i}.png")
+        rows.append({"prompt": f"p{i}", "chosen": f"w{i}.png", "rejected": f"l{i}.png"})
+    (d / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    pairs, _ = load_pairs(d / "pairs.jsonl")
+
+    cached, _ = build_cache(pipe, pairs, AlignRecipe(resolution=16), tmp_path / "c0")
+    batch = cached.get_batch(torch.tensor([0, 1]))
+    # (orig h, orig w, crop top, crop left, target h, target w); centre crops of the resized image
+    expected_w = [[20, 32, 0, 5, 16, 16], [16, 16, 0, 0, 16, 16]]
+    expected_l = [[40, 20, 8, 0, 16, 16], [24, 48, 0, 8, 16, 16]]
+    assert batch["cond"]["time_ids"].tolist() == expected_w
+    assert batch["cond_l"]["time_ids"].tolist() == expected_l
+    assert set(batch["uncond"]) == {"encoder_hidden_states", "text_embeds"}
+
+    recipe = AlignRecipe(resolution=16, random_crop=True, random_flip=True, seed=3)
+    moved, _ = build_cache(pipe, pairs, recipe, tmp_path / "c1")
+    crops = moved.get_batch(torch.tensor([0, 1]))["cond"]["time_ids"][:, 2:4]
+    assert not torch.equal(crops, batch["cond"]["time_ids"][:, 2:4])
+    assert not torch.equal(moved.x_w, cached.x_w)
+
+
+def test_train_help_documents_every_option():
+    import typer.main
+
+    from diffkit.align.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        assert command.help, name
+        for param in command.params:
+            if param.name != "help":
+                assert getattr(param, "help", None), f"{name} --{param.name} has no help"

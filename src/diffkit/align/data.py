@@ -125,20 +125,43 @@ def open_image(src: ImageSource):
         raise ImageError(f"cannot decode image: {e}") from e
 
 
-def decode_image(src: ImageSource, size: int) -> torch.Tensor:
-    """(3, size, size) float tensor in [-1, 1]: RGB, resize the short side, center crop."""
+def decode_image(
+    src: ImageSource,
+    size: int,
+    *,
+    crop: tuple[float, float] | None = None,
+    flip: bool = False,
+    return_meta: bool = False,
+):
+    """(3, size, size) float tensor in [-1, 1]: RGB, resize the short side to ``size``, crop.
+
+    Args:
+        crop: ``None`` for a center crop, or (fy, fx) in [0, 1]: the crop's top-left corner as a
+            fraction of the free room (a random crop when the fractions are drawn at random).
+        flip: mirror left-right after cropping.
+        return_meta: also return ``(orig_h, orig_w, crop_top, crop_left)``, SDXL's size and crop
+            conditioning (in the resized image's pixels for the crop, as diffusers' SDXL scripts).
+    """
     import numpy as np
     from PIL import Image
 
     img = open_image(src).convert("RGB")
+    w0, h0 = img.size
+    s = size / min(w0, h0)
+    img = img.resize((max(size, round(w0 * s)), max(size, round(h0 * s))), Image.BICUBIC)
     w, h = img.size
-    s = size / min(w, h)
-    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
+    if crop is None:
+        top, left = (h - size) // 2, (w - size) // 2
+    else:
+        top, left = round(crop[0] * (h - size)), round(crop[1] * (w - size))
     img = img.crop((left, top, left + size, top + size))
+    if flip:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
-    return arr / 127.5 - 1.0
+    x = arr / 127.5 - 1.0
+    if return_meta:
+        return x, (h0, w0, top, left)
+    return x
 
 
 # ----------------------------------------------------------------------------- Pick-a-Pic v2

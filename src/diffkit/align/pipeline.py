@@ -69,6 +69,9 @@ class AlignRecipe:
         cache_wait_s: under torchrun, how long ranks > 0 wait for rank 0's cache (seconds).
         gradient_checkpointing: recompute the denoiser's activations in the backward pass
             (diffusers' ``enable_gradient_checkpointing``): less memory, ~30% more compute.
+        random_crop: crop at a random position (one per pair, drawn at caching) instead of the
+            center; SDXL is conditioned on each image's crop and original size either way.
+        random_flip: mirror half of the pairs left-right (both images of a pair alike).
     """
 
     dpo: LinearDPOConfig = field(default_factory=LinearDPOConfig)
@@ -83,6 +86,8 @@ class AlignRecipe:
     seed: int = 0
     cache_wait_s: float = 6 * 3600.0
     gradient_checkpointing: bool = False
+    random_crop: bool = False
+    random_flip: bool = False
 
     def __post_init__(self) -> None:
         if self.resolution < 8 or self.resolution % 8:
@@ -258,18 +263,32 @@ class CachedPairs:
         self.prompt_index = tensors["prompt_index"]
         self.weight = tensors.get("weight", torch.ones(len(self.x_w)))
         self.cond = {k[5:]: v for k, v in tensors.items() if k.startswith("cond.")}
+        self.uncond = {k[7:]: v for k, v in tensors.items() if k.startswith("uncond.")}
+        # SDXL: per-image time ids (original size, crop top-left, target size), not per prompt.
+        self.time_ids_w = self.time_ids_l = None
+        if "time_ids" in self.cond and "size_crop_w" in tensors:
+            target = self.cond.pop("time_ids")[:1, 4:]  # (1, 2): the training resolution
+            n = len(self.x_w)
+            self.time_ids_w = torch.cat([tensors["size_crop_w"], target.expand(n, 2)], 1)
+            self.time_ids_l = torch.cat([tensors["size_crop_l"], target.expand(n, 2)], 1)
 
     def __len__(self) -> int:
         return len(self.x_w)
 
     def get_batch(self, idx: torch.Tensor) -> dict:
         p = self.prompt_index[idx]
-        return {
+        batch = {
             "x_w": self.x_w[idx],
             "x_l": self.x_l[idx],
             "cond": {k: v[p] for k, v in self.cond.items()},
             "weight": self.weight[idx],
         }
+        if self.uncond:
+            batch["uncond"] = {k: v.expand(len(idx), *v.shape[1:]) for k, v in self.uncond.items()}
+        if self.time_ids_w is not None:
+            batch["cond"]["time_ids"] = self.time_ids_w[idx]
+            batch["cond_l"] = {"time_ids": self.time_ids_l[idx]}
+        return batch
 
 
 def build_cache(
@@ -291,8 +310,9 @@ def build_cache(
         if getattr(pipe, name, None) is not None:
             getattr(pipe, name).to(device)
     g = torch.Generator().manual_seed(recipe.seed)
+    g_aug = torch.Generator().manual_seed(recipe.seed + 1)  # crops and flips, one draw per pair
     prompts: dict[str, int] = {}
-    x_w, x_l, pidx, weights, bad = [], [], [], [], 0
+    x_w, x_l, pidx, weights, meta, bad = [], [], [], [], [], 0
     it = range(0, len(pairs), recipe.cache_batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -301,15 +321,24 @@ def build_cache(
     for i in it:
         imgs, keep = [], []
         for pair in pairs[i : i + recipe.cache_batch_size]:
+            # One crop position and one flip per pair (both images alike), drawn for every pair
+            # so that a skipped pair does not shift the others' draws.
+            crop_flip = torch.rand(3, generator=g_aug).tolist()
+            aug = {
+                "crop": tuple(crop_flip[:2]) if recipe.random_crop else None,
+                "flip": recipe.random_flip and crop_flip[2] < 0.5,
+                "return_meta": True,
+            }
             try:
-                a = decode_image(pair.chosen, recipe.resolution)
-                b = decode_image(pair.rejected, recipe.resolution)
+                a, meta_a = decode_image(pair.chosen, recipe.resolution, **aug)
+                b, meta_b = decode_image(pair.rejected, recipe.resolution, **aug)
             except ImageError as e:
                 bad += 1
                 log.debug("skipping pair: %s", e)
                 continue
             imgs += [a, b]
             keep.append(pair)
+            meta.append([meta_a, meta_b])
         if not keep:
             continue
         z = encode_images(pipe.vae, torch.stack(imgs), g)
@@ -330,13 +359,19 @@ def build_cache(
             pipe, names[i : i + recipe.cache_batch_size], recipe.resolution, device
         ).items():
             conds.setdefault(k, []).append(v)
+    sizes = torch.tensor(meta, dtype=torch.float32)  # (N, 2, 4): orig h, w, crop top, left
     tensors = {
         "x_w": torch.cat(x_w),
         "x_l": torch.cat(x_l),
         "prompt_index": torch.tensor(pidx, dtype=torch.long),
         "weight": torch.tensor(weights, dtype=torch.float32),
+        "size_crop_w": sizes[:, 0],
+        "size_crop_l": sizes[:, 1],
     }
     tensors.update({f"cond.{k}": torch.cat(v) for k, v in conds.items()})
+    # The empty prompt's text conditioning, for cond_dropout (SDXL's time ids are per image).
+    empty = encode_prompts(pipe, [""], recipe.resolution, device)
+    tensors.update({f"uncond.{k}": v for k, v in empty.items() if k != "time_ids"})
     info = {
         "pairs": len(pidx),
         "skipped_bad_images": bad,
@@ -377,7 +412,14 @@ def cache_key(model_dir, pairs: list[PreferencePair], recipe: AlignRecipe) -> st
     """A hash of what the cache holds: the selected pairs' contents (so every data filter and
     ``max_pairs`` count), the model's encoders, the resolution, the VAE sampling seed and batch."""
     h = hashlib.sha256()
-    settings = [_model_fingerprint(model_dir), recipe.resolution, recipe.seed]
+    settings = [
+        "cache-v2",  # v2: pair weights, per-image size/crop, empty-prompt conditioning
+        _model_fingerprint(model_dir),
+        recipe.resolution,
+        recipe.seed,
+        recipe.random_crop,
+        recipe.random_flip,
+    ]
     h.update(json.dumps(settings + [recipe.cache_batch_size]).encode())
     for pair in pairs:
         h.update(pair.prompt.encode() + b"\0")
