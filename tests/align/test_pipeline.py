@@ -399,3 +399,38 @@ def test_train_help_documents_every_option():
         for param in command.params:
             if param.name != "help":
                 assert getattr(param, "help", None), f"{name} --{param.name} has no help"
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "sd3"])
+def test_heldout_metrics_and_validation_images(family, tmp_path):
+    """eval.jsonl holds held-out implicit accuracy and reward margin at every eval step; the
+    fixed-seed validation images of the frozen reference repeat exactly, the policy's move."""
+    import numpy as np
+    from PIL import Image
+
+    model_dir = SAVERS[family](tmp_path / family)
+    recipe = AlignRecipe(
+        dpo=LinearDPOConfig(reference="frozen", beta=500.0, cond_dropout=0.2),
+        train=TrainConfig(steps=3, batch_size=2, lr=3e-2, ema_decay=0.5),
+        resolution=16,
+        holdout_pairs=2,
+        eval_every=2,
+        validation_prompts=("a cat", "b"),
+        validation_steps=2,
+        validation_guidance=2.0,
+    )
+    run = tmp_path / "out" / "run"
+    summary = align_model(model_dir, [_data(tmp_path)], recipe, tmp_path / "out")
+    lines = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2, 3] and summary["heldout"] == lines[-1]
+    for x in lines:
+        assert 0 <= x["eval/implicit_acc"] <= 1
+        assert x["eval/reward_margin"] == pytest.approx(-250.0 * x["eval/margin"], rel=1e-6)
+
+    def png(step, name):
+        return np.asarray(Image.open(run / "validation" / f"step_{step:08d}" / f"{name}.png"))
+
+    for name in ("policy_01", "reference_01", "ema_01"):
+        assert png(3, name).shape == (16, 16, 3)
+    assert np.array_equal(png(2, "reference_00"), png(3, "reference_00"))
+    assert not np.array_equal(png(3, "policy_00"), png(3, "reference_00"))

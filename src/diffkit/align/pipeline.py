@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -44,6 +45,8 @@ from diffkit.align.data import (
     load_pairs,
 )
 from diffkit.align.objective import SUPPORTED_MODELS, LinearDPO, LinearDPOConfig, model_kind
+from diffkit.align.validation import ValidationCallback
+from diffkit.core.ema import EMA
 from diffkit.core.io import atomic_write_json, load_tensors, save_tensors
 from diffkit.core.schedules import DDPM, FlowMatching
 from diffkit.train import TrainConfig, fit, latest_checkpoint, resolve_device
@@ -72,6 +75,14 @@ class AlignRecipe:
         random_crop: crop at a random position (one per pair, drawn at caching) instead of the
             center; SDXL is conditioned on each image's crop and original size either way.
         random_flip: mirror half of the pairs left-right (both images of a pair alike).
+        holdout_pairs: pairs kept out of training (a seeded random choice) and scored every
+            ``eval_every`` steps: ``eval/implicit_acc``, ``eval/reward_margin``, ... (0 = none).
+        eval_every: steps between held-out metrics and validation images (and at the last step).
+        validation_prompts: prompts sampled with fixed seeds from the policy, the reference and
+            the EMA (``train.ema_decay > 0``) every ``eval_every`` steps (PNGs in
+            ``OUT/run/validation/`` and TensorBoard); empty = no images.
+        validation_steps: sampler steps of the pipeline's scheduler for the validation images.
+        validation_guidance: classifier-free guidance scale (1 = none).
     """
 
     dpo: LinearDPOConfig = field(default_factory=LinearDPOConfig)
@@ -88,6 +99,11 @@ class AlignRecipe:
     gradient_checkpointing: bool = False
     random_crop: bool = False
     random_flip: bool = False
+    holdout_pairs: int = 0
+    eval_every: int = 100
+    validation_prompts: tuple[str, ...] = ()
+    validation_steps: int = 20
+    validation_guidance: float = 5.0
 
     def __post_init__(self) -> None:
         if self.resolution < 8 or self.resolution % 8:
@@ -103,6 +119,15 @@ class AlignRecipe:
         if self.dpo.reference in ("lora_base", "lora_ema") and self.lora_rank == 0:
             raise ValueError(
                 f"AlignRecipe.dpo.reference={self.dpo.reference!r} needs lora_rank > 0"
+            )
+        if self.holdout_pairs < 0 or self.eval_every < 1 or self.validation_steps < 1:
+            raise ValueError(
+                "AlignRecipe.holdout_pairs must be >= 0, eval_every and validation_steps >= 1; got "
+                f"{self.holdout_pairs}, {self.eval_every}, {self.validation_steps}"
+            )
+        if not self.validation_guidance >= 1:
+            raise ValueError(
+                f"AlignRecipe.validation_guidance must be >= 1, got {self.validation_guidance}"
             )
         if not self.cache_wait_s > 0:
             raise ValueError(f"AlignRecipe.cache_wait_s must be > 0, got {self.cache_wait_s}")
@@ -134,6 +159,10 @@ RESUMABLE_CHANGES = frozenset(
         "cache_wait_s",
         "train.device",  # another machine: same math, rounding may differ
         "gradient_checkpointing",  # recomputes the same activations
+        "eval_every",
+        "validation_prompts",
+        "validation_steps",
+        "validation_guidance",
     }
 )
 
@@ -289,6 +318,14 @@ class CachedPairs:
             batch["cond"]["time_ids"] = self.time_ids_w[idx]
             batch["cond_l"] = {"time_ids": self.time_ids_l[idx]}
         return batch
+
+    def subset(self, idx: torch.Tensor) -> CachedPairs:
+        """The pairs ``idx`` (e.g. a held-out split); the per-prompt tables are shared."""
+        out = copy.copy(self)
+        for name in ("x_w", "x_l", "prompt_index", "weight", "time_ids_w", "time_ids_l"):
+            value = getattr(self, name)
+            setattr(out, name, None if value is None else value[idx])
+        return out
 
 
 def build_cache(
@@ -576,17 +613,67 @@ def align_model(
     cached, info = build_cache(
         pipe, pairs, recipe, cache_dir, progress=progress and rank == 0, device=device
     )
+    val_cond, vae = None, None
+    if recipe.validation_prompts and rank == 0:
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(device)
+        val_cond = encode_prompts(pipe, list(recipe.validation_prompts), recipe.resolution, device)
+        vae = pipe.vae.to(device)  # kept to decode the validation images
     pipe.vae = None  # free the encoders: only the denoiser trains
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         if hasattr(pipe, name):
             setattr(pipe, name, None)
+    train_data, heldout = cached, None
+    if recipe.holdout_pairs:
+        if recipe.holdout_pairs >= len(cached):
+            raise RecipeError(
+                f"holdout_pairs={recipe.holdout_pairs} leaves no training pairs of {len(cached)}"
+            )
+        perm = torch.randperm(len(cached), generator=torch.Generator().manual_seed(recipe.seed))
+        heldout = cached.subset(perm[: recipe.holdout_pairs])
+        train_data = cached.subset(perm[recipe.holdout_pairs :])
     if recipe.lora_rank:
         add_lora_(policy, recipe.lora_rank, recipe.lora_alpha)
     if recipe.gradient_checkpointing:
         policy.enable_gradient_checkpointing()
     policy.to(device).train()  # before the objective: its reference copies land on the device
     objective = LinearDPO(recipe.dpo, policy, schedule=schedule)
-    result = fit(objective, policy, cached, recipe.train, out_dir / "run", progress=progress)
+    ema = EMA(policy, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
+    callbacks = []
+    if heldout is not None or val_cond is not None:
+        n = len(recipe.validation_prompts)
+        callbacks.append(
+            ValidationCallback(
+                objective,
+                policy,
+                out_dir / "run",
+                every=recipe.eval_every,
+                last=recipe.train.steps,
+                heldout=heldout,
+                batch_size=max(1, recipe.train.batch_size // recipe.train.grad_accum),
+                prompts=recipe.validation_prompts,
+                prompt_cond=val_cond,
+                uncond={k: v.expand(n, *v.shape[1:]) for k, v in cached.uncond.items()},
+                vae=vae,
+                scheduler=pipe.scheduler,
+                latent_shape=tuple(cached.x_w.shape[1:]),
+                steps=recipe.validation_steps,
+                guidance=recipe.validation_guidance,
+                ema=ema,
+                seed=recipe.seed,
+            )
+        )
+    result = fit(
+        objective,
+        policy,
+        train_data,
+        recipe.train,
+        out_dir / "run",
+        ema=ema,
+        callbacks=callbacks,
+        progress=progress,
+    )
     final = out_dir / "final"
     if rank != 0:
         return {"rank": rank, "steps": result.step, "final": str(final)}
@@ -604,5 +691,8 @@ def align_model(
         "metrics": result.metrics,
         "final": str(final),
     }
+    evals = out_dir / "run" / "eval.jsonl"
+    if heldout is not None and evals.is_file():
+        summary["heldout"] = json.loads(evals.read_text().splitlines()[-1])
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
