@@ -11,7 +11,11 @@ state through accelerate's ``PartialState``; gloo on CPU), with:
 * non-finite loss or gradient -> the step is skipped and counted; abort after N in a row;
 * atomic checkpoints (model, optimizer, scheduler, EMA, objective state, RNG, data position) and
   resume that continues bit-identically;
-* metrics to ``metrics.jsonl`` (and TensorBoard when installed).
+* metrics to ``metrics.jsonl`` (and TensorBoard when installed);
+* device placement (``device``: cpu, cuda, mps, or "auto" = accelerate's device for this process),
+  mixed precision (``mixed_precision``: autocast of the objective's forward in bf16 or fp16, with
+  a gradient scaler for fp16; parameters, optimizer state and the EMA stay fp32) and an optional
+  8-bit AdamW (``optimizer="adamw_8bit"``, needs bitsandbytes).
 
 Data: any sized, indexable dataset; if it has ``get_batch(indices)`` that is used, otherwise items
 are collated with ``torch.utils.data.default_collate``. The sample order is a seeded permutation per
@@ -71,6 +75,11 @@ class TrainConfig:
         log_every: steps between metric lines.
         max_consecutive_nonfinite: abort after this many skipped (non-finite) steps in a row.
         resume: continue from the latest checkpoint in the output folder if one exists.
+        device: "cpu", "cuda", "cuda:N", "mps", or "auto" (accelerate's device for this process:
+            the local GPU under torchrun, else cuda / mps / cpu, whichever is present).
+        mixed_precision: "no" (fp32), "bf16" or "fp16": autocast of the objective's forward;
+            weights, gradients, optimizer state and EMA stay fp32; fp16 adds a gradient scaler.
+        optimizer: "adamw" (torch) or "adamw_8bit" (bitsandbytes' AdamW8bit, the [bnb] extra).
     """
 
     steps: int = 100
@@ -89,6 +98,9 @@ class TrainConfig:
     log_every: int = 10
     max_consecutive_nonfinite: int = 10
     resume: bool = True
+    device: str = "cpu"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
 
     def __post_init__(self) -> None:
         positive = (
@@ -115,6 +127,18 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(
                 f"TrainConfig.lr_schedule={self.lr_schedule!r}; use 'constant' or 'cosine'"
+            )
+        if self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(
+                f"TrainConfig.device={self.device!r}; use auto, cpu, cuda, cuda:N or mps"
+            )
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(
+                f"TrainConfig.mixed_precision={self.mixed_precision!r}; use 'no', 'bf16' or 'fp16'"
+            )
+        if self.optimizer not in ("adamw", "adamw_8bit"):
+            raise ValueError(
+                f"TrainConfig.optimizer={self.optimizer!r}; use 'adamw' or 'adamw_8bit'"
             )
 
 
@@ -176,6 +200,51 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+# ----------------------------------------------------------------------------- hardware
+def resolve_device(name: str) -> torch.device:
+    """``TrainConfig.device`` as a torch device ("auto": accelerate's device for this process)."""
+    if name == "auto":
+        from accelerate import PartialState
+
+        return PartialState().device
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device={name!r} but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"TrainConfig.device={name!r} but MPS is not available")
+    return device
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def make_optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
+    """AdamW (torch) or, with ``optimizer="adamw_8bit"``, bitsandbytes' AdamW8bit."""
+    kwargs = dict(lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise ImportError(
+                "TrainConfig.optimizer='adamw_8bit' needs bitsandbytes: "
+                "pip install 'diffkit[bnb]' (or pip install bitsandbytes), or use optimizer=adamw"
+            ) from e
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def _to_device(x, device: torch.device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def _ckpt_root(out_dir: Path) -> Path:
     return out_dir / "checkpoints"
@@ -204,17 +273,23 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def _save_checkpoint(out_dir, step, model, opt, sched, ema, objective, extra, cfg) -> Path:
+def _save_checkpoint(
+    out_dir, step, model, opt, sched, ema, objective, extra, cfg, scaler=None
+) -> Path:
     root = _ckpt_root(out_dir)
     name = f"step_{step:08d}"
     with atomic_dir(root / name) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
         if ema is not None:
             save_tensors(tmp / "ema.safetensors", ema.state_dict())
-        torch.save(
-            {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state()},
-            tmp / "trainer.pt",
-        )
+        trainer = {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": _rng_state(),
+        }
+        if scaler is not None and scaler.is_enabled():
+            trainer["scaler"] = scaler.state_dict()
+        torch.save(trainer, tmp / "trainer.pt")
         if hasattr(objective, "state_dict"):
             torch.save(objective.state_dict(), tmp / "objective.pt")
         atomic_write_json(
@@ -229,13 +304,15 @@ def _save_checkpoint(out_dir, step, model, opt, sched, ema, objective, extra, cf
     return root / name
 
 
-def _load_checkpoint(path: Path, model, opt, sched, ema, objective) -> dict:
+def _load_checkpoint(path: Path, model, opt, sched, ema, objective, scaler=None) -> dict:
     model.load_state_dict(load_tensors(path / "model.safetensors"))
     if ema is not None:
         ema.load_state_dict(load_tensors(path / "ema.safetensors"))
-    blob = torch.load(path / "trainer.pt", weights_only=False)
+    blob = torch.load(path / "trainer.pt", weights_only=False, map_location="cpu")
     opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
+    if scaler is not None and "scaler" in blob:
+        scaler.load_state_dict(blob["scaler"])
     _set_rng_state(blob["rng"])
     if hasattr(objective, "load_state_dict") and (path / "objective.pt").is_file():
         objective.load_state_dict(torch.load(path / "objective.pt", weights_only=False))
@@ -279,19 +356,24 @@ def fit(
             f"TrainConfig.batch_size={cfg.batch_size} must be divisible by "
             f"world_size ({world}) x grad_accum ({cfg.grad_accum})"
         )
+    device = resolve_device(cfg.device)
+    model.to(device)
     if ema is None and cfg.ema_decay > 0:
         ema = EMA(model, cfg.ema_decay)
+    elif ema is not None:
+        ema.module.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (all requires_grad=False)")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, params)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     stream = _Stream(len(data), cfg.seed)
 
     step, skipped, consecutive = 0, 0, 0
     ckpt = latest_checkpoint(out_dir) if cfg.resume else None
     if ckpt is not None:
-        st = _load_checkpoint(ckpt, model, opt, sched, ema, objective)
+        st = _load_checkpoint(ckpt, model, opt, sched, ema, objective, scaler)
         step, skipped, consecutive = (
             st["step"],
             st["skipped_nonfinite"],
@@ -323,21 +405,22 @@ def fit(
     while step < cfg.steps:
         opt.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
-        bad = torch.zeros(1)
+        bad = torch.zeros(1, device=device if world > 1 and device.type == "cuda" else "cpu")
         for micro in range(cfg.grad_accum):
             start = step * cfg.batch_size + (micro * world + rank) * per_step
             idx = stream.indices(start, per_step)
-            batch = _get_batch(data, idx)
+            batch = _to_device(_get_batch(data, idx), device)
             seeds = cfg.seed * 1_000_000_007 + start + torch.arange(per_step)
             gen = torch.Generator().manual_seed(hash((cfg.seed, step, micro, rank)) % (2**63 - 1))
             ctx = StepContext(
                 step=step, generator=gen, sample_seeds=seeds, rank=rank, world_size=world
             )
-            out = objective(model, batch, ctx)
+            with _autocast(cfg, device):
+                out = objective(model, batch, ctx)
             if not torch.isfinite(out.loss):
                 bad += 1
                 continue
-            (out.loss / cfg.grad_accum).backward()
+            scaler.scale(out.loss.float() / cfg.grad_accum).backward()
             sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach())
             for k, v in out.metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -345,23 +428,32 @@ def fit(
         if world > 1:
             torch.distributed.all_reduce(bad)
         grads_ok = bad.item() == 0
+        overflow = False  # fp16: the scaler's own overflow, handled by lowering the scale
         if grads_ok:
             for p in params:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 _allreduce_mean(p.grad, world)
+            scaler.unscale_(opt)
             gnorm = torch.nn.utils.clip_grad_norm_(
                 params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
             )
             grads_ok = bool(torch.isfinite(gnorm))
+            overflow = not grads_ok and scaler.is_enabled()
         if grads_ok:
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             if ema is not None:
                 ema.update(model)
             consecutive = 0
             if hasattr(objective, "after_step"):
                 objective.after_step(model, step)
+        elif overflow:
+            scaler.update()  # inf/nan gradients under fp16: halve the scale, skip the step
+            opt.zero_grad(set_to_none=True)
+            skipped += 1
+            log.info("step %d: fp16 gradient overflow, scale now %g", step, scaler.get_scale())
         else:
             opt.zero_grad(set_to_none=True)
             skipped += 1
@@ -408,6 +500,7 @@ def fit(
                     objective,
                     {"skipped_nonfinite": skipped, "consecutive_nonfinite": consecutive},
                     cfg,
+                    scaler,
                 )
             state.wait_for_everyone()
         if rank == 0:

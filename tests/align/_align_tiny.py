@@ -148,6 +148,34 @@ def save_tiny_sd15(path):
     return path
 
 
+def save_tiny_sdxl(path):
+    """A tiny random StableDiffusionXLPipeline (two CLIP encoders, text-time added conditioning)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        **{
+            **UNET_CFG,
+            "cross_attention_dim": 64,  # both encoders' hidden states, concatenated (32 + 32)
+            "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 6 * 8 + 32,  # 6 time ids + pooled text
+        }
+    )
+    tok = tiny_tokenizer(path / "_tok")
+    pipe = StableDiffusionXLPipeline(
+        vae=tiny_vae(),
+        text_encoder=tiny_clip(False, seed=1),
+        text_encoder_2=tiny_clip(True, seed=2),
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear"),
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
 def save_tiny_sd3(path):
     """A tiny random StableDiffusion3Pipeline (two CLIP encoders, no T5) saved to ``path``."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline

@@ -9,7 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 from _align_tiny import png_bytes
 
-from diffkit.align.data import ImageError, decode_image, load_generic, load_hpdv3, load_pairs
+from diffkit.align.data import (
+    DataError,
+    ImageError,
+    decode_image,
+    load_generic,
+    load_hpdv3,
+    load_pairs,
+)
 
 
 def _pickapic(path, rows):
@@ -166,3 +173,71 @@ def test_generic_parquet_with_bytes(tmp_path):
     assert stats.kept == 1 and isinstance(pairs[0].chosen, bytes)
     x = decode_image(pairs[0].chosen, 16)
     assert x.min() >= -1 and x.max() <= 1
+
+
+def _images(tmp_path):
+    (tmp_path / "w.png").write_bytes(png_bytes(1))
+    (tmp_path / "l.png").write_bytes(png_bytes(2))
+
+
+def test_weight_and_confidence_zero_stay_zero(tmp_path):
+    _images(tmp_path)
+    rows = [
+        {"prompt": "zero", "chosen": "w.png", "rejected": "l.png", "weight": 0},
+        {"prompt": "none", "chosen": "w.png", "rejected": "l.png", "weight": None},
+        {"prompt": "neg", "chosen": "w.png", "rejected": "l.png", "weight": -1.0},
+        {"prompt": "nan", "chosen": "w.png", "rejected": "l.png", "weight": "x"},
+    ]
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    pairs, stats = load_generic(f)
+    assert [(p.prompt, p.weight) for p in pairs] == [("zero", 0.0), ("none", 1.0)]
+    assert stats.dropped["bad_weight"] == 2
+    rec = {"prompt": "c0", "path1": "w.png", "path2": "l.png", "model1": "flux", "model2": "sd3"}
+    (tmp_path / "train.json").write_text(
+        json.dumps([{**rec, "confidence": 0.0}, {**rec, "confidence": 0.25}, rec])
+    )
+    pairs, _ = load_hpdv3(tmp_path / "train.json")
+    assert [p.weight for p in pairs] == [0.0, 0.25, 1.0]
+
+
+def test_repeatable_data_paths_mix_formats(tmp_path):
+    _images(tmp_path)
+    f = tmp_path / "pairs.jsonl"
+    f.write_text(json.dumps({"prompt": "generic", "chosen": "w.png", "rejected": "l.png"}))
+    rec = {"prompt": "hpd", "path1": "w.png", "path2": "l.png", "model1": "x", "model2": "y"}
+    (tmp_path / "train.json").write_text(json.dumps([rec]))
+    pairs, stats = load_pairs([f, tmp_path / "train.json"], models=None)
+    assert [p.prompt for p in pairs] == ["generic", "hpd"] and stats.rows == 2
+    pairs, stats = load_pairs([f, tmp_path / "train.json"], models=("flux",))
+    assert [p.prompt for p in pairs] == ["generic"] and stats.dropped["model_filter"] == 1
+
+
+def test_one_line_data_errors(tmp_path):
+    _images(tmp_path)
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text(json.dumps({"prompt": "p", "chosen": "w.png", "rejected": "l.png"}))
+    with pytest.raises(DataError, match="data_format=pickapic needs parquet"):
+        load_pairs(jsonl, "pickapic")
+    with pytest.raises(DataError, match="data_format=hpdv3 needs"):
+        load_pairs(jsonl, "hpdv3")
+    # A Pick-a-Pic shard without its label column names the missing column.
+    f = tmp_path / "shard.parquet"
+    pq.write_table(pa.table({"caption": ["x"], "jpg_0": [b"a"], "jpg_1": [b"b"]}), f)
+    with pytest.raises(DataError, match=r"missing \['label_0'\]"):
+        load_pairs(f)
+    g = tmp_path / "generic.parquet"
+    pq.write_table(pa.table({"prompt": ["x"], "chosen": [b"a"]}), g)
+    with pytest.raises(DataError, match=r"missing \['rejected'\]"):
+        load_pairs(g)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="not an HPDv3 JSON"):
+        load_pairs(tmp_path / "bad.json")
+    (tmp_path / "dict.json").write_text('{"prompt": "x"}')
+    with pytest.raises(DataError, match="JSON list"):
+        load_pairs(tmp_path / "dict.json")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="no usable preference pairs"):
+        load_pairs(tmp_path / "empty.jsonl")
+    with pytest.raises(DataError, match="no such data file"):
+        load_pairs(tmp_path / "absent.jsonl")

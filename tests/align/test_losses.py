@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffkit.align import linear_dpo_loss, linear_dpo_weight, margin, sigmoid_dpo_loss
+from diffkit.align.losses import LOSSES
 
 
 def _errs(seed=0, n=6):
@@ -91,3 +92,26 @@ def test_shape_mismatch_error():
     ew, el, rw, rl = _errs()
     with pytest.raises(ValueError, match="same shape"):
         linear_dpo_loss(ew, el[:3], rw, rl, beta=1.0)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_pair_weights_scale_each_pair(name):
+    """loss(pair_weight) = mean_i(pair_weight_i * loss_i): a weight-0 pair gets no gradient, and
+    the gradient of every other pair is its unweighted gradient times its weight."""
+    ew, el, rw, rl = _errs(3)
+    pw = torch.tensor([0.0, 1.0, 2.0, 0.5, 1.0, 0.0], dtype=torch.float64)
+
+    def grad(weight):
+        x = ew.clone().requires_grad_(True)
+        loss, _ = LOSSES[name](x, el, rw, rl, beta=50.0, eta=1e-3, pair_weight=weight)
+        loss.backward()
+        return loss, x.grad
+
+    plain_loss, plain = grad(None)
+    ones_loss, ones = grad(torch.ones(6, dtype=torch.float64))
+    torch.testing.assert_close(ones_loss, plain_loss)
+    _, weighted = grad(pw)
+    torch.testing.assert_close(weighted, plain * pw)
+    assert weighted[0] == 0 and weighted[-1] == 0
+    with pytest.raises(ValueError, match="pair_weight"):
+        LOSSES[name](ew, el, rw, rl, beta=50.0, pair_weight=torch.ones(3))

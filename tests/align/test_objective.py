@@ -191,3 +191,59 @@ def test_sdxl_unet_with_added_time_ids_and_pooled_text():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert unet.add_embedding.linear_1.weight.grad.abs().sum() > 0  # the added embeds are used
+
+
+def test_batch_pair_weights_reach_the_loss(model_and_pairs):
+    """A batch's ``weight`` scales each pair's loss: all-zero weights give a zero loss, and
+    doubling every weight doubles it (same t and noise from the same generator)."""
+    kind, model, pairs = model_and_pairs
+    obj = LinearDPO(
+        LinearDPOConfig(loss="sigmoid", beta=500.0, reference="frozen"),
+        model,
+        schedule=schedule_for(kind),
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+
+    def loss(weight):
+        batch = dict(pairs, weight=weight) if weight is not None else pairs
+        return obj(model, batch, generator=torch.Generator().manual_seed(5)).loss
+
+    n = len(pairs["x_w"])
+    assert loss(torch.zeros(n)).item() == 0.0
+    torch.testing.assert_close(loss(torch.full((n,), 2.0)), 2 * loss(None))
+
+
+def test_reward_margin_and_cond_dropout(model_and_pairs):
+    """reward_margin = -(beta/2) * margin (TRL's rewards/margins); cond_dropout swaps in the
+    empty prompt for exactly the pairs whose per-pair uniform (salt 3) falls below the rate."""
+    from diffkit.core.objective import StepContext
+
+    kind, model, pairs = model_and_pairs
+    g = torch.Generator().manual_seed(11)
+    uncond = {k: torch.randn(v.shape, generator=g) for k, v in pairs["cond"].items()}
+    ctx = StepContext(
+        step=0, generator=torch.Generator(), sample_seeds=torch.arange(len(pairs["x_w"]))
+    )
+    drop = ctx.rand(1, salt=3)[:, 0] < 0.5
+    assert 0 < int(drop.sum()) < len(drop)  # these seeds drop some pairs, not all
+
+    def run(cond_dropout, batch):
+        obj = LinearDPO(
+            LinearDPOConfig(reference="frozen", beta=500.0, cond_dropout=cond_dropout),
+            model,
+            schedule=schedule_for(kind),
+        )
+        return obj(model, batch, ctx)
+
+    out = run(0.5, dict(pairs, uncond=uncond))
+    manual = {
+        k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), uncond[k], v)
+        for k, v in pairs["cond"].items()
+    }
+    ref = run(0.0, dict(pairs, cond=manual))
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=0)
+    torch.testing.assert_close(out.metrics["reward_margin"], -250.0 * out.metrics["margin"])
+    with pytest.raises(ValueError, match="uncond"):
+        run(0.5, pairs)

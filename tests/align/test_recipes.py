@@ -35,6 +35,7 @@ def test_paper_presets():
     assert (sdxl.dpo.beta, sdxl.dpo.eta, sdxl.dpo.reference) == (500.0, 0.0, "frozen")
     assert (sd3.dpo.beta, sd3.dpo.eta, sd3.train.warmup_steps) == (5000.0, 0.05, 100)
     assert {r.train.batch_size for r in (sd15, sdxl, sd3)} == {128}
+    assert (sd15.dpo.cond_dropout, sdxl.dpo.cond_dropout, sd3.dpo.cond_dropout) == (0.2, 0.2, 0.0)
 
 
 def test_overrides_and_unknown_keys():

@@ -1,42 +1,47 @@
-"""Linear-DPO preference alignment for diffusion and flow-matching models (arXiv 2605.21123)."""
+"""Linear-DPO preference alignment for diffusion and flow-matching models (arXiv 2605.21123).
 
-from diffkit.align.losses import (
-    hinge_dpo_loss,
-    ipo_loss,
-    linear_dpo_loss,
-    linear_dpo_weight,
-    linear_pure_loss,
-    margin,
-    sigmoid_dpo_loss,
-)
-from diffkit.align.objective import (
-    SUPPORTED_MODELS,
-    LinearDPO,
-    LinearDPOConfig,
-    model_kind,
-    paired_errors,
-    predict,
-    t_from_uniform,
-)
-from diffkit.align.reference import EMAReference, FrozenReference, LoRAReference, make_reference
+The public names below are imported on first access (PEP 562), so ``diffkit.align.cli`` (and
+``diffkit align --help``) loads without torch.
+"""
 
-__all__ = [
-    "SUPPORTED_MODELS",
-    "EMAReference",
-    "FrozenReference",
-    "LinearDPO",
-    "LinearDPOConfig",
-    "LoRAReference",
-    "hinge_dpo_loss",
-    "ipo_loss",
-    "linear_dpo_loss",
-    "linear_dpo_weight",
-    "linear_pure_loss",
-    "make_reference",
-    "margin",
-    "model_kind",
-    "paired_errors",
-    "predict",
-    "sigmoid_dpo_loss",
-    "t_from_uniform",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "hinge_dpo_loss": "losses",
+    "ipo_loss": "losses",
+    "linear_dpo_loss": "losses",
+    "linear_dpo_weight": "losses",
+    "linear_pure_loss": "losses",
+    "margin": "losses",
+    "sigmoid_dpo_loss": "losses",
+    "SUPPORTED_MODELS": "objective",
+    "LinearDPO": "objective",
+    "LinearDPOConfig": "objective",
+    "model_kind": "objective",
+    "paired_errors": "objective",
+    "predict": "objective",
+    "t_from_uniform": "objective",
+    "EMAReference": "reference",
+    "FrozenReference": "reference",
+    "LoRAReference": "reference",
+    "make_reference": "reference",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffkit.align' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"diffkit.align.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

@@ -22,6 +22,11 @@ def load_recipe(recipe: Path | None, overrides: list[str]):
     return cfglib.from_dict(AlignRecipe, data)
 
 
+def _fail(error: Exception) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(2)
+
+
 @app.command()
 def train(
     model: Path = typer.Option(..., help="Local diffusers pipeline folder (SD1.5, SDXL or SD3)."),
@@ -37,18 +42,57 @@ def train(
     set_: list[str] = typer.Option(
         None, "--set", help="Override a recipe key, e.g. --set train.steps=10. Repeatable."
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Resume the checkpoint in OUT/run even if it was made by another recipe, model or "
+        "data (by default such a run is refused, naming the changed fields).",
+    ),
+    device: str = typer.Option(
+        None,
+        help="Where to cache and train: auto (accelerate's device: the local GPU under "
+        "torchrun), cpu, cuda, cuda:N or mps. Default: the recipe's train.device (cpu).",
+    ),
+    mixed_precision: str = typer.Option(
+        None,
+        "--mixed-precision",
+        help="no, bf16 or fp16: autocast of the forward passes; weights, optimizer state and "
+        "the EMA stay fp32 (fp16 adds a gradient scaler). Default: the recipe's (no).",
+    ),
+    gradient_checkpointing: bool = typer.Option(
+        None,
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute the denoiser's activations in backward (less memory, more compute).",
+    ),
+    optimizer: str = typer.Option(
+        None,
+        help="adamw or adamw_8bit (needs bitsandbytes, the bnb extra). Default: the recipe's.",
+    ),
 ) -> None:
     """Cache VAE latents and text embeddings once, then train the denoiser with Linear-DPO."""
     import json
 
     import torch
 
-    from diffkit.align.pipeline import align_model
+    from diffkit.align.data import DataError
+    from diffkit.align.pipeline import ModelFolderError, RecipeError, ResumeError, align_model
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    cfg = load_recipe(recipe, set_)
-    src = data[0] if len(data) == 1 else list(data)
-    summary = align_model(model, src, cfg, out, progress=True)
+    flags = {
+        "train.device": device,
+        "train.mixed_precision": mixed_precision,
+        "train.optimizer": optimizer,
+        "gradient_checkpointing": gradient_checkpointing,
+    }
+    overrides = list(set_ or []) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    try:
+        cfg = load_recipe(recipe, overrides)
+    except ValueError as e:  # an unknown key or a bad value: one line, not a traceback
+        _fail(e)
+    try:
+        summary = align_model(model, list(data), cfg, out, progress=True, force=force)
+    except (DataError, ModelFolderError, RecipeError, ResumeError, TimeoutError, ImportError) as e:
+        _fail(e)
     if "rank" in summary:  # a non-zero torchrun rank: rank 0 reports
         return
     typer.echo(json.dumps({k: summary[k] for k in ("model", "steps", "data", "cache")}))

@@ -2,7 +2,10 @@
 
 Every loader returns ``(pairs, stats)``: a list of :class:`PreferencePair` oriented winner-first and
 a :class:`LoadStats` that counts what was dropped and why. Bad rows (a missing image file, empty or
-undecodable bytes, a malformed record) are skipped and counted, never a crash.
+undecodable bytes, a malformed record, a negative or non-finite weight) are skipped and counted.
+Whole-input problems (a file in another format than asked for, a parquet file without the needed
+columns, a JSON file that does not parse, no usable pair at all) raise :class:`DataError` with a
+one-line message naming the file.
 
 * **Pick-a-Pic v2** (``yuvalkirstain/pickapic_v2`` parquet shards): columns ``caption``, ``jpg_0``,
   ``jpg_1`` (JPEG bytes), ``label_0`` in {0, 0.5, 1}. Ties (0.5) are dropped; the winner is
@@ -21,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +73,39 @@ class ImageError(ValueError):
     """An image that is missing or cannot be decoded."""
 
 
+class DataError(ValueError):
+    """A data file that cannot be used as asked (wrong format, missing columns, no usable pair)."""
+
+
+def _weight(value, stats: LoadStats) -> float | None:
+    """A pair weight: missing -> 1; 0 stays 0; negative, non-finite or non-numeric -> None."""
+    if value is None:
+        return 1.0
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        w = float("nan")
+    if not math.isfinite(w) or w < 0:
+        stats.drop("bad_weight")
+        return None
+    return w
+
+
+def _parquet_columns(path: Path, needed: tuple[str, ...], what: str) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError on non-parquet input
+        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__})") from e
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise DataError(
+            f"{path}: {what} parquet needs columns {list(needed)}; missing {missing} "
+            f"(has {names[:12]}{' ...' if len(names) > 12 else ''})"
+        )
+
+
 def open_image(src: ImageSource):
     """A PIL image from bytes or a path; :class:`ImageError` if missing or undecodable."""
     from PIL import Image, UnidentifiedImageError
@@ -88,20 +125,43 @@ def open_image(src: ImageSource):
         raise ImageError(f"cannot decode image: {e}") from e
 
 
-def decode_image(src: ImageSource, size: int) -> torch.Tensor:
-    """(3, size, size) float tensor in [-1, 1]: RGB, resize the short side, center crop."""
+def decode_image(
+    src: ImageSource,
+    size: int,
+    *,
+    crop: tuple[float, float] | None = None,
+    flip: bool = False,
+    return_meta: bool = False,
+):
+    """(3, size, size) float tensor in [-1, 1]: RGB, resize the short side to ``size``, crop.
+
+    Args:
+        crop: ``None`` for a center crop, or (fy, fx) in [0, 1]: the crop's top-left corner as a
+            fraction of the free room (a random crop when the fractions are drawn at random).
+        flip: mirror left-right after cropping.
+        return_meta: also return ``(orig_h, orig_w, crop_top, crop_left)``, SDXL's size and crop
+            conditioning (in the resized image's pixels for the crop, as diffusers' SDXL scripts).
+    """
     import numpy as np
     from PIL import Image
 
     img = open_image(src).convert("RGB")
+    w0, h0 = img.size
+    s = size / min(w0, h0)
+    img = img.resize((max(size, round(w0 * s)), max(size, round(h0 * s))), Image.BICUBIC)
     w, h = img.size
-    s = size / min(w, h)
-    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
+    if crop is None:
+        top, left = (h - size) // 2, (w - size) // 2
+    else:
+        top, left = round(crop[0] * (h - size)), round(crop[1] * (w - size))
     img = img.crop((left, top, left + size, top + size))
+    if flip:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
-    return arr / 127.5 - 1.0
+    x = arr / 127.5 - 1.0
+    if return_meta:
+        return x, (h0, w0, top, left)
+    return x
 
 
 # ----------------------------------------------------------------------------- Pick-a-Pic v2
@@ -110,8 +170,10 @@ def load_pickapic(paths: str | Path | list) -> tuple[list[PreferencePair], LoadS
     import pyarrow.parquet as pq
 
     stats, pairs = LoadStats(), []
+    columns = ("caption", "jpg_0", "jpg_1", "label_0")
     for f in _expand(paths, "*.parquet"):
-        table = pq.read_table(f, columns=["caption", "jpg_0", "jpg_1", "label_0"])
+        _parquet_columns(f, columns, "Pick-a-Pic v2")
+        table = pq.read_table(f, columns=list(columns))
         for row in table.to_pylist():
             stats.rows += 1
             label = row.get("label_0")
@@ -149,14 +211,23 @@ def load_hpdv3(
     json_path = Path(json_path)
     root = Path(image_root) if image_root is not None else json_path.parent
     stats, pairs = LoadStats(), []
-    records = json.loads(json_path.read_text())
+    try:
+        records = json.loads(json_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{json_path}: not an HPDv3 JSON file ({e})") from e
+    if not isinstance(records, list):
+        raise DataError(
+            f"{json_path}: an HPDv3 file is a JSON list of records, got {type(records).__name__}"
+        )
     for rec in records:
         stats.rows += 1
         try:
             prompt, p1, p2 = rec["prompt"], rec["path1"], rec["path2"]
             m1, m2 = rec.get("model1", ""), rec.get("model2", "")
-            dist = rec.get("choice_dist", [1.0, 0.0])
-        except (KeyError, TypeError):
+            dist = rec.get("choice_dist") or [1.0, 0.0]
+            if len(dist) != 2:
+                raise TypeError("choice_dist")
+        except (KeyError, TypeError, AttributeError):
             stats.drop("malformed")
             continue
         if models is not None and not (m1 in models and m2 in models):
@@ -174,9 +245,10 @@ def load_hpdv3(
             if sizes != {tuple(resolution)}:
                 stats.drop("resolution_filter")
                 continue
-        pairs.append(
-            PreferencePair(prompt, a, b, float(rec.get("confidence", 1.0) or 1.0), source="hpdv3")
-        )
+        weight = _weight(rec.get("confidence"), stats)
+        if weight is None:
+            continue
+        pairs.append(PreferencePair(prompt, a, b, weight, source="hpdv3"))
         stats.kept += 1
     return pairs, stats
 
@@ -188,10 +260,15 @@ def load_generic(path: str | Path) -> tuple[list[PreferencePair], LoadStats]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
+        _parquet_columns(path, ("prompt", "chosen", "rejected"), "generic")
         rows = pq.read_table(path).to_pylist()
     else:
         rows = []
-        for line in path.read_text().splitlines():
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not a JSONL text file ({e.reason})") from e
+        for line in text.splitlines():
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -212,12 +289,15 @@ def load_generic(path: str | Path) -> tuple[list[PreferencePair], LoadStats]:
         if not srcs[0] or not srcs[1]:
             stats.drop("missing_image")
             continue
+        weight = _weight(row.get("weight"), stats)
+        if weight is None:
+            continue
         pairs.append(
             PreferencePair(
                 str(row["prompt"]),
                 srcs[0],
                 srcs[1],
-                float(row.get("weight", 1.0) or 1.0),
+                weight,
                 str(row.get("source", "") or ""),
             )
         )
@@ -229,32 +309,75 @@ def _expand(paths, pattern: str) -> list[Path]:
     items = paths if isinstance(paths, (list, tuple)) else [paths]
     out: list[Path] = []
     for p in map(Path, items):
+        if not p.exists():
+            raise DataError(f"{p}: no such data file or folder")
         out.extend(sorted(p.glob(pattern)) if p.is_dir() else [p])
     if not out:
-        raise FileNotFoundError(f"no data files found in {items}")
+        raise DataError(f"no {pattern} data files in {', '.join(map(str, items))}")
     return out
+
+
+def detect_format(path: str | Path) -> Format:
+    """The format of one data path: .json -> HPDv3; parquet with ``jpg_0`` -> Pick-a-Pic (a folder:
+    its first parquet shard); anything else -> generic."""
+    first = _expand(path, "*.parquet")[0]
+    if first.suffix == ".json":
+        return "hpdv3"
+    if first.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.read_schema(first).names
+        except Exception as e:
+            raise DataError(f"{first}: not a readable parquet file ({type(e).__name__})") from e
+        return "pickapic" if "jpg_0" in names else "generic"
+    return "generic"
+
+
+def _check_format(path: Path, format: Format) -> None:
+    """A one-line error when a file plainly is not in ``format`` (e.g. a JSON file as Pick-a-Pic)."""
+    first = _expand(path, "*.parquet")[0]
+    suffix = first.suffix
+    if format == "pickapic" and suffix != ".parquet":
+        raise DataError(f"{first}: data_format=pickapic needs parquet shards, got a {suffix} file")
+    if format == "hpdv3" and suffix != ".json":
+        raise DataError(f"{first}: data_format=hpdv3 needs the HPDv3 JSON file, got {suffix}")
+    if format == "generic" and suffix == ".json":
+        raise DataError(f"{first}: data_format=generic reads JSONL or parquet, got a .json file")
 
 
 def load_pairs(
     path: str | Path | list, format: Format = "auto", **kwargs
 ) -> tuple[list[PreferencePair], LoadStats]:
-    """Dispatch on ``format`` ("auto": .json -> HPDv3; parquet with ``jpg_0`` -> Pick-a-Pic;
-    otherwise generic)."""
-    if format == "auto":
-        first = _expand(path, "*.parquet")[0]
-        if first.suffix == ".json":
-            format = "hpdv3"
-        elif first.suffix == ".parquet":
-            import pyarrow.parquet as pq
+    """Read one path or a list of paths (each may have its own format under "auto").
 
-            names = pq.read_schema(first).names
-            format = "pickapic" if "jpg_0" in names else "generic"
+    "auto": .json -> HPDv3; parquet with ``jpg_0`` -> Pick-a-Pic; otherwise generic. ``kwargs``
+    go to the HPDv3 loader (``models``, ``resolution``, ``image_root``) and are ignored by the
+    other formats. Raises :class:`DataError` when no usable pair is left.
+    """
+    if format not in ("auto", "pickapic", "hpdv3", "generic"):
+        raise ValueError(
+            f"format={format!r} is not supported; use auto, pickapic, hpdv3 or generic"
+        )
+    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    pairs: list[PreferencePair] = []
+    stats = LoadStats()
+    for p in paths:
+        fmt = detect_format(p) if format == "auto" else format
+        _check_format(p, fmt)
+        if fmt == "pickapic":
+            got, st = load_pickapic(p)
+        elif fmt == "hpdv3":
+            got, st = load_hpdv3(p, **kwargs)
         else:
-            format = "generic"
-    if format == "pickapic":
-        return load_pickapic(path, **kwargs)
-    if format == "hpdv3":
-        return load_hpdv3(path, **kwargs)
-    if format == "generic":
-        return load_generic(path, **kwargs)
-    raise ValueError(f"format={format!r} is not supported; use auto, pickapic, hpdv3 or generic")
+            got, st = load_generic(p)
+        pairs += got
+        stats.rows += st.rows
+        stats.kept += st.kept
+        stats.dropped.update(st.dropped)
+    if not pairs:
+        raise DataError(
+            f"no usable preference pairs in {', '.join(map(str, paths))} "
+            f"({json.dumps(stats.as_dict())})"
+        )
+    return pairs, stats

@@ -15,6 +15,12 @@ al., arXiv 2311.12908, eq. 14; Linear-DPO, arXiv 2605.21123, ``inside_term`` in 
 
 Each loss returns ``(loss, weight)`` where ``weight`` is the detached per-pair gradient weight
 dloss/dDelta_theta (times B), so callers can log clip fractions.
+
+**Pair weights.** Every loss takes an optional ``pair_weight`` (B,) (HPDv3 ``confidence``, the
+generic format's ``weight``): the loss becomes mean_i(pair_weight_i * loss_i), so a pair of weight
+0 contributes nothing and weights of 1 give the plain mean. The normaliser is B, not the sum of the
+weights, so the value does not depend on how a global batch is split into micro-batches or ranks.
+The returned per-pair ``weight`` is the DPO weight before ``pair_weight``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,16 @@ def _check(err_w, err_l, ref_err_w, ref_err_l) -> None:
             "DPO losses need four per-pair vectors of the same shape (B,), got shapes "
             f"{[tuple(t.shape) for t in (err_w, err_l, ref_err_w, ref_err_l)]}"
         )
+
+
+def _mean(x: torch.Tensor, pair_weight: torch.Tensor | None) -> torch.Tensor:
+    if pair_weight is None:
+        return x.mean()
+    if pair_weight.shape != x.shape:
+        raise ValueError(
+            f"pair_weight must have shape {tuple(x.shape)}, got {tuple(pair_weight.shape)}"
+        )
+    return (pair_weight.detach().to(x.dtype) * x).mean()
 
 
 def margin(err_w, err_l, ref_err_w, ref_err_l) -> torch.Tensor:
@@ -58,6 +74,7 @@ def linear_dpo_loss(
     ref_err_l: torch.Tensor,
     beta: float,
     eta: float = 1e-3,
+    pair_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear-DPO (arXiv 2605.21123, sec. 3 and its ``--linear_dpo`` code path).
 
@@ -71,7 +88,7 @@ def linear_dpo_loss(
     """
     m = margin(err_w, err_l, ref_err_w, ref_err_l)
     w = linear_dpo_weight(m, beta, eta)
-    return (w * (err_w - err_l)).mean(), w
+    return _mean(w * (err_w - err_l), pair_weight), w
 
 
 def linear_pure_loss(
@@ -81,11 +98,12 @@ def linear_pure_loss(
     ref_err_l: torch.Tensor,
     beta: float = 1.0,
     eta: float = 0.0,
+    pair_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unweighted contrastive regression: w = 0.5 for every pair (ignores the reference)."""
     _check(err_w, err_l, ref_err_w, ref_err_l)
     w = torch.full_like(err_w, 0.5).detach()
-    return (w * (err_w - err_l)).mean(), w
+    return _mean(w * (err_w - err_l), pair_weight), w
 
 
 def sigmoid_dpo_loss(
@@ -95,6 +113,7 @@ def sigmoid_dpo_loss(
     ref_err_l: torch.Tensor,
     beta: float,
     eta: float = 0.0,
+    pair_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Diffusion-DPO (Wallace et al., arXiv 2311.12908, eq. 14): mean(-log sigma(-(beta/2) m)).
 
@@ -107,7 +126,7 @@ def sigmoid_dpo_loss(
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     m = margin(err_w, err_l, ref_err_w, ref_err_l)
-    loss = -F.logsigmoid(-0.5 * beta * m).mean()
+    loss = _mean(-F.logsigmoid(-0.5 * beta * m), pair_weight)
     return loss, (0.5 * beta * torch.sigmoid(0.5 * beta * m)).detach()
 
 
@@ -118,6 +137,7 @@ def ipo_loss(
     ref_err_l: torch.Tensor,
     beta: float,
     eta: float = 0.0,
+    pair_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """IPO-style squared loss (Azar et al., arXiv 2310.12036) on the implicit reward.
 
@@ -128,7 +148,7 @@ def ipo_loss(
         raise ValueError(f"beta must be > 0, got {beta}")
     m = margin(err_w, err_l, ref_err_w, ref_err_l)
     r = -0.5 * beta * m
-    loss = ((r - 1.0) ** 2).mean() / beta
+    loss = _mean((r - 1.0) ** 2, pair_weight) / beta
     return loss, (-(r - 1.0)).detach()
 
 
@@ -139,13 +159,14 @@ def hinge_dpo_loss(
     ref_err_l: torch.Tensor,
     beta: float,
     eta: float = 0.0,
+    pair_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hinge (SLiC, arXiv 2305.10425) on the implicit reward: mean(relu(1 - r))."""
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     m = margin(err_w, err_l, ref_err_w, ref_err_l)
     r = -0.5 * beta * m
-    return F.relu(1.0 - r).mean(), ((r < 1.0).float() * 0.5 * beta).detach()
+    return _mean(F.relu(1.0 - r), pair_weight), ((r < 1.0).float() * 0.5 * beta).detach()
 
 
 LOSSES = {

@@ -17,7 +17,15 @@ train_cfg, out)``. ``fit`` calls ``after_step`` once per optimizer step (the EMA
 and saves ``state_dict()`` (the EMA) in every checkpoint.
 
 A batch is a dict ``{"x_w": (B, C, H, W), "x_l": (B, C, H, W), "cond": {name: (B, ...)}}`` where
-``cond`` holds the model's conditioning (see :func:`predict`).
+``cond`` holds the model's conditioning (see :func:`predict`), with optional entries:
+
+* ``"weight"`` (B,): per-pair weights (the loss is mean_i(weight_i * loss_i); see
+  :mod:`diffkit.align.losses`);
+* ``"cond_l"``: conditioning entries that differ for the loser (SDXL's per-image ``time_ids``:
+  original size and crop of each image); ``cond`` then holds the winner's;
+* ``"uncond"``: the empty prompt's conditioning (B, ...), used with probability
+  ``cond_dropout`` per pair in place of the prompt's text entries (Diffusion-DPO and Linear-DPO
+  train SD1.5/SDXL with 20% empty prompts).
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ class LinearDPOConfig:
             the eps-form weighting; no effect on DDPM).
         sft_weight: weight of an optional SFT anchor, sft_weight * mean L_theta(x_w); 0 = off.
         log_drift: log ||theta - theta_ref|| every step (one pass over the parameters).
+        cond_dropout: probability that a pair trains on the empty prompt (the batch's ``uncond``)
+            instead of its own (the paper's code: 0.2 for SD1.5 / SDXL, 0 for SD3).
     """
 
     loss: Literal["linear", "sigmoid", "linear_pure", "hinge", "ipo"] = "linear"
@@ -72,6 +82,7 @@ class LinearDPOConfig:
     time_weighting: Literal["none", "flow_eps"] = "none"
     sft_weight: float = 0.0
     log_drift: bool = True
+    cond_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -93,6 +104,10 @@ class LinearDPOConfig:
             )
         if self.sft_weight < 0:
             raise ValueError(f"LinearDPOConfig.sft_weight must be >= 0, got {self.sft_weight}")
+        if not 0 <= self.cond_dropout < 1:
+            raise ValueError(
+                f"LinearDPOConfig.cond_dropout must be in [0, 1), got {self.cond_dropout}"
+            )
 
 
 # ----------------------------------------------------------------------------- model adapters
@@ -166,14 +181,19 @@ def paired_errors(
     noise: torch.Tensor,
     t: torch.Tensor,
     time_weighting: str = "none",
+    cond_l: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample fp32 MSEs (L(x_w), L(x_l)) with one shared (t, eps) per pair; one 2B forward."""
+    """Per-sample fp32 MSEs (L(x_w), L(x_l)) with one shared (t, eps) per pair; one 2B forward.
+
+    ``cond_l`` overrides conditioning entries for the losers (e.g. SDXL's per-image time ids).
+    """
     x0 = torch.cat([x_w, x_l]).float()
     eps = torch.cat([noise, noise]).float()
-    tt = torch.cat([t, t])
+    tt = torch.cat([t, t])  # (2B,): winner i and loser i share t_i and eps_i
     x_t = schedule.add_noise(x0, eps, tt)
     y = schedule.target(x0, eps, tt)
-    c = {k: torch.cat([v, v]) for k, v in cond.items()}
+    cond_l = cond_l or {}
+    c = {k: torch.cat([v, cond_l.get(k, v)]) for k, v in cond.items()}
     pred = predict(model, x_t, schedule.model_t(tt), c)
     err = (pred.float() - y).pow(2).flatten(1).mean(1)
     if time_weighting == "flow_eps" and isinstance(schedule, FlowMatching):
@@ -222,6 +242,24 @@ class LinearDPO:
             z = torch.randn(B, generator=generator)
         return noise.to(x.device), t_from_uniform(self.schedule, u, z).to(x.device)
 
+    def _dropout(self, batch, ctx: StepContext | None, generator: torch.Generator | None):
+        """The batch's conditioning with the prompt's text entries replaced by the empty
+        prompt's for a ``cond_dropout`` share of pairs (drawn per pair, split-independent)."""
+        cond, p = batch["cond"], self.config.cond_dropout
+        if p == 0:
+            return cond
+        uncond = batch.get("uncond")
+        if uncond is None:
+            raise ValueError("LinearDPOConfig.cond_dropout > 0 needs the batch's 'uncond' entry")
+        B = batch["x_w"].shape[0]
+        u = ctx.rand(1, salt=3)[:, 0] if ctx is not None else torch.rand(B, generator=generator)
+        drop = u.to(batch["x_w"].device) < p  # (B,)
+        out = dict(cond)
+        for k, v in uncond.items():
+            mask = drop.view(-1, *([1] * (v.dim() - 1)))
+            out[k] = torch.where(mask, v.to(cond[k].dtype), cond[k])
+        return out
+
     def _check_batch(self, batch) -> None:
         if not isinstance(batch, Mapping) or not {"x_w", "x_l", "cond"} <= set(batch):
             got = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
@@ -241,22 +279,30 @@ class LinearDPO:
     ) -> LossOutput:
         self._check_batch(batch)
         cfg = self.config
-        x_w, x_l, cond = batch["x_w"], batch["x_l"], batch["cond"]
+        x_w, x_l = batch["x_w"], batch["x_l"]
         noise, t = self._draw(ctx, x_w, generator)
+        cond = self._dropout(batch, ctx, generator)
+        cond_l = batch.get("cond_l")
         # Reference first: the LoRA-EMA strategy swaps adapter weights in place for its forward.
         with torch.no_grad(), self.reference.model(model) as ref:
             was = ref.training
             ref.eval()
             ref_w, ref_l = paired_errors(
-                ref, self.schedule, x_w, x_l, cond, noise, t, cfg.time_weighting
+                ref, self.schedule, x_w, x_l, cond, noise, t, cfg.time_weighting, cond_l
             )
             ref.train(was)
         err_w, err_l = paired_errors(
-            model, self.schedule, x_w, x_l, cond, noise, t, cfg.time_weighting
+            model, self.schedule, x_w, x_l, cond, noise, t, cfg.time_weighting, cond_l
         )
-        loss, w = self.loss_fn(err_w, err_l, ref_w, ref_l, beta=cfg.beta, eta=cfg.eta)
+        pair_weight = batch.get("weight")
+        if pair_weight is not None:
+            pair_weight = pair_weight.to(err_w.device)
+        loss, w = self.loss_fn(
+            err_w, err_l, ref_w, ref_l, beta=cfg.beta, eta=cfg.eta, pair_weight=pair_weight
+        )
         if cfg.sft_weight > 0:
-            loss = loss + cfg.sft_weight * err_w.mean()
+            sft = err_w if pair_weight is None else pair_weight * err_w
+            loss = loss + cfg.sft_weight * sft.mean()
         m = ((err_w - err_l) - (ref_w - ref_l)).detach()
         metrics = {
             "mse_w": err_w.detach().mean(),
@@ -266,6 +312,8 @@ class LinearDPO:
             "margin": m.mean(),
             "beta_margin_std": cfg.beta * m.std() if m.numel() > 1 else torch.tensor(0.0),
             "implicit_acc": (m < 0).float().mean(),
+            # TRL's rewards/margins: r = -(beta/2) m, chosen reward minus rejected reward
+            "reward_margin": (-0.5 * cfg.beta * m).mean(),
             "weight": w.mean(),
         }
         if cfg.loss == "linear":

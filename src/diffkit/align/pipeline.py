@@ -2,13 +2,19 @@
 
 ``align_model(model_dir, data, recipe, out_dir)`` is what ``diffkit align train`` runs:
 
+0. check what can be checked cheaply, before any encoding: the batch divides over ranks and
+   accumulation, the data reads in the asked format and holds usable pairs, and an existing
+   checkpoint in ``out_dir/run`` was made by the same recipe, model and data (else
+   :class:`ResumeError` naming the changed fields; ``force=True`` resumes anyway);
 1. load the pipeline folder (``DiffusionPipeline.from_pretrained(model_dir)``; local files only);
    supported denoisers: ``UNet2DConditionModel`` (SD1.5, SDXL with its added time ids and pooled
    text embeds) and ``SD3Transformer2DModel`` (SD3 / SD3.5);
 2. read preference pairs (:mod:`diffkit.align.data`), decode each image once, encode both images
    with the VAE and every unique prompt with the pipeline's own ``encode_prompt``, and save the
-   cache to ``out_dir/cache`` (a second run with the same inputs reuses it); undecodable images are
-   skipped and counted;
+   cache to ``out_dir/cache/<key>`` where the key hashes the selected pairs' contents (prompts,
+   image bytes or path/size/mtime, weights, so every filter counts), the model's encoders and the
+   encoding settings; a second run with the same inputs reuses it; undecodable images are skipped
+   and counted; under torchrun, rank 0 caches and the others wait (``cache_wait_s``);
 3. free the VAE and text encoders, and train the denoiser with :class:`~diffkit.align.LinearDPO`
    through :func:`diffkit.train.fit` (full fine-tune, or LoRA when ``recipe.lora_rank > 0``);
 4. save the trained denoiser (``save_pretrained``) to ``out_dir/final``.
@@ -16,10 +22,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +35,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffkit.align.data import Format, ImageError, PreferencePair, decode_image, load_pairs
+from diffkit import config as cfglib
+from diffkit.align.data import (
+    DataError,
+    Format,
+    ImageError,
+    PreferencePair,
+    decode_image,
+    load_pairs,
+)
 from diffkit.align.objective import SUPPORTED_MODELS, LinearDPO, LinearDPOConfig, model_kind
+from diffkit.align.validation import ValidationCallback
+from diffkit.core.ema import EMA
 from diffkit.core.io import atomic_write_json, load_tensors, save_tensors
 from diffkit.core.schedules import DDPM, FlowMatching
-from diffkit.train import TrainConfig, fit
+from diffkit.train import TrainConfig, fit, latest_checkpoint, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +70,20 @@ class AlignRecipe:
         cache_batch_size: images per VAE/text-encoder call while caching.
         max_pairs: use at most this many pairs (0 = all).
         seed: seed of the VAE latent sampling while caching.
+        cache_wait_s: under torchrun, how long ranks > 0 wait for rank 0's cache (seconds).
+        gradient_checkpointing: recompute the denoiser's activations in the backward pass
+            (diffusers' ``enable_gradient_checkpointing``): less memory, ~30% more compute.
+        random_crop: crop at a random position (one per pair, drawn at caching) instead of the
+            center; SDXL is conditioned on each image's crop and original size either way.
+        random_flip: mirror half of the pairs left-right (both images of a pair alike).
+        holdout_pairs: pairs kept out of training (a seeded random choice) and scored every
+            ``eval_every`` steps: ``eval/implicit_acc``, ``eval/reward_margin``, ... (0 = none).
+        eval_every: steps between held-out metrics and validation images (and at the last step).
+        validation_prompts: prompts sampled with fixed seeds from the policy, the reference and
+            the EMA (``train.ema_decay > 0``) every ``eval_every`` steps (PNGs in
+            ``OUT/run/validation/`` and TensorBoard); empty = no images.
+        validation_steps: sampler steps of the pipeline's scheduler for the validation images.
+        validation_guidance: classifier-free guidance scale (1 = none).
     """
 
     dpo: LinearDPOConfig = field(default_factory=LinearDPOConfig)
@@ -64,6 +96,15 @@ class AlignRecipe:
     cache_batch_size: int = 4
     max_pairs: int = 0
     seed: int = 0
+    cache_wait_s: float = 6 * 3600.0
+    gradient_checkpointing: bool = False
+    random_crop: bool = False
+    random_flip: bool = False
+    holdout_pairs: int = 0
+    eval_every: int = 100
+    validation_prompts: tuple[str, ...] = ()
+    validation_steps: int = 20
+    validation_guidance: float = 5.0
 
     def __post_init__(self) -> None:
         if self.resolution < 8 or self.resolution % 8:
@@ -80,6 +121,51 @@ class AlignRecipe:
             raise ValueError(
                 f"AlignRecipe.dpo.reference={self.dpo.reference!r} needs lora_rank > 0"
             )
+        if self.holdout_pairs < 0 or self.eval_every < 1 or self.validation_steps < 1:
+            raise ValueError(
+                "AlignRecipe.holdout_pairs must be >= 0, eval_every and validation_steps >= 1; got "
+                f"{self.holdout_pairs}, {self.eval_every}, {self.validation_steps}"
+            )
+        if not self.validation_guidance >= 1:
+            raise ValueError(
+                f"AlignRecipe.validation_guidance must be >= 1, got {self.validation_guidance}"
+            )
+        if not self.cache_wait_s > 0:
+            raise ValueError(f"AlignRecipe.cache_wait_s must be > 0, got {self.cache_wait_s}")
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is not a loadable diffusers pipeline of a supported kind."""
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run in this setting (e.g. a batch that does not split over ranks)."""
+
+
+class ResumeError(ValueError):
+    """A checkpoint in the output folder was made by another recipe, model or data."""
+
+
+# Recipe fields a resumed run may change: they do not alter what the first steps computed.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.steps",
+        "train.grad_accum",  # a memory knob: the noise is drawn per pair, not per micro-batch
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.max_consecutive_nonfinite",
+        "train.resume",
+        "cache_batch_size",
+        "cache_wait_s",
+        "train.device",  # another machine: same math, rounding may differ
+        "gradient_checkpointing",  # recomputes the same activations
+        "eval_every",
+        "validation_prompts",
+        "validation_steps",
+        "validation_guidance",
+    }
+)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -106,18 +192,30 @@ def load_pipeline(model_dir: str | Path):
 
     model_dir = Path(model_dir)
     if not (model_dir / "model_index.json").is_file():
-        raise FileNotFoundError(
+        raise ModelFolderError(
             f"{model_dir} is not a diffusers pipeline folder (no model_index.json)"
         )
-    index = json.loads((model_dir / "model_index.json").read_text())
+    try:
+        index = json.loads((model_dir / "model_index.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{model_dir}/model_index.json is not valid JSON ({e})") from e
     # Components saved as [null, null] (e.g. SD3 without T5) must be passed as None explicitly.
     absent = {
         k: None
         for k, v in index.items()
         if not k.startswith("_") and isinstance(v, list) and v[0] is None
     }
-    pipe = DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, **absent)
-    model_kind(denoiser_of(pipe))
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, **absent)
+    except Exception as e:  # diffusers raises OSError, ValueError, KeyError, ... per component
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelFolderError(
+            f"cannot load the diffusers pipeline in {model_dir}: {type(e).__name__}: {first}"
+        ) from e
+    try:
+        model_kind(denoiser_of(pipe))
+    except ValueError as e:
+        raise ModelFolderError(f"{model_dir}: {e}") from e
     return pipe
 
 
@@ -133,10 +231,12 @@ def denoiser_of(pipe) -> nn.Module:
 
 # ----------------------------------------------------------------------------- caching
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
-    """Conditioning tensors for each prompt with the pipeline's own ``encode_prompt``."""
+def encode_prompts(
+    pipe, prompts: list[str], resolution: int, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Conditioning tensors (fp32, on the CPU) for each prompt with the pipeline's own
+    ``encode_prompt``, run on ``device`` (where the text encoders are)."""
     kind = model_kind(denoiser_of(pipe))
-    device = "cpu"
     if kind == "SD3Transformer2DModel":
         emb, _, pooled, _ = pipe.encode_prompt(
             prompt=prompts,
@@ -146,7 +246,10 @@ def encode_prompts(pipe, prompts: list[str], resolution: int) -> dict[str, torch
             num_images_per_prompt=1,
             do_classifier_free_guidance=False,
         )
-        return {"encoder_hidden_states": emb.float(), "pooled_projections": pooled.float()}
+        return {
+            "encoder_hidden_states": emb.float().cpu(),
+            "pooled_projections": pooled.float().cpu(),
+        }
     if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL
         emb, _, pooled, _ = pipe.encode_prompt(
             prompt=prompts,
@@ -157,55 +260,97 @@ def encode_prompts(pipe, prompts: list[str], resolution: int) -> dict[str, torch
         r = float(resolution)
         time_ids = torch.tensor([[r, r, 0.0, 0.0, r, r]]).repeat(len(prompts), 1)
         return {
-            "encoder_hidden_states": emb.float(),
-            "text_embeds": pooled.float(),
+            "encoder_hidden_states": emb.float().cpu(),
+            "text_embeds": pooled.float().cpu(),
             "time_ids": time_ids,
         }
     emb, _ = pipe.encode_prompt(prompts, device, 1, False)
-    return {"encoder_hidden_states": emb.float()}
+    return {"encoder_hidden_states": emb.float().cpu()}
 
 
 @torch.no_grad()
 def encode_images(vae, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """VAE latents ((z - shift) * scale), sampled from the posterior with ``generator``."""
-    dist = vae.encode(images.to(vae.dtype)).latent_dist
-    z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=generator)
+    """VAE latents ((z - shift) * scale), sampled from the posterior with ``generator``.
+
+    Runs on the VAE's device; the posterior noise comes from the CPU ``generator`` (the same
+    samples on every device); returns fp32 on the CPU.
+    """
+    dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+    noise = torch.randn(dist.mean.shape, generator=generator).to(dist.mean.device)
+    z = dist.mean + dist.std * noise.to(dist.std.dtype)
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((z - shift) * vae.config.scaling_factor).float()
+    return ((z - shift) * vae.config.scaling_factor).float().cpu()
 
 
 class CachedPairs:
     """Cached latents of winners/losers and per-prompt conditioning, as ``fit`` data."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        # Contiguous: the VAE returns channels-last latents, and a run on those rounds differently
+        # from one on the same values reloaded from disk (a resumed run would drift by ~1e-7).
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
         self.x_w, self.x_l = tensors["x_w"], tensors["x_l"]
         self.prompt_index = tensors["prompt_index"]
+        self.weight = tensors.get("weight", torch.ones(len(self.x_w)))
         self.cond = {k[5:]: v for k, v in tensors.items() if k.startswith("cond.")}
+        self.uncond = {k[7:]: v for k, v in tensors.items() if k.startswith("uncond.")}
+        # SDXL: per-image time ids (original size, crop top-left, target size), not per prompt.
+        self.time_ids_w = self.time_ids_l = None
+        if "time_ids" in self.cond and "size_crop_w" in tensors:
+            target = self.cond.pop("time_ids")[:1, 4:]  # (1, 2): the training resolution
+            n = len(self.x_w)
+            self.time_ids_w = torch.cat([tensors["size_crop_w"], target.expand(n, 2)], 1)
+            self.time_ids_l = torch.cat([tensors["size_crop_l"], target.expand(n, 2)], 1)
 
     def __len__(self) -> int:
         return len(self.x_w)
 
     def get_batch(self, idx: torch.Tensor) -> dict:
         p = self.prompt_index[idx]
-        return {
+        batch = {
             "x_w": self.x_w[idx],
             "x_l": self.x_l[idx],
             "cond": {k: v[p] for k, v in self.cond.items()},
+            "weight": self.weight[idx],
         }
+        if self.uncond:
+            batch["uncond"] = {k: v.expand(len(idx), *v.shape[1:]) for k, v in self.uncond.items()}
+        if self.time_ids_w is not None:
+            batch["cond"]["time_ids"] = self.time_ids_w[idx]
+            batch["cond_l"] = {"time_ids": self.time_ids_l[idx]}
+        return batch
+
+    def subset(self, idx: torch.Tensor) -> CachedPairs:
+        """The pairs ``idx`` (e.g. a held-out split); the per-prompt tables are shared."""
+        out = copy.copy(self)
+        for name in ("x_w", "x_l", "prompt_index", "weight", "time_ids_w", "time_ids_l"):
+            value = getattr(self, name)
+            setattr(out, name, None if value is None else value[idx])
+        return out
 
 
 def build_cache(
-    pipe, pairs: list[PreferencePair], recipe: AlignRecipe, cache_dir: Path, progress: bool = False
+    pipe,
+    pairs: list[PreferencePair],
+    recipe: AlignRecipe,
+    cache_dir: Path,
+    progress: bool = False,
+    device: torch.device | str = "cpu",
 ) -> tuple[CachedPairs, dict]:
-    """Encode every pair once (skipping and counting undecodable images); reuse if cached."""
+    """Encode every pair once, ``cache_batch_size`` images per VAE / text-encoder call on
+    ``device`` (skipping and counting undecodable images); reuse if cached."""
     cache_file = cache_dir / "pairs.safetensors"
     if cache_file.is_file():
         log.info("reusing cached latents and text embeddings in %s", cache_dir)
         info = json.loads((cache_dir / "cache.json").read_text())
         return CachedPairs(load_tensors(cache_file)), info
+    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).to(device)
     g = torch.Generator().manual_seed(recipe.seed)
+    g_aug = torch.Generator().manual_seed(recipe.seed + 1)  # crops and flips, one draw per pair
     prompts: dict[str, int] = {}
-    x_w, x_l, pidx, bad = [], [], [], 0
+    x_w, x_l, pidx, weights, meta, bad = [], [], [], [], [], 0
     it = range(0, len(pairs), recipe.cache_batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -214,15 +359,24 @@ def build_cache(
     for i in it:
         imgs, keep = [], []
         for pair in pairs[i : i + recipe.cache_batch_size]:
+            # One crop position and one flip per pair (both images alike), drawn for every pair
+            # so that a skipped pair does not shift the others' draws.
+            crop_flip = torch.rand(3, generator=g_aug).tolist()
+            aug = {
+                "crop": tuple(crop_flip[:2]) if recipe.random_crop else None,
+                "flip": recipe.random_flip and crop_flip[2] < 0.5,
+                "return_meta": True,
+            }
             try:
-                a = decode_image(pair.chosen, recipe.resolution)
-                b = decode_image(pair.rejected, recipe.resolution)
+                a, meta_a = decode_image(pair.chosen, recipe.resolution, **aug)
+                b, meta_b = decode_image(pair.rejected, recipe.resolution, **aug)
             except ImageError as e:
                 bad += 1
                 log.debug("skipping pair: %s", e)
                 continue
             imgs += [a, b]
             keep.append(pair)
+            meta.append([meta_a, meta_b])
         if not keep:
             continue
         z = encode_images(pipe.vae, torch.stack(imgs), g)
@@ -230,21 +384,32 @@ def build_cache(
         x_l.append(z[1::2])
         for pair in keep:
             pidx.append(prompts.setdefault(pair.prompt, len(prompts)))
+            weights.append(pair.weight)
     if not x_w:
-        raise ValueError(f"no usable pairs: all {len(pairs)} had a missing or undecodable image")
+        raise DataError(
+            f"no usable pairs: all {len(pairs)} had a missing or undecodable image "
+            f"(e.g. {pairs[0].chosen if isinstance(pairs[0].chosen, str) else 'image bytes'})"
+        )
     names = list(prompts)
     conds: dict[str, list] = {}
     for i in range(0, len(names), recipe.cache_batch_size):
         for k, v in encode_prompts(
-            pipe, names[i : i + recipe.cache_batch_size], recipe.resolution
+            pipe, names[i : i + recipe.cache_batch_size], recipe.resolution, device
         ).items():
             conds.setdefault(k, []).append(v)
+    sizes = torch.tensor(meta, dtype=torch.float32)  # (N, 2, 4): orig h, w, crop top, left
     tensors = {
         "x_w": torch.cat(x_w),
         "x_l": torch.cat(x_l),
         "prompt_index": torch.tensor(pidx, dtype=torch.long),
+        "weight": torch.tensor(weights, dtype=torch.float32),
+        "size_crop_w": sizes[:, 0],
+        "size_crop_l": sizes[:, 1],
     }
     tensors.update({f"cond.{k}": torch.cat(v) for k, v in conds.items()})
+    # The empty prompt's text conditioning, for cond_dropout (SDXL's time ids are per image).
+    empty = encode_prompts(pipe, [""], recipe.resolution, device)
+    tensors.update({f"uncond.{k}": v for k, v in empty.items() if k != "time_ids"})
     info = {
         "pairs": len(pidx),
         "skipped_bad_images": bad,
@@ -256,18 +421,113 @@ def build_cache(
     return CachedPairs(tensors), info
 
 
-def _cache_key(model_dir, data, recipe: AlignRecipe) -> str:
-    blob = json.dumps(
-        [
-            str(Path(model_dir).resolve()),
-            str(data),
-            recipe.resolution,
-            recipe.max_pairs,
-            recipe.data_format,
-            recipe.seed,
-        ]
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+def _image_fingerprint(src) -> bytes:
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(bytes(src)).digest()
+    try:
+        st = os.stat(src)
+        return f"{src}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+    except OSError:
+        return f"{src}\0missing".encode()
+
+
+def _model_fingerprint(model_dir: Path) -> list:
+    """Path, size and mtime of the files that shape the cache: the index, VAE and text encoders."""
+    model_dir = Path(model_dir).resolve()
+    files = [model_dir / "model_index.json"]
+    for sub in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
+        if sub.is_dir() and sub.name.startswith(("vae", "text_encoder", "tokenizer")):
+            files += sorted(f for f in sub.rglob("*") if f.is_file())
+    out = [str(model_dir)]
+    for f in files:
+        if f.is_file():
+            st = f.stat()
+            out.append([str(f.relative_to(model_dir)), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def cache_key(model_dir, pairs: list[PreferencePair], recipe: AlignRecipe) -> str:
+    """A hash of what the cache holds: the selected pairs' contents (so every data filter and
+    ``max_pairs`` count), the model's encoders, the resolution, the VAE sampling seed and batch."""
+    h = hashlib.sha256()
+    settings = [
+        "cache-v2",  # v2: pair weights, per-image size/crop, empty-prompt conditioning
+        _model_fingerprint(model_dir),
+        recipe.resolution,
+        recipe.seed,
+        recipe.random_crop,
+        recipe.random_flip,
+    ]
+    h.update(json.dumps(settings + [recipe.cache_batch_size]).encode())
+    for pair in pairs:
+        h.update(pair.prompt.encode() + b"\0")
+        h.update(_image_fingerprint(pair.chosen))
+        h.update(_image_fingerprint(pair.rejected))
+        h.update(struct.pack("<d", pair.weight))
+    return h.hexdigest()[:16]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume(run_dir: Path, record: dict, *, force: bool = False) -> None:
+    """Refuse to resume a checkpoint in ``run_dir`` made under another recipe, model or data.
+
+    ``record`` is ``{"recipe": ..., "model": ..., "data": <cache key>}``; it is written to
+    ``run_dir/align_run.json`` when the run starts fresh (or is forced). Fields in
+    :data:`RESUMABLE_CHANGES` may change (e.g. more ``train.steps``).
+    """
+    path = run_dir / "align_run.json"
+    resuming = record["recipe"]["train"].get("resume", True) and latest_checkpoint(run_dir)
+    if resuming and path.is_file():
+        old = _flatten(json.loads(path.read_text()))
+        new = _flatten(json.loads(json.dumps(record)))  # tuples -> lists, as stored
+        changed = sorted(
+            k
+            for k in set(old) | set(new)
+            if old.get(k) != new.get(k) and k.removeprefix("recipe.") not in RESUMABLE_CHANGES
+        )
+        if changed:
+            shown = ", ".join(
+                f"{k.removeprefix('recipe.')}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed
+            )
+            if not force:
+                raise ResumeError(
+                    f"{run_dir} holds a checkpoint of another run ({shown}); use --force to "
+                    "resume it anyway, or another --out"
+                )
+            log.warning("resuming under a changed run (--force): %s", shown)
+        else:
+            return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record)
+
+
+def check_batch(train: TrainConfig, world: int) -> None:
+    """The global batch must split evenly over ranks and accumulation steps (as ``fit`` needs)."""
+    if train.batch_size % (world * train.grad_accum):
+        raise RecipeError(
+            f"train.batch_size={train.batch_size} must be divisible by world_size ({world}) x "
+            f"train.grad_accum ({train.grad_accum})"
+        )
+
+
+def _wait_for(path: Path, timeout_s: float) -> None:
+    t0 = time.monotonic()
+    while not path.is_file():
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(
+                f"waited {timeout_s:.0f} s for rank 0 to write {path}; did rank 0 fail? "
+                "(raise cache_wait_s for very large data)"
+            )
+        time.sleep(1.0)
 
 
 def add_lora_(model: nn.Module, rank: int, alpha: float) -> None:
@@ -288,6 +548,29 @@ def add_lora_(model: nn.Module, rank: int, alpha: float) -> None:
             p.data = p.data.float()
 
 
+def save_lora(pipeline_cls: type, policy: nn.Module, out_dir: str | Path) -> Path:
+    """Write the policy's LoRA adapters as diffusers' ``save_lora_weights`` does.
+
+    The peft state dict is converted to diffusers key names, prefixed with ``unet.`` or
+    ``transformer.`` and saved with the adapter's config (rank, alpha, targets) as metadata by the
+    pipeline class's own ``save_lora_weights``, so ``pipe.load_lora_weights(out_dir)`` on a freshly
+    loaded pipeline restores the trained denoiser (scale alpha / rank included).
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    if not hasattr(pipeline_cls, "save_lora_weights"):
+        raise ValueError(f"{pipeline_cls.__name__} has no save_lora_weights; cannot save LoRA")
+    name = "unet" if model_kind(policy) == "UNet2DConditionModel" else "transformer"
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(policy))
+    meta = policy.peft_config["default"].to_dict()
+    pipeline_cls.save_lora_weights(
+        str(out_dir),
+        **{f"{name}_lora_layers": layers, f"{name}_lora_adapter_metadata": meta},
+    )
+    return Path(out_dir) / "pytorch_lora_weights.safetensors"
+
+
 def align_model(
     model_dir: str | Path,
     data: str | Path | list,
@@ -295,41 +578,108 @@ def align_model(
     out_dir: str | Path,
     *,
     progress: bool = False,
+    force: bool = False,
 ) -> dict:
-    """Load, cache, train and save; returns a summary dict (also written to ``summary.json``)."""
+    """Check, load, cache, train and save; returns a summary dict (also in ``summary.json``).
+
+    ``force``: resume a checkpoint in ``out_dir/run`` even if it was made by another recipe,
+    model or data (otherwise :class:`ResumeError` names what changed).
+    """
     out_dir = Path(out_dir)
-    pipe = load_pipeline(model_dir)
-    policy = denoiser_of(pipe).float()
-    schedule = schedule_from_scheduler(dict(pipe.scheduler.config))
-    kwargs = {}
-    if recipe.data_format in ("hpdv3",) or str(data).endswith(".json"):
-        kwargs["models"] = recipe.hpdv3_models or None
-    pairs, stats = load_pairs(data, recipe.data_format, **kwargs)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 caches, the others wait
+    check_batch(recipe.train, int(os.environ.get("WORLD_SIZE", "1")))
+    if not (Path(model_dir) / "model_index.json").is_file():
+        raise ModelFolderError(
+            f"{model_dir} is not a diffusers pipeline folder (no model_index.json)"
+        )
+    pairs, stats = load_pairs(data, recipe.data_format, models=recipe.hpdv3_models or None)
     if recipe.max_pairs:
         pairs = pairs[: recipe.max_pairs]
     log.info("loaded %d pairs (%s)", len(pairs), stats.as_dict())
-    cache_dir = out_dir / "cache" / _cache_key(model_dir, data, recipe)
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 caches, the others wait
+    key = cache_key(model_dir, pairs, recipe)
+    record = {
+        "recipe": cfglib.to_dict(recipe),
+        "model": str(Path(model_dir).resolve()),
+        "data": key,
+    }
+    if rank == 0:
+        check_resume(out_dir / "run", record, force=force)
+    pipe = load_pipeline(model_dir)
+    policy = denoiser_of(pipe).float()
+    schedule = schedule_from_scheduler(dict(pipe.scheduler.config))
+    cache_dir = out_dir / "cache" / key
     if rank != 0:
-        while not (cache_dir / "cache.json").is_file():
-            time.sleep(1.0)
-    cached, info = build_cache(pipe, pairs, recipe, cache_dir, progress=progress and rank == 0)
+        _wait_for(cache_dir / "cache.json", recipe.cache_wait_s)
+    device = resolve_device(recipe.train.device)
+    cached, info = build_cache(
+        pipe, pairs, recipe, cache_dir, progress=progress and rank == 0, device=device
+    )
+    val_cond, vae = None, None
+    if recipe.validation_prompts and rank == 0:
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(device)
+        val_cond = encode_prompts(pipe, list(recipe.validation_prompts), recipe.resolution, device)
+        vae = pipe.vae.to(device)  # kept to decode the validation images
     pipe.vae = None  # free the encoders: only the denoiser trains
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         if hasattr(pipe, name):
             setattr(pipe, name, None)
+    train_data, heldout = cached, None
+    if recipe.holdout_pairs:
+        if recipe.holdout_pairs >= len(cached):
+            raise RecipeError(
+                f"holdout_pairs={recipe.holdout_pairs} leaves no training pairs of {len(cached)}"
+            )
+        perm = torch.randperm(len(cached), generator=torch.Generator().manual_seed(recipe.seed))
+        heldout = cached.subset(perm[: recipe.holdout_pairs])
+        train_data = cached.subset(perm[recipe.holdout_pairs :])
     if recipe.lora_rank:
         add_lora_(policy, recipe.lora_rank, recipe.lora_alpha)
-    policy.train()
+    if recipe.gradient_checkpointing:
+        policy.enable_gradient_checkpointing()
+    policy.to(device).train()  # before the objective: its reference copies land on the device
     objective = LinearDPO(recipe.dpo, policy, schedule=schedule)
-    result = fit(objective, policy, cached, recipe.train, out_dir / "run", progress=progress)
+    ema = EMA(policy, recipe.train.ema_decay) if recipe.train.ema_decay > 0 else None
+    callbacks = []
+    if heldout is not None or val_cond is not None:
+        n = len(recipe.validation_prompts)
+        callbacks.append(
+            ValidationCallback(
+                objective,
+                policy,
+                out_dir / "run",
+                every=recipe.eval_every,
+                last=recipe.train.steps,
+                heldout=heldout,
+                batch_size=max(1, recipe.train.batch_size // recipe.train.grad_accum),
+                prompts=recipe.validation_prompts,
+                prompt_cond=val_cond,
+                uncond={k: v.expand(n, *v.shape[1:]) for k, v in cached.uncond.items()},
+                vae=vae,
+                scheduler=pipe.scheduler,
+                latent_shape=tuple(cached.x_w.shape[1:]),
+                steps=recipe.validation_steps,
+                guidance=recipe.validation_guidance,
+                ema=ema,
+                seed=recipe.seed,
+            )
+        )
+    result = fit(
+        objective,
+        policy,
+        train_data,
+        recipe.train,
+        out_dir / "run",
+        ema=ema,
+        callbacks=callbacks,
+        progress=progress,
+    )
     final = out_dir / "final"
     if rank != 0:
         return {"rank": rank, "steps": result.step, "final": str(final)}
     if recipe.lora_rank:
-        from peft.utils import get_peft_model_state_dict
-
-        save_tensors(final / "pytorch_lora_weights.safetensors", get_peft_model_state_dict(policy))
+        save_lora(type(pipe), policy, final)
     else:
         policy.save_pretrained(str(final))
     summary = {
@@ -342,5 +692,8 @@ def align_model(
         "metrics": result.metrics,
         "final": str(final),
     }
+    evals = out_dir / "run" / "eval.jsonl"
+    if heldout is not None and evals.is_file():
+        summary["heldout"] = json.loads(evals.read_text().splitlines()[-1])
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
