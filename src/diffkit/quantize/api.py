@@ -15,7 +15,9 @@ layer's calibration rows, and pick the execution backend.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import typing
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +36,6 @@ from diffkit.quantize.primitives import (
     PerChannel,
     PerTensor,
     QParams,
-    check_bits,
     choose_qparams,
     percentile_search,
     quantize,
@@ -48,9 +49,10 @@ DEFAULT_SKIP = (
 )  # fmt: skip
 
 _BASE_DOC = """
-        w_bits: weight bit width (2-8; 16 = near-identity check). 8-bit weights are symmetric
-            (so the code fits int8), narrower ones asymmetric per output channel.
-        a_bits: activation bit width (static, per-tensor, asymmetric).
+        w_bits: weight bit width, 2-8 (the integer path holds int8 codes; compare against the
+            unquantized model for a reference). 8-bit weights are symmetric (so the code fits
+            int8), narrower ones asymmetric per output channel.
+        a_bits: activation bit width, 2-8 (static, per-tensor, asymmetric, uint8 codes).
         step: "prepare" (swap layers in, start observing) or "convert" (quantize observed layers).
         skip: name fragments of Linear layers left in full precision (default filter).
         backend: "auto" (oneDNN int8 GEMM on CPU, torch._int_mm on CUDA), "onednn", "cuda", or
@@ -59,6 +61,26 @@ _BASE_DOC = """
             not exact with full 8-bit codes (AVX2 without VNNI); "on"/"off" force it.
         max_rows_per_chunk: calibration rows kept per layer and chunk (reservoir sample).
         seed: seeds reservoir sampling and the AdaRound minibatches."""
+
+
+INT_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple]:
+    hints = typing.get_type_hints(cls)
+    return {k: typing.get_args(t) for k, t in hints.items() if typing.get_origin(t) is Literal}
+
+
+def _check_options(cfg) -> None:
+    """Every closed option (``Literal`` field) is checked at construction, never at convert."""
+    for field, allowed in _literal_fields(type(cfg)).items():
+        value = getattr(cfg, field)
+        if value not in allowed:
+            raise ValueError(
+                f"{type(cfg).__name__}.{field}={value!r} is not one of "
+                f"{', '.join(repr(a) for a in allowed)}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,14 +95,14 @@ class RTNConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_bits(self.w_bits, f"{type(self).__name__}.w_bits")
-        check_bits(self.a_bits, f"{type(self).__name__}.a_bits")
-        if self.a_bits > 8 and self.a_bits != 16:
-            raise ValueError(f"{type(self).__name__}.a_bits={self.a_bits}: use <= 8 or 16")
-        if self.step not in ("prepare", "convert"):
-            raise ValueError(
-                f"{type(self).__name__}.step={self.step!r}; use 'prepare' or 'convert'"
-            )
+        _check_options(self)
+        for field in ("w_bits", "a_bits"):
+            bits = getattr(self, field)
+            if bits not in INT_BITS:
+                raise ValueError(
+                    f"{type(self).__name__}.{field}={bits}: the integer path holds int8/uint8 "
+                    f"codes; use one of {INT_BITS}"
+                )
         if self.max_rows_per_chunk < 16:
             raise ValueError(
                 f"{type(self).__name__}.max_rows_per_chunk must be >= 16, got {self.max_rows_per_chunk}"
@@ -182,6 +204,10 @@ class QARVDConfig(AdaRoundConfig):
             raise ValueError(f"QARVDConfig.chunk_decay must be in (0, 1], got {self.chunk_decay}")
         if self.s2_multiple < 1:
             raise ValueError(f"QARVDConfig.s2_multiple must be >= 1, got {self.s2_multiple}")
+        if self.s2_z <= 0 or self.s2_ratio <= 0:
+            raise ValueError(
+                f"QARVDConfig.s2_z and s2_ratio must be > 0, got {self.s2_z}, {self.s2_ratio}"
+            )
 
 
 QARVDConfig.__doc__ = f"""Q-ARVD (arXiv 2605.21072): AdaRound + learned act step with S1 chunk
@@ -379,8 +405,7 @@ def _convert(model, cfg, keep_fp: bool, progress: bool = False) -> nn.Module:
     handler = _HANDLERS.get(type(cfg))
     if handler is None:
         raise ValueError(f"no handler for {type(cfg).__name__}; supported: {', '.join(CONFIGS)}")
-    device = next(model.parameters(), torch.empty(0)).device
-    backend = kernels.resolve_backend(cfg.backend, device)
+    backend = kernels.resolve_backend(cfg.backend, _device(model))
     reduce = cfg.act_reduce_range == "on" or (
         cfg.act_reduce_range == "auto" and cfg.a_bits == 8 and backend == "onednn"
         and not kernels.full_range_exact()
@@ -438,10 +463,20 @@ def quantize_(
 
 def set_backend_(model: nn.Module, backend: str) -> nn.Module:
     """Switch every converted layer between 'simulate', 'onednn' and 'cuda'."""
-    resolved = kernels.resolve_backend(backend, next(model.parameters(), torch.empty(0)).device)
+    resolved = kernels.resolve_backend(backend, _device(model))
     for m in quant_layers(model).values():
         m.set_mode_(resolved)
+    info = getattr(model, "quantize_info", None)
+    if isinstance(info, dict):
+        info["backend"] = resolved
     return model
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in [*model.parameters(), *model.buffers()]:
+        if not t.is_meta:
+            return t.device
+    return torch.device("cpu")
 
 
 def config_from_dict(data: dict) -> QuantConfig:
