@@ -181,3 +181,15 @@ def test_full_precision_outlier_branch(tmp_path):
     torch.testing.assert_close(q(x), expected + q.bias, atol=1e-5, rtol=1e-5)
     again = QuantLinear.from_state(q.name, q.state_dict())
     assert torch.equal(again(x), q(x))
+
+
+@pytest.mark.slow
+def test_torch_compile_runs_around_the_int8_kernel():
+    lin = _layer_with_outliers(K=128, N=64)
+    x = torch.randn(32, 128, generator=torch.Generator().manual_seed(4))
+    q = _convert_single(lin, QARVDConfig(w_bits=4, a_bits=8, iters=3), x)
+    model = nn.Sequential(nn.Linear(128, 128), q, nn.GELU()).eval()
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model)(x)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
