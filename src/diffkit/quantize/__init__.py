@@ -17,6 +17,9 @@ _EXPORTS = {
     "api": (
         "CONFIGS",
         "DEFAULT_SKIP",
+        "PerLayerConfig",
+        "format_summary",
+        "summary",
         "AdaRoundConfig",
         "PercentileConfig",
         "QARVDConfig",

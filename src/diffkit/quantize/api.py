@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import re
 import typing
 import zlib
 from collections.abc import Callable
@@ -235,6 +236,44 @@ CONFIGS = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class PerLayerConfig:
+    r"""Different configs for different layers (torchao's ``ModuleFqnToConfig`` shape).
+
+    Attributes:
+        rules: (regex, config) pairs; a layer takes the config of the first regex that
+            ``re.search``-es its qualified name, e.g. ``(("ffn", RTNConfig(w_bits=4)),
+            (r"attn\d\.to_[qkv]", QARVDConfig(w_bits=8)))``. Each config's ``skip`` still applies.
+        default: config of layers no rule matches (None: they stay in full precision).
+        step: "prepare" or "convert" (the ``step`` of the configs inside is ignored).
+    """
+
+    rules: tuple[tuple[str, QuantConfig], ...] = ()
+    default: QuantConfig | None = None
+    step: Literal["prepare", "convert"] = "prepare"
+
+    def __post_init__(self) -> None:
+        _check_options(self)
+        if not self.rules and self.default is None:
+            raise ValueError("PerLayerConfig needs rules or a default config")
+        for i, rule in enumerate(self.rules):
+            if len(rule) != 2 or type(rule[1]) not in CONFIGS.values():
+                raise ValueError(f"PerLayerConfig.rules[{i}]={rule!r}: use (regex, config)")
+            try:
+                re.compile(rule[0])
+            except re.error as e:
+                raise ValueError(
+                    f"PerLayerConfig.rules[{i}]: bad regex {rule[0]!r} ({e})"
+                ) from None
+        if self.default is not None and type(self.default) not in CONFIGS.values():
+            raise ValueError(f"PerLayerConfig.default={self.default!r} is not a quantize config")
+
+    def config_for(self, name: str) -> QuantConfig | None:
+        """The config of layer ``name`` (step set to this object's step), or None (left FP)."""
+        cfg = next((c for pat, c in self.rules if re.search(pat, name)), self.default)
+        return None if cfg is None else dataclasses.replace(cfg, step=self.step)
+
+
 # ----------------------------------------------------------------------------- prepare
 def default_filter(skip: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:
     def f(module: nn.Module, name: str) -> bool:
@@ -252,20 +291,32 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
+def _resolver(cfg) -> Callable[[str], QuantConfig | None]:
+    return cfg.config_for if isinstance(cfg, PerLayerConfig) else (lambda name: cfg)
+
+
 def _prepare(model, cfg, filter_fn) -> nn.Module:
     if quant_layers(model):
         raise ValueError(
             "model is already prepared/converted; call with step='convert' or start over"
         )
-    keep = filter_fn or default_filter(cfg.skip)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and keep(m, n)]
+    config_for = _resolver(cfg)
+
+    def keep(m: nn.Module, n: str) -> bool:
+        c = config_for(n)
+        if c is None or not isinstance(m, nn.Linear):
+            return False
+        return filter_fn(m, n) if filter_fn is not None else default_filter(c.skip)(m, n)
+
+    names = [n for n, m in model.named_modules() if keep(m, n)]
     if not names:
         raise ValueError(
-            f"filter matched no nn.Linear layer in {type(model).__name__} (skip={cfg.skip})"
+            f"no nn.Linear layer of {type(model).__name__} was selected (filter_fn / skip / rules)"
         )
     for i, n in enumerate(names):
+        c = config_for(n)
         _set_module(
-            model, n, QuantLinear(model.get_submodule(n), n, cfg.max_rows_per_chunk, cfg.seed + i)
+            model, n, QuantLinear(model.get_submodule(n), n, c.max_rows_per_chunk, c.seed + i)
         )
     log.info("prepared %d linear layers for %s", len(names), type(cfg).__name__)
     return model
@@ -402,16 +453,22 @@ def _convert(model, cfg, keep_fp: bool, progress: bool = False) -> nn.Module:
             f"calibration was never run for {len(empty)} layer(s) (e.g. {empty[0]!r}): run "
             "calibration forward passes between step='prepare' and step='convert'"
         )
-    handler = _HANDLERS.get(type(cfg))
-    if handler is None:
-        raise ValueError(f"no handler for {type(cfg).__name__}; supported: {', '.join(CONFIGS)}")
-    backend = kernels.resolve_backend(cfg.backend, _device(model))
-    reduce = cfg.act_reduce_range == "on" or (
-        cfg.act_reduce_range == "auto" and cfg.a_bits == 8 and backend == "onednn"
-        and not kernels.full_range_exact()
-    )  # fmt: skip
+    config_for = _resolver(cfg)
+    device = _device(model)
     num_chunks = 1 + max((max(k for k in m.rows) for m in layers.values()), default=-1)
-    ctx = _Ctx(cfg, chunk_weights_for(cfg, num_chunks), 7 if reduce else cfg.a_bits, keep_fp)
+    ctxs: dict = {}  # one context (backend, chunk weights, activation bits) per distinct config
+
+    def ctx_for(c) -> tuple[_Ctx, str]:
+        if c not in ctxs:
+            backend = kernels.resolve_backend(c.backend, device)
+            reduce = c.act_reduce_range == "on" or (
+                c.act_reduce_range == "auto" and c.a_bits == 8 and backend == "onednn"
+                and not kernels.full_range_exact()
+            )  # fmt: skip
+            a_bits = 7 if reduce else c.a_bits
+            ctxs[c] = (_Ctx(c, chunk_weights_for(c, num_chunks), a_bits, keep_fp), backend)
+        return ctxs[c]
+
     stats = {}
     items = list(layers.items())
     if progress:
@@ -419,23 +476,58 @@ def _convert(model, cfg, keep_fp: bool, progress: bool = False) -> nn.Module:
 
         items = tqdm(items, desc=f"convert {type(cfg).__name__}", unit="layer")
     for name, layer in items:  # streamed: each layer's rows are freed after it
-        stats[name] = handler(layer, ctx)
+        c = config_for(name)
+        if c is None:
+            raise ValueError(f"layer {name!r} was prepared but no config covers it now")
+        ctx, backend = ctx_for(c)
+        stats[name] = _HANDLERS[type(c)](layer, ctx)
         layer.set_mode_(backend)
     counts = {n: s["outlier_cols"] for n, s in stats.items()}
+    backends = sorted({b for _, b in ctxs.values()})
+    first = next(iter(ctxs.values()))[0]
     model.quantize_info = {
         "config_type": type(cfg).__name__,
-        "config": to_dict(dataclasses.replace(cfg, step="convert")),
-        "backend": backend,
-        "act_bits_effective": ctx.a_bits,
-        "chunk_weights": ctx.chunk_w.tolist(),
+        "config": _config_record(cfg),
+        "backend": backends[0] if len(backends) == 1 else backends,
+        "act_bits_effective": first.a_bits,
+        "chunk_weights": first.chunk_w.tolist(),
         "s2": s2_report(counts, {n: layers[n].in_features for n in layers}),
         "layer_stats": stats,
     }
     log.info(
-        "converted %d layers (%s, W%dA%d, backend %s)",
-        len(layers), type(cfg).__name__, cfg.w_bits, ctx.a_bits, backend,
+        "converted %d layers (%s, %d config(s), backend %s)",
+        len(layers), type(cfg).__name__, len(ctxs), "/".join(backends),
     )  # fmt: skip
     return model
+
+
+def _config_record(cfg) -> dict:
+    if isinstance(cfg, PerLayerConfig):
+        entry = lambda c: None if c is None else {"method": type(c).__name__, **to_dict(c)}  # noqa: E731
+        return {
+            "rules": [[pat, entry(dataclasses.replace(c, step="convert"))] for pat, c in cfg.rules],
+            "default": entry(cfg.default and dataclasses.replace(cfg.default, step="convert")),
+        }
+    return to_dict(dataclasses.replace(cfg, step="convert"))
+
+
+def summary(model: nn.Module) -> list[dict]:
+    """One row per quantized layer: name, bits, outlier columns, bytes (and fp32 bytes)."""
+    return [{"name": n, **m.summary()} for n, m in quant_layers(model).items() if m.converted]
+
+
+def format_summary(rows: list[dict]) -> str:
+    """A plain-text table of :func:`summary` rows with a total line."""
+    head = f"{'layer':<40} {'W':>2} {'A':>2} {'in':>6} {'out':>6} {'outl':>5} {'bytes':>11} {'x fp32':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['name'][-40:]:<40} {r['w_bits']:>2} {r['a_bits'] or '-':>2} {r['in']:>6} "
+            f"{r['out']:>6} {r['outlier_cols']:>5} {r['bytes']:>11,} {r['bytes'] / r['fp32_bytes']:>7.3f}"
+        )
+    q, fp = sum(r["bytes"] for r in rows), sum(r["fp32_bytes"] for r in rows)
+    lines.append(f"{len(rows)} layers: {q:,} bytes vs {fp:,} in fp32 ({q / max(fp, 1):.3f}x)")
+    return "\n".join(lines)
 
 
 def quantize_(
@@ -448,13 +540,18 @@ def quantize_(
 ) -> nn.Module:
     """Prepare or convert ``model`` in place (see the module docstring); returns it.
 
+    ``config`` is one config for every selected layer, or a :class:`PerLayerConfig`.
+    ``filter_fn(module, qualified_name) -> bool`` replaces the default choice of layers (every
+    ``nn.Linear`` whose name contains none of ``config.skip``) at prepare.
+
     ``keep_fp`` keeps the FP weights beside the integers after convert, which
     :func:`~diffkit.quantize.chunks.only_chunks` needs (the S1 sensitivity protocol).
     ``progress`` shows a progress bar over the layers during convert (used by the CLI).
     """
-    if type(config) not in _HANDLERS:
+    if type(config) not in _HANDLERS and not isinstance(config, PerLayerConfig):
         raise ValueError(
-            f"unsupported config {type(config).__name__}; use one of {', '.join(CONFIGS)}"
+            f"unsupported config {type(config).__name__}; use one of {', '.join(CONFIGS)} "
+            "or PerLayerConfig"
         )
     if config.step == "prepare":
         return _prepare(model, config, filter_fn)
