@@ -64,7 +64,7 @@ def test_w4_is_worse_than_w8():
 
 
 def test_filter_matching_no_layer_is_an_error():
-    with pytest.raises(ValueError, match="matched no nn.Linear"):
+    with pytest.raises(ValueError, match="no nn.Linear layer of CausalWan was selected"):
         quantize_(tiny_model(), RTNConfig(), filter_fn=lambda m, n: False)
 
 
