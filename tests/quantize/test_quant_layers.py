@@ -193,3 +193,26 @@ def test_torch_compile_runs_around_the_int8_kernel():
         eager = model(x)
         compiled = torch.compile(model)(x)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_activation_quantizer_agrees_with_the_eager_one():
+    # one fused pass from torch.compile; it rounds x * (1/s), the eager paths x / s or torch's
+    # quantize_per_tensor, so codes may differ by one step at (near-)ties, never more; bf16 inputs
+    # lie on a coarse grid and meet ties more often (0.2 % of codes here)
+    x = torch.randn(300, 96, generator=torch.Generator().manual_seed(5)) * 3
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype)
+        for qmax in (255, 127, 63):
+            eager = kernels.quantize_act(xd, 0.037, 61, qmax)
+            fused = kernels.quantize_act(xd, 0.037, 61, qmax, compiled=True)
+            assert fused.dtype == torch.uint8 and int(fused.max()) <= qmax
+            assert int((fused.int() - eager.int()).abs().max()) <= 1
+            assert float((fused != eager).float().mean()) < 1e-2
+    lin = _layer_with_outliers(K=128, N=64)
+    xs = torch.randn(32, 128, generator=torch.Generator().manual_seed(6))
+    q = _convert_single(lin, QARVDConfig(w_bits=4, a_bits=8, iters=3, compile_act_quant=True), xs)
+    assert q.compile_act_quant
+    y = q(xs)
+    q.set_mode_(q.mode, compile_act_quant=False)
+    torch.testing.assert_close(y, q(xs), atol=2e-2 * float(y.abs().max()), rtol=0)

@@ -60,6 +60,8 @@ _BASE_DOC = """
             "simulate" (dequantize + fp32 GEMM on the same integers).
         act_reduce_range: "auto" uses 7-bit activation codes for a_bits=8 when the CPU kernel is
             not exact with full 8-bit codes (AVX2 without VNNI); "on"/"off" force it.
+        compile_act_quant: quantize activations with one fused kernel from torch.compile (faster,
+            bf16 inputs read directly; needs a C++ compiler, first call compiles, ~20 s).
         max_rows_per_chunk: calibration rows kept per layer and chunk (reservoir sample).
         seed: seeds reservoir sampling and the AdaRound minibatches."""
 
@@ -92,6 +94,7 @@ class RTNConfig:
     skip: tuple[str, ...] = DEFAULT_SKIP
     backend: Literal["auto", "onednn", "cuda", "simulate"] = "auto"
     act_reduce_range: Literal["auto", "on", "off"] = "auto"
+    compile_act_quant: bool = False
     max_rows_per_chunk: int = 1024
     seed: int = 0
 
@@ -481,7 +484,7 @@ def _convert(model, cfg, keep_fp: bool, progress: bool = False) -> nn.Module:
             raise ValueError(f"layer {name!r} was prepared but no config covers it now")
         ctx, backend = ctx_for(c)
         stats[name] = _HANDLERS[type(c)](layer, ctx)
-        layer.set_mode_(backend)
+        layer.set_mode_(backend, compile_act_quant=c.compile_act_quant)
     counts = {n: s["outlier_cols"] for n, s in stats.items()}
     backends = sorted({b for _, b in ctxs.values()})
     first = next(iter(ctxs.values()))[0]
@@ -558,11 +561,14 @@ def quantize_(
     return _convert(model, config, keep_fp, progress)
 
 
-def set_backend_(model: nn.Module, backend: str) -> nn.Module:
-    """Switch every converted layer between 'simulate', 'onednn' and 'cuda'."""
+def set_backend_(
+    model: nn.Module, backend: str, *, compile_act_quant: bool | None = None
+) -> nn.Module:
+    """Switch every converted layer between 'simulate', 'onednn' and 'cuda' (and, when given,
+    the compiled activation quantizer on or off; see the configs' ``compile_act_quant``)."""
     resolved = kernels.resolve_backend(backend, _device(model))
     for m in quant_layers(model).values():
-        m.set_mode_(resolved)
+        m.set_mode_(resolved, compile_act_quant)
     info = getattr(model, "quantize_info", None)
     if isinstance(info, dict):
         info["backend"] = resolved

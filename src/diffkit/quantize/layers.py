@@ -61,6 +61,7 @@ class QuantLinear(nn.Module):
             self.in_features, self.out_features = linear.in_features, linear.out_features
         self.converted = False
         self.mode = "simulate"  # or "onednn" / "cuda"
+        self.compile_act_quant = False
         self.max_rows = max_rows_per_chunk
         self._gen = torch.Generator().manual_seed(seed)
         self._rt: dict = {}
@@ -184,12 +185,16 @@ class QuantLinear(nn.Module):
         self.set_mode_(mode)
         return self
 
-    def set_mode_(self, mode: str) -> None:
-        """'simulate' (fp32 dequantized GEMM), 'onednn' (CPU int8) or 'cuda' (``_int_mm``)."""
+    def set_mode_(self, mode: str, compile_act_quant: bool | None = None) -> None:
+        """'simulate' (fp32 dequantized GEMM), 'onednn' (CPU int8) or 'cuda' (``_int_mm``);
+        ``compile_act_quant`` (None: unchanged) picks the fused compiled activation quantizer."""
         if mode not in ("simulate", "onednn", "cuda"):
             raise ValueError(f"mode={mode!r}; use 'simulate', 'onednn' or 'cuda'")
+        if mode != self.mode:
+            self._rt = {}  # prepared weights belong to one backend
         self.mode = mode
-        self._rt = {}
+        if compile_act_quant is not None:
+            self.compile_act_quant = bool(compile_act_quant)
 
     def _apply(self, fn, recurse=True):
         # Module.to(dtype) / .half() / .bfloat16() would cast scales and fp32 state: keep them.
@@ -253,7 +258,7 @@ class QuantLinear(nn.Module):
     def quantize_input(self, x: torch.Tensor, g: int) -> torch.Tensor:
         """uint8 codes of ``x`` (columns of group g, or all K) under group g's quantizer."""
         s, z, qmax = self.act_qparams(g)
-        return kernels.quantize_act(x, s, z, qmax)
+        return kernels.quantize_act(x, s, z, qmax, compiled=self.compile_act_quant)
 
     def _runtime(self) -> dict:
         """Per-mode prepared weights, built on first use (int8 weights are unpacked here)."""
@@ -318,7 +323,7 @@ class QuantLinear(nn.Module):
         if qp == "fp":
             return F.linear(x2.float(), self._buffers[f"w_fp_{g}"], bias).to(out_dtype)
         s, z, qmax = qp
-        xq = kernels.quantize_act(x2, s, z, qmax)
+        xq = kernels.quantize_act(x2, s, z, qmax, compiled=self.compile_act_quant)
         if packed is None:  # simulate: dequantize on the fly (W4 stays packed in memory)
             w = self.int_weight(g)
             if g == self._rt["main"]:

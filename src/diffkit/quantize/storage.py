@@ -80,7 +80,13 @@ def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_quantized(model: nn.Module, directory: str | Path, backend: str = "auto") -> nn.Module:
+def load_quantized(
+    model: nn.Module,
+    directory: str | Path,
+    backend: str = "auto",
+    *,
+    compile_act_quant: bool = False,
+) -> nn.Module:
     """Install a saved quantized model into ``model`` (same architecture; its weights may be on
     the meta device, random, or FP) and return it. ``directory`` is a :func:`save_quantized`
     folder or a diffusers ``save_pretrained`` folder of a quantized model."""
@@ -134,4 +140,4 @@ def load_quantized(model: nn.Module, directory: str | Path, backend: str = "auto
         raise ValueError(f"{directory} left {len(on_meta)} tensor(s) unset, e.g. {on_meta[0]!r}")
     model.quantize_info = {k: v for k, v in meta.items() if k not in ("layers", "format")}
     model.quantize_info.setdefault("backend", backend)
-    return set_backend_(model, backend)
+    return set_backend_(model, backend, compile_act_quant=compile_act_quant)
