@@ -89,7 +89,8 @@ def _fused_quantize_ok() -> bool:
     return bool((got.int() - ref.int()).abs().max() <= 1)
 
 
-def _act_codes(x: torch.Tensor, inv_scale: torch.Tensor, zero: torch.Tensor, qmax: torch.Tensor):
+def _act_codes(x: torch.Tensor, inv_scale: torch.Tensor, zero: torch.Tensor, qmax: int):
+    # scale and zero point are tensors (no recompile per layer); qmax is one of a few ints
     return torch.clamp(torch.round(x.float() * inv_scale) + zero, 0, qmax).to(torch.uint8)
 
 
@@ -112,7 +113,7 @@ def quantize_act(
     """
     if compiled:
         t = functools.partial(torch.tensor, dtype=torch.float32, device=x.device)
-        return _compiled_act_codes()(x, t(1.0 / scale), t(float(zero)), t(float(qmax)))
+        return _compiled_act_codes()(x, t(1.0 / scale), t(float(zero)), int(qmax))
     if qmax == 255 and x.device.type == "cpu" and _fused_quantize_ok():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
