@@ -11,8 +11,16 @@ Stages (results are rewritten to benchmarks/results/quantize.json after each one
    per-frame digit accuracy, packed bytes.
 4. End-to-end rollout time: fp32 vs int8 kernel vs simulator.
 5. Int8 / int4 KV cache (an extra): error vs FP and cache bytes.
+6. ``wan``: a Wan-1.3B-shaped 2-block diffusers ``WanTransformer3DModel`` (hidden 1536, 12 heads,
+   ffn 8960, text 512 x 4096), 2,048 tokens: fp32, the baseline dtype chosen at run time (bf16
+   where the CPU has AMX / AVX512-BF16, else fp32), W8A8 and W4A8 (RTN; their unquantized parts
+   in the baseline dtype), timed interleaved; output error vs fp32. Then the quantized models are
+   saved and each is loaded in its own process from an ``init_empty_weights`` skeleton: peak RSS
+   against packed bytes + unquantized tensors + the framework baseline (a process that builds
+   only the skeleton).
 
-Usage: ``python benchmarks/quantize.py [--quick]``. CPU, one thread; the machine load is recorded.
+Usage: ``python benchmarks/quantize.py [--quick] [--stages wan]``. CPU, one thread; the machine
+load is recorded.
 """
 
 # ruff: noqa: B023 -- timing lambdas are called immediately inside their loop iteration
@@ -47,6 +55,7 @@ from diffkit.quantize import (
     only_chunks,
     packed_bytes,
     quantize_,
+    save_quantized,
     set_backend_,
 )
 from diffkit.quantize.targets import calibrate_causal, calibration_set, compare_rollouts, generate
@@ -104,6 +113,150 @@ def gemm_bench(shapes, reps):
         )  # fmt: skip
         log.info("gemm %s", rows[-1])
     return rows
+
+
+# ----------------------------------------------------------------------------- Wan-shaped model
+WAN_2BLOCK = dict(
+    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=2,
+    cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+)  # fmt: skip
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def baseline_dtype() -> torch.dtype:
+    """bf16 where the CPU multiplies bf16 natively (AMX / AVX512-BF16), else fp32."""
+    return torch.bfloat16 if cpu_flags() & {"amx_bf16", "avx512_bf16"} else torch.float32
+
+
+def _wan_inputs(tokens: int, seed: int, text_tokens: int = 512):
+    g = torch.Generator().manual_seed(seed)
+    side = int(round((tokens / 2) ** 0.5)) * 2  # 2 frames of (side/2)^2 patches
+    lat = torch.randn(1, 16, 2, side, side, generator=g)
+    text = torch.randn(1, text_tokens, 4096, generator=g)
+    return lat, text, torch.tensor([500])
+
+
+def _wan_forward(model, inputs, dtype):
+    lat, text, t = inputs
+    with torch.no_grad():
+        return model(lat.to(dtype), t, text.to(dtype), return_dict=False)[0]
+
+
+def wan_bench(tokens: int, reps: int, workdir: Path) -> dict:
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    fp = WanTransformer3DModel(**WAN_2BLOCK).eval()
+    base = fp.config
+    inputs, calib = _wan_inputs(tokens, 0), _wan_inputs(tokens, 1)
+    dtype = baseline_dtype()
+    ref = _wan_forward(fp, inputs, torch.float32)
+    variants = {"fp32": (fp, torch.float32, None)}
+    variants[f"{str(dtype)[6:]} (baseline)"] = (copy.deepcopy(fp).to(dtype), dtype, None)
+    saved = {}
+    for name, cfg in {"W8A8": RTNConfig(w_bits=8, a_bits=8), "W4A8": RTNConfig(w_bits=4)}.items():
+        q = copy.deepcopy(fp)
+        quantize_(q, cfg)
+        _wan_forward(q, calib, torch.float32)  # calibration on other noise / text
+        quantize_(q, dataclasses.replace(cfg, step="convert"))
+        d = workdir / name
+        save_quantized(q, d, source="WanTransformer3DModel 2-block, random init")
+        saved[name] = {"dir": str(d), **packed_bytes(q)}
+        variants[name] = (q.to(dtype), dtype, False)
+        variants[f"{name}, compiled act. quant"] = (q, dtype, True)
+
+    def run(m, dt, compiled):
+        if compiled is not None:
+            set_backend_(m, "auto", compile_act_quant=compiled)
+        return _wan_forward(m, inputs, dt)
+
+    for m, dt, compiled in variants.values():  # warm-up: prepack, compile the act. quantizer
+        run(m, dt, compiled)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(reps):  # interleaved: load changes hit every model alike
+        for k, (m, dt, compiled) in variants.items():
+            if compiled is not None:
+                set_backend_(m, "auto", compile_act_quant=compiled)
+            times[k] += _time(lambda: _wan_forward(m, inputs, dt), 1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base_key = f"{str(dtype)[6:]} (baseline)"
+    rows = {}
+    for k, (m, dt, compiled) in variants.items():
+        out = run(m, dt, compiled).float()
+        rows[k] = {
+            "seconds": med[k], "all_seconds": times[k],
+            "speedup_vs_fp32": med["fp32"] / med[k], "speedup_vs_baseline": med[base_key] / med[k],
+            "rel_err_vs_fp32": float((out - ref).norm() / ref.norm()),
+        }  # fmt: skip
+    del variants
+    rss = load_rss(base, saved, workdir)
+    return {
+        "shape": {**WAN_2BLOCK, "tokens": tokens, "text_tokens": 512},
+        "baseline_dtype": str(dtype),
+        "cpu_flags": sorted(
+            cpu_flags()
+            & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}
+        ),  # fmt: skip
+        "reps": reps,
+        "models": rows,
+        "load_rss": rss,
+    }
+
+
+def _status_bytes(key: str) -> int:
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return next(int(x.split()[1]) * 1024 for x in lines if x.startswith(key + ":"))
+
+
+def _rss_child(mode: str, directory: str, out: str) -> None:
+    """Run in a fresh process: build the skeleton, note its RSS (the framework baseline), reset
+    the high-water mark (/proc/self/clear_refs), load, and record the peak RSS of the load."""
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    from diffkit.quantize import load_quantized
+
+    with init_empty_weights():
+        m = WanTransformer3DModel.from_config(json.loads(Path(directory, "base.json").read_text()))
+    baseline = _status_bytes("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    load_quantized(m, directory, backend="simulate")
+    for t in [*m.parameters(), *m.buffers()]:  # touch every byte (lazily mapped pages count too)
+        t.view(-1)[:: max(1, 4096 // t.element_size())].sum() if t.numel() else None
+    peak = _status_bytes("VmHWM")
+    Path(out).write_text(json.dumps({"baseline": baseline, "peak": peak}))
+
+
+def load_rss(base_config, saved: dict, workdir: Path) -> dict:
+    import subprocess
+
+    res = {}
+    for name, info in saved.items():
+        Path(info["dir"], "base.json").write_text(json.dumps(dict(base_config)))
+        out = workdir / f"rss-{name}.json"
+        subprocess.run(
+            [sys.executable, __file__, "--rss-child", "load", info["dir"], str(out)], check=True
+        )
+        got = json.loads(out.read_text())
+        rest = Path(info["dir"], "rest.safetensors").stat().st_size
+        budget = info["quantized_bytes"] + rest + got["baseline"]
+        res[name] = {
+            "peak_rss_bytes": got["peak"], "framework_baseline_bytes": got["baseline"],
+            "packed_bytes": info["quantized_bytes"], "unquantized_bytes": rest,
+            "budget_bytes": budget, "ratio_to_budget": got["peak"] / budget,
+        }  # fmt: skip
+    return res
 
 
 def quantized_copy(fp_model, cfg, calib_n, seed, keep_fp=False):
@@ -226,6 +379,34 @@ def markdown(r):
                 f"{_agg([x['frechet'] for x in rs])[0]:.3f} | {kv['bytes_full_video'][str(bits)]} |"
             )
         lines.append("")
+    if r.get("wan"):
+        w = r["wan"]
+        lines += [f"## Wan-1.3B-shaped 2-block transformer, {w['shape']['tokens']} tokens, 1 thread "
+                  f"(baseline dtype {w['baseline_dtype']}; CPU flags {', '.join(w['cpu_flags'])}; "
+                  f"load {w.get('loadavg')}, measured while the machine was shared)", "",
+                  "| model | s (median) | vs fp32 | vs baseline | rel. err vs fp32 |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for k, m in w["models"].items():
+            lines.append(
+                f"| {k} | {m['seconds']:.3f} | {m['speedup_vs_fp32']:.2f}x | "
+                f"{m['speedup_vs_baseline']:.2f}x | {m['rel_err_vs_fp32']:.2e} |"
+            )
+        rss = w.get("load_rss", {})
+        if rss:
+            lines += ["", "Peak RSS when loading into an `init_empty_weights` skeleton (own process "
+                      "each; budget = packed + unquantized + the process's RSS before loading):",
+                      "", "| model | peak MiB | baseline MiB | packed MiB | unquantized MiB | budget MiB | peak / budget |",
+                      "|---|---|---|---|---|---|---|"]  # fmt: skip
+            for k in ("W8A8", "W4A8"):
+                if k in rss:
+                    v = rss[k]
+                    lines.append(
+                        f"| {k} | {v['peak_rss_bytes'] / 2**20:.0f} "
+                        f"| {v['framework_baseline_bytes'] / 2**20:.0f} | {v['packed_bytes'] / 2**20:.0f} "
+                        f"| {v['unquantized_bytes'] / 2**20:.0f} | {v['budget_bytes'] / 2**20:.0f} "
+                        f"| {v['ratio_to_budget']:.3f} |"
+                    )
+        lines.append("")
     lines.append(f"Reduced configuration: {r['reduced']}")
     return "\n".join(lines) + "\n"
 
@@ -268,9 +449,16 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=80)
     ap.add_argument("--videos", type=int, default=16)
     ap.add_argument(
-        "--stages", default="gemm,sens,methods,time,kv", help="comma list; 'render' redraws only"
+        "--stages",
+        default="gemm,sens,methods,time,kv,wan",
+        help="comma list; 'render' redraws only",
     )
+    ap.add_argument("--wan-tokens", type=int, default=2048)
+    ap.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.rss_child:
+        _rss_child(*args.rss_child)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(1)
     stages = set(args.stages.split(","))
@@ -302,7 +490,7 @@ def main(argv=None):
     if prev_path.is_file():  # keep stages that are not re-run (e.g. the GEMM timings)
         prev = json.loads(prev_path.read_text())
         stage_keys = {"gemm": "gemm", "sens": "sensitivity", "methods": "methods",
-                      "time": "rollout_time", "kv": "kv_cache"}  # fmt: skip
+                      "time": "rollout_time", "kv": "kv_cache", "wan": "wan"}  # fmt: skip
         for st, key in stage_keys.items():
             if st not in stages and key in prev:
                 results[key] = prev[key]
@@ -310,6 +498,18 @@ def main(argv=None):
         if "methods" not in stages and "methods" in prev:  # its settings describe the numbers
             for key in ("settings", "reduced", "loadavg", "act_bits_full_range_exact"):
                 results[key] = prev.get(key, results.get(key))
+    if "wan" in stages:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            load0 = [round(v, 2) for v in os.getloadavg()]
+            results["wan"] = wan_bench(256 if quick else args.wan_tokens, 2 if quick else 5,
+                                       Path(tmp))  # fmt: skip
+            results["wan"]["loadavg"] = [load0, [round(v, 2) for v in os.getloadavg()]]
+        write(results)
+        if stages == {"wan"}:
+            print(markdown(results))
+            return
     fp_model = models.load("moving-digits-causal")
     classifier = models.load("digit-classifier")
     if "gemm" in stages:

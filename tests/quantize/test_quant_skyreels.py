@@ -10,11 +10,18 @@ from diffkit.quantize import (
     QARVDConfig,
     RTNConfig,
     load_quantized,
+    only_chunks,
     quant_layers,
     quantize_,
     save_quantized,
 )
-from diffkit.quantize.targets import calibrate_skyreels, check_supported, skyreels_chunk_ids
+from diffkit.quantize.chunks import chunk
+from diffkit.quantize.targets import (
+    calibrate_skyreels,
+    check_supported,
+    diffusion_forcing_schedule,
+    skyreels_chunk_ids,
+)
 
 TINY = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
@@ -86,3 +93,58 @@ def test_chunk_ids_follow_frame_blocks(skyreels_dir):
 def test_unsupported_model_class_is_named():
     with pytest.raises(ValueError, match="Linear has no calibration driver; supported: CausalWan"):
         check_supported(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    "blocks,steps,ar_step",
+    [(3, (1000, 750, 500, 250), 2), (4, (999, 800, 600, 400, 200), 1), (2, (1000, 500), 0),
+     (5, (1000, 900, 700, 500, 300, 100), 3)],
+)  # fmt: skip
+def test_schedule_equals_diffusers_generate_timestep_matrix(blocks, steps, ar_step):
+    from diffusers.pipelines.skyreels_v2.pipeline_skyreels_v2_diffusion_forcing import (
+        SkyReelsV2DiffusionForcingPipeline as Pipe,
+    )
+
+    ref = Pipe.generate_timestep_matrix(
+        None, blocks, torch.tensor(steps), blocks, ar_step=ar_step, causal_block_size=1
+    )[0]
+    ours = diffusion_forcing_schedule(blocks, steps, ar_step)
+    assert torch.equal(ours, ref)
+    # earlier blocks are more denoised in every row (the direction the calibration must follow);
+    # 999 is the template's "not started yet" entry, which precedes the first step
+    later, earlier = ours[:, 1:], ours[:, :-1]
+    assert bool(((later >= earlier) | (later == 999)).all())
+
+
+def test_calibration_feeds_the_diffusers_schedule_with_cleaner_early_frames(skyreels_dir):
+    model = _load(skyreels_dir)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))
+    lat, text, _ = _inputs()
+    used = calibrate_skyreels(model, lat, text, steps=(1000, 500), ar_step=1)
+    expected = diffusion_forcing_schedule(2, (1000, 500), 1).repeat_interleave(3, dim=1)
+    assert torch.equal(used, expected) and torch.equal(torch.cat(seen), expected)
+    assert used[1].tolist() == [500] * 3 + [1000] * 3  # block 0 ahead of block 1
+
+
+def test_only_chunks_follows_per_token_tags(skyreels_dir):
+    model = _load(skyreels_dir)
+    lat, text, t = _inputs()
+    ref = _forward(model, lat, text, t)
+    cfg = RTNConfig(w_bits=4, a_bits=4)
+    quantize_(model, cfg)
+    calibrate_skyreels(model, lat, text, generator=torch.Generator().manual_seed(1))
+    quantize_(model, RTNConfig(w_bits=4, a_bits=4, step="convert"), keep_fp=True)
+    ids = skyreels_chunk_ids(model, tuple(lat.shape))
+    with only_chunks([1]), chunk(ids):
+        late = _forward(model, lat, text, t)
+    with only_chunks([0]), chunk(ids):
+        early = _forward(model, lat, text, t)
+    with only_chunks([]), chunk(ids):
+        assert torch.equal(_forward(model, lat, text, t), ref)
+    # block-causal attention: quantizing only block 1 leaves block 0's frames exactly FP ...
+    assert torch.equal(late[:, :, :3], ref[:, :, :3])
+    assert not torch.allclose(late[:, :, 3:], ref[:, :, 3:], atol=1e-4)
+    # ... and quantizing block 0 reaches block 1 through attention
+    assert not torch.allclose(early[:, :, :3], ref[:, :, :3], atol=1e-4)
+    assert not torch.allclose(early[:, :, 3:], ref[:, :, 3:], atol=1e-4)

@@ -15,7 +15,10 @@ layer's calibration rows, and pick the execution backend.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import re
+import typing
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +37,6 @@ from diffkit.quantize.primitives import (
     PerChannel,
     PerTensor,
     QParams,
-    check_bits,
     choose_qparams,
     percentile_search,
     quantize,
@@ -48,17 +50,40 @@ DEFAULT_SKIP = (
 )  # fmt: skip
 
 _BASE_DOC = """
-        w_bits: weight bit width (2-8; 16 = near-identity check). 8-bit weights are symmetric
-            (so the code fits int8), narrower ones asymmetric per output channel.
-        a_bits: activation bit width (static, per-tensor, asymmetric).
+        w_bits: weight bit width, 2-8 (the integer path holds int8 codes; compare against the
+            unquantized model for a reference). 8-bit weights are symmetric (so the code fits
+            int8), narrower ones asymmetric per output channel.
+        a_bits: activation bit width, 2-8 (static, per-tensor, asymmetric, uint8 codes).
         step: "prepare" (swap layers in, start observing) or "convert" (quantize observed layers).
         skip: name fragments of Linear layers left in full precision (default filter).
         backend: "auto" (oneDNN int8 GEMM on CPU, torch._int_mm on CUDA), "onednn", "cuda", or
             "simulate" (dequantize + fp32 GEMM on the same integers).
         act_reduce_range: "auto" uses 7-bit activation codes for a_bits=8 when the CPU kernel is
             not exact with full 8-bit codes (AVX2 without VNNI); "on"/"off" force it.
+        compile_act_quant: quantize activations with one fused kernel from torch.compile (faster,
+            bf16 inputs read directly; needs a C++ compiler, first call compiles, ~20 s).
         max_rows_per_chunk: calibration rows kept per layer and chunk (reservoir sample).
         seed: seeds reservoir sampling and the AdaRound minibatches."""
+
+
+INT_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple]:
+    hints = typing.get_type_hints(cls)
+    return {k: typing.get_args(t) for k, t in hints.items() if typing.get_origin(t) is Literal}
+
+
+def _check_options(cfg) -> None:
+    """Every closed option (``Literal`` field) is checked at construction, never at convert."""
+    for field, allowed in _literal_fields(type(cfg)).items():
+        value = getattr(cfg, field)
+        if value not in allowed:
+            raise ValueError(
+                f"{type(cfg).__name__}.{field}={value!r} is not one of "
+                f"{', '.join(repr(a) for a in allowed)}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,18 +94,19 @@ class RTNConfig:
     skip: tuple[str, ...] = DEFAULT_SKIP
     backend: Literal["auto", "onednn", "cuda", "simulate"] = "auto"
     act_reduce_range: Literal["auto", "on", "off"] = "auto"
+    compile_act_quant: bool = False
     max_rows_per_chunk: int = 1024
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_bits(self.w_bits, f"{type(self).__name__}.w_bits")
-        check_bits(self.a_bits, f"{type(self).__name__}.a_bits")
-        if self.a_bits > 8 and self.a_bits != 16:
-            raise ValueError(f"{type(self).__name__}.a_bits={self.a_bits}: use <= 8 or 16")
-        if self.step not in ("prepare", "convert"):
-            raise ValueError(
-                f"{type(self).__name__}.step={self.step!r}; use 'prepare' or 'convert'"
-            )
+        _check_options(self)
+        for field in ("w_bits", "a_bits"):
+            bits = getattr(self, field)
+            if bits not in INT_BITS:
+                raise ValueError(
+                    f"{type(self).__name__}.{field}={bits}: the integer path holds int8/uint8 "
+                    f"codes; use one of {INT_BITS}"
+                )
         if self.max_rows_per_chunk < 16:
             raise ValueError(
                 f"{type(self).__name__}.max_rows_per_chunk must be >= 16, got {self.max_rows_per_chunk}"
@@ -182,6 +208,10 @@ class QARVDConfig(AdaRoundConfig):
             raise ValueError(f"QARVDConfig.chunk_decay must be in (0, 1], got {self.chunk_decay}")
         if self.s2_multiple < 1:
             raise ValueError(f"QARVDConfig.s2_multiple must be >= 1, got {self.s2_multiple}")
+        if self.s2_z <= 0 or self.s2_ratio <= 0:
+            raise ValueError(
+                f"QARVDConfig.s2_z and s2_ratio must be > 0, got {self.s2_z}, {self.s2_ratio}"
+            )
 
 
 QARVDConfig.__doc__ = f"""Q-ARVD (arXiv 2605.21072): AdaRound + learned act step with S1 chunk
@@ -209,6 +239,44 @@ CONFIGS = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class PerLayerConfig:
+    r"""Different configs for different layers (torchao's ``ModuleFqnToConfig`` shape).
+
+    Attributes:
+        rules: (regex, config) pairs; a layer takes the config of the first regex that
+            ``re.search``-es its qualified name, e.g. ``(("ffn", RTNConfig(w_bits=4)),
+            (r"attn\d\.to_[qkv]", QARVDConfig(w_bits=8)))``. Each config's ``skip`` still applies.
+        default: config of layers no rule matches (None: they stay in full precision).
+        step: "prepare" or "convert" (the ``step`` of the configs inside is ignored).
+    """
+
+    rules: tuple[tuple[str, QuantConfig], ...] = ()
+    default: QuantConfig | None = None
+    step: Literal["prepare", "convert"] = "prepare"
+
+    def __post_init__(self) -> None:
+        _check_options(self)
+        if not self.rules and self.default is None:
+            raise ValueError("PerLayerConfig needs rules or a default config")
+        for i, rule in enumerate(self.rules):
+            if len(rule) != 2 or type(rule[1]) not in CONFIGS.values():
+                raise ValueError(f"PerLayerConfig.rules[{i}]={rule!r}: use (regex, config)")
+            try:
+                re.compile(rule[0])
+            except re.error as e:
+                raise ValueError(
+                    f"PerLayerConfig.rules[{i}]: bad regex {rule[0]!r} ({e})"
+                ) from None
+        if self.default is not None and type(self.default) not in CONFIGS.values():
+            raise ValueError(f"PerLayerConfig.default={self.default!r} is not a quantize config")
+
+    def config_for(self, name: str) -> QuantConfig | None:
+        """The config of layer ``name`` (step set to this object's step), or None (left FP)."""
+        cfg = next((c for pat, c in self.rules if re.search(pat, name)), self.default)
+        return None if cfg is None else dataclasses.replace(cfg, step=self.step)
+
+
 # ----------------------------------------------------------------------------- prepare
 def default_filter(skip: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:
     def f(module: nn.Module, name: str) -> bool:
@@ -226,20 +294,32 @@ def quant_layers(model: nn.Module) -> dict[str, QuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
+def _resolver(cfg) -> Callable[[str], QuantConfig | None]:
+    return cfg.config_for if isinstance(cfg, PerLayerConfig) else (lambda name: cfg)
+
+
 def _prepare(model, cfg, filter_fn) -> nn.Module:
     if quant_layers(model):
         raise ValueError(
             "model is already prepared/converted; call with step='convert' or start over"
         )
-    keep = filter_fn or default_filter(cfg.skip)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and keep(m, n)]
+    config_for = _resolver(cfg)
+
+    def keep(m: nn.Module, n: str) -> bool:
+        c = config_for(n)
+        if c is None or not isinstance(m, nn.Linear):
+            return False
+        return filter_fn(m, n) if filter_fn is not None else default_filter(c.skip)(m, n)
+
+    names = [n for n, m in model.named_modules() if keep(m, n)]
     if not names:
         raise ValueError(
-            f"filter matched no nn.Linear layer in {type(model).__name__} (skip={cfg.skip})"
+            f"no nn.Linear layer of {type(model).__name__} was selected (filter_fn / skip / rules)"
         )
     for i, n in enumerate(names):
+        c = config_for(n)
         _set_module(
-            model, n, QuantLinear(model.get_submodule(n), n, cfg.max_rows_per_chunk, cfg.seed + i)
+            model, n, QuantLinear(model.get_submodule(n), n, c.max_rows_per_chunk, c.seed + i)
         )
     log.info("prepared %d linear layers for %s", len(names), type(cfg).__name__)
     return model
@@ -376,17 +456,22 @@ def _convert(model, cfg, keep_fp: bool, progress: bool = False) -> nn.Module:
             f"calibration was never run for {len(empty)} layer(s) (e.g. {empty[0]!r}): run "
             "calibration forward passes between step='prepare' and step='convert'"
         )
-    handler = _HANDLERS.get(type(cfg))
-    if handler is None:
-        raise ValueError(f"no handler for {type(cfg).__name__}; supported: {', '.join(CONFIGS)}")
-    device = next(model.parameters(), torch.empty(0)).device
-    backend = kernels.resolve_backend(cfg.backend, device)
-    reduce = cfg.act_reduce_range == "on" or (
-        cfg.act_reduce_range == "auto" and cfg.a_bits == 8 and backend == "onednn"
-        and not kernels.full_range_exact()
-    )  # fmt: skip
+    config_for = _resolver(cfg)
+    device = _device(model)
     num_chunks = 1 + max((max(k for k in m.rows) for m in layers.values()), default=-1)
-    ctx = _Ctx(cfg, chunk_weights_for(cfg, num_chunks), 7 if reduce else cfg.a_bits, keep_fp)
+    ctxs: dict = {}  # one context (backend, chunk weights, activation bits) per distinct config
+
+    def ctx_for(c) -> tuple[_Ctx, str]:
+        if c not in ctxs:
+            backend = kernels.resolve_backend(c.backend, device)
+            reduce = c.act_reduce_range == "on" or (
+                c.act_reduce_range == "auto" and c.a_bits == 8 and backend == "onednn"
+                and not kernels.full_range_exact()
+            )  # fmt: skip
+            a_bits = 7 if reduce else c.a_bits
+            ctxs[c] = (_Ctx(c, chunk_weights_for(c, num_chunks), a_bits, keep_fp), backend)
+        return ctxs[c]
+
     stats = {}
     items = list(layers.items())
     if progress:
@@ -394,23 +479,58 @@ def _convert(model, cfg, keep_fp: bool, progress: bool = False) -> nn.Module:
 
         items = tqdm(items, desc=f"convert {type(cfg).__name__}", unit="layer")
     for name, layer in items:  # streamed: each layer's rows are freed after it
-        stats[name] = handler(layer, ctx)
-        layer.set_mode_(backend)
+        c = config_for(name)
+        if c is None:
+            raise ValueError(f"layer {name!r} was prepared but no config covers it now")
+        ctx, backend = ctx_for(c)
+        stats[name] = _HANDLERS[type(c)](layer, ctx)
+        layer.set_mode_(backend, compile_act_quant=c.compile_act_quant)
     counts = {n: s["outlier_cols"] for n, s in stats.items()}
+    backends = sorted({b for _, b in ctxs.values()})
+    first = next(iter(ctxs.values()))[0]
     model.quantize_info = {
         "config_type": type(cfg).__name__,
-        "config": to_dict(dataclasses.replace(cfg, step="convert")),
-        "backend": backend,
-        "act_bits_effective": ctx.a_bits,
-        "chunk_weights": ctx.chunk_w.tolist(),
+        "config": _config_record(cfg),
+        "backend": backends[0] if len(backends) == 1 else backends,
+        "act_bits_effective": first.a_bits,
+        "chunk_weights": first.chunk_w.tolist(),
         "s2": s2_report(counts, {n: layers[n].in_features for n in layers}),
         "layer_stats": stats,
     }
     log.info(
-        "converted %d layers (%s, W%dA%d, backend %s)",
-        len(layers), type(cfg).__name__, cfg.w_bits, ctx.a_bits, backend,
+        "converted %d layers (%s, %d config(s), backend %s)",
+        len(layers), type(cfg).__name__, len(ctxs), "/".join(backends),
     )  # fmt: skip
     return model
+
+
+def _config_record(cfg) -> dict:
+    if isinstance(cfg, PerLayerConfig):
+        entry = lambda c: None if c is None else {"method": type(c).__name__, **to_dict(c)}  # noqa: E731
+        return {
+            "rules": [[pat, entry(dataclasses.replace(c, step="convert"))] for pat, c in cfg.rules],
+            "default": entry(cfg.default and dataclasses.replace(cfg.default, step="convert")),
+        }
+    return to_dict(dataclasses.replace(cfg, step="convert"))
+
+
+def summary(model: nn.Module) -> list[dict]:
+    """One row per quantized layer: name, bits, outlier columns, bytes (and fp32 bytes)."""
+    return [{"name": n, **m.summary()} for n, m in quant_layers(model).items() if m.converted]
+
+
+def format_summary(rows: list[dict]) -> str:
+    """A plain-text table of :func:`summary` rows with a total line."""
+    head = f"{'layer':<40} {'W':>2} {'A':>2} {'in':>6} {'out':>6} {'outl':>5} {'bytes':>11} {'x fp32':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['name'][-40:]:<40} {r['w_bits']:>2} {r['a_bits'] or '-':>2} {r['in']:>6} "
+            f"{r['out']:>6} {r['outlier_cols']:>5} {r['bytes']:>11,} {r['bytes'] / r['fp32_bytes']:>7.3f}"
+        )
+    q, fp = sum(r["bytes"] for r in rows), sum(r["fp32_bytes"] for r in rows)
+    lines.append(f"{len(rows)} layers: {q:,} bytes vs {fp:,} in fp32 ({q / max(fp, 1):.3f}x)")
+    return "\n".join(lines)
 
 
 def quantize_(
@@ -423,25 +543,43 @@ def quantize_(
 ) -> nn.Module:
     """Prepare or convert ``model`` in place (see the module docstring); returns it.
 
+    ``config`` is one config for every selected layer, or a :class:`PerLayerConfig`.
+    ``filter_fn(module, qualified_name) -> bool`` replaces the default choice of layers (every
+    ``nn.Linear`` whose name contains none of ``config.skip``) at prepare.
+
     ``keep_fp`` keeps the FP weights beside the integers after convert, which
     :func:`~diffkit.quantize.chunks.only_chunks` needs (the S1 sensitivity protocol).
     ``progress`` shows a progress bar over the layers during convert (used by the CLI).
     """
-    if type(config) not in _HANDLERS:
+    if type(config) not in _HANDLERS and not isinstance(config, PerLayerConfig):
         raise ValueError(
-            f"unsupported config {type(config).__name__}; use one of {', '.join(CONFIGS)}"
+            f"unsupported config {type(config).__name__}; use one of {', '.join(CONFIGS)} "
+            "or PerLayerConfig"
         )
     if config.step == "prepare":
         return _prepare(model, config, filter_fn)
     return _convert(model, config, keep_fp, progress)
 
 
-def set_backend_(model: nn.Module, backend: str) -> nn.Module:
-    """Switch every converted layer between 'simulate', 'onednn' and 'cuda'."""
-    resolved = kernels.resolve_backend(backend, next(model.parameters(), torch.empty(0)).device)
+def set_backend_(
+    model: nn.Module, backend: str, *, compile_act_quant: bool | None = None
+) -> nn.Module:
+    """Switch every converted layer between 'simulate', 'onednn' and 'cuda' (and, when given,
+    the compiled activation quantizer on or off; see the configs' ``compile_act_quant``)."""
+    resolved = kernels.resolve_backend(backend, _device(model))
     for m in quant_layers(model).values():
-        m.set_mode_(resolved)
+        m.set_mode_(resolved, compile_act_quant)
+    info = getattr(model, "quantize_info", None)
+    if isinstance(info, dict):
+        info["backend"] = resolved
     return model
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in [*model.parameters(), *model.buffers()]:
+        if not t.is_meta:
+            return t.device
+    return torch.device("cpu")
 
 
 def config_from_dict(data: dict) -> QuantConfig:

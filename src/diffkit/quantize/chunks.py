@@ -50,7 +50,8 @@ def active_chunks() -> frozenset[int] | None:
 
 @contextlib.contextmanager
 def only_chunks(ks: Sequence[int] | None) -> Iterator[None]:
-    """Inside, converted layers that keep FP weights quantize only while ``chunk(k)`` is in ``ks``."""
+    """Inside, converted layers that keep FP weights quantize only the rows tagged with a chunk in
+    ``ks`` (an int ``chunk(k)`` tags every row of a call; a per-token tensor tags each token)."""
     prev = active_chunks()
     _STATE.only = None if ks is None else frozenset(int(k) for k in ks)
     try:
@@ -70,6 +71,18 @@ def row_tags(x: torch.Tensor) -> torch.Tensor:
     if x.dim() >= 2 and x.shape[-2] == tag.numel():
         return tag.to(torch.long).cpu().repeat(rows // tag.numel())
     return torch.full((rows,), -1, dtype=torch.long)  # e.g. text tokens: not frame-aligned
+
+
+def active_rows(x: torch.Tensor, only: frozenset[int]) -> torch.Tensor:
+    """(rows,) bool: rows of ``x.reshape(-1, K)`` whose chunk tag (int or per-token) is in ``only``.
+
+    Untagged rows (no ``chunk`` context, or tokens not aligned with the per-token tags, such as
+    text tokens) are not in any chunk, so they stay full precision under :func:`only_chunks`.
+    """
+    tags = row_tags(x)
+    if not only:
+        return torch.zeros(len(tags), dtype=torch.bool)
+    return torch.isin(tags, torch.tensor(sorted(only), dtype=torch.long))
 
 
 def normalized_weights(s: Sequence[float]) -> torch.Tensor:

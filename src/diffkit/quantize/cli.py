@@ -61,7 +61,13 @@ def run(
     import torch
 
     from diffkit.config import apply_overrides, read_recipe
-    from diffkit.quantize import config_from_dict, quantize_, save_quantized
+    from diffkit.quantize import (
+        config_from_dict,
+        format_summary,
+        quantize_,
+        save_quantized,
+        summary,
+    )
     from diffkit.quantize.targets import calibrate_causal
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -75,6 +81,7 @@ def run(
     typer.echo(f"converting ({type(cfg).__name__}, W{cfg.w_bits}A{cfg.a_bits}) ...", err=True)
     quantize_(fp, dataclasses.replace(cfg, step="convert"), progress=True)
     report = save_quantized(fp, out, source=model)
+    typer.echo(format_summary(summary(fp)))
     typer.echo(
         f"saved {out}: quantized layers {report['quantized_bytes']} B vs fp32 {report['fp32_bytes']} B "
         f"({report['ratio']:.3f}x), backend {fp.quantize_info['backend']}"

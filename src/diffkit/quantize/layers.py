@@ -3,14 +3,32 @@
 * **observing** (after ``prepare``): runs the FP layer and captures a bounded, seeded reservoir of
   input rows per chunk tag (``max_rows_per_chunk``), plus streaming per-channel |x| maxima over
   *all* rows (SmoothQuant). Memory per layer is O(chunks x rows x K), not O(data).
-* **converted**: holds integer weight codes (int8; 4-bit codes are nibble-packed at rest), per-row
-  weight scales, per-tensor static activation (scale, zero point), an optional S2 column
-  permutation with a second (outlier) group, an optional SmoothQuant input scale. ``forward`` runs
-  either the real int8 GEMM (:mod:`diffkit.quantize.kernels`) or the simulator
-  (dequantize + fp32 ``F.linear``) on the *same* integers; the two agree to fp32 rounding.
+* **converted**: every quantization parameter is a (persistent) buffer, so ``state_dict()``,
+  ``save_pretrained`` and :func:`~diffkit.quantize.storage.load_quantized` carry all of it:
 
-Weight codes are stored as ``q - z`` (asymmetric uint4 gives [-15, 15], exact in int8; 8-bit
-weights are symmetric so that ``q`` fits int8), so the GEMM sees a symmetric int8 weight.
+  ================  =========================================================================
+  ``qmeta``         int64 [format, w_bits, in_features, out_features, n_outlier]
+  ``perm``          int32 (K,) S2 column order, outlier columns first (dual-scale layers only)
+  ``smooth``        fp32 (K,) SmoothQuant input scale (SmoothQuant only)
+  ``bias``          fp32 (N,)
+  ``w_int_{g}``     int8 (N, K_g) codes ``q - z`` (5-8 bit weights; 8-bit ones are symmetric)
+  ``w_packed_{g}``  uint8 (N, ceil(K_g / 2)) nibble-packed codes ``q`` in [0, 15] (<= 4 bit),
+  ``w_zero_{g}``    uint8 (N,) their zero points; W4 stays packed in memory
+  ``w_scale_{g}``   fp16 (N,) per-output-channel weight scales (chosen fp16-exact)
+  ``act_{g}``       fp32 [scale, zero point, qmax] of the static per-tensor activation quantizer
+  ``w_fp_{g}``      fp32 (N, K_0) the outlier group kept in full precision (``outlier_branch='fp'``)
+  ================  =========================================================================
+
+  Group 0 is the outlier group when ``n_outlier > 0``. ``.to(dtype)`` leaves these buffers in
+  their dtypes (scales stay fp16/fp32); the output follows the input dtype.
+
+``forward`` quantizes the input in one pass (:func:`~diffkit.quantize.kernels.quantize_act`) in the
+original column order: the main group runs one GEMM over all K columns with a weight whose outlier
+columns are zero, so no activation copy is permuted; the outlier group (a few dozen columns) is
+gathered and runs its own small GEMM. The bias is added inside the main kernel. The kernel path
+(oneDNN int8 on CPU, ``torch._int_mm`` on CUDA) and the simulator (dequantize + fp32 ``F.linear``)
+run on the *same* integers and agree to fp32 rounding. The integer kernel is opaque to
+``torch.compile`` (``torch.compiler.disable``): a compiled model compiles around it.
 """
 
 from __future__ import annotations
@@ -27,30 +45,42 @@ from diffkit.quantize.primitives import pack_int4, unpack_int4
 
 log = logging.getLogger(__name__)
 
+FORMAT = 1
+
 
 class QuantLinear(nn.Module):
     """Drop-in replacement of ``nn.Linear`` (see the module docstring)."""
 
-    def __init__(self, linear: nn.Linear, name: str, max_rows_per_chunk: int = 1024, seed: int = 0):
+    def __init__(
+        self, linear: nn.Linear | None, name: str, max_rows_per_chunk: int = 1024, seed: int = 0
+    ):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         self.name = name
         self.fp: nn.Linear | None = linear  # kept until convert (or for S1 measurement)
+        if linear is not None:
+            self.in_features, self.out_features = linear.in_features, linear.out_features
         self.converted = False
         self.mode = "simulate"  # or "onednn" / "cuda"
+        self.compile_act_quant = False
         self.max_rows = max_rows_per_chunk
         self._gen = torch.Generator().manual_seed(seed)
+        self._rt: dict = {}
         self.reset_observations()
 
     # ------------------------------------------------------------------ observation
     def reset_observations(self) -> None:
         self.rows: dict[int, torch.Tensor] = {}
         self.seen: dict[int, int] = {}
-        self.absmax = torch.zeros(self.in_features)
+        self.absmax = torch.zeros(getattr(self, "in_features", 0))
         self.calls = 0
 
     def _observe(self, x: torch.Tensor) -> None:
         flat = x.detach().reshape(-1, self.in_features).float().cpu()
+        if flat.shape[0] == 0:
+            raise ValueError(
+                f"layer {self.name!r}: calibration input of shape {tuple(x.shape)} has no rows; "
+                "calibrate with non-empty batches"
+            )
         tags = chunklib.row_tags(x)
         self.calls += 1
         self.absmax = torch.maximum(self.absmax, flat.abs().amax(0))
@@ -102,186 +132,235 @@ class QuantLinear(nn.Module):
         keep_fp: bool = False,
     ) -> None:
         """Install integer state. Group 0 is the outlier group when ``n_outlier > 0``."""
-        self.w_bits = w_bits
-        self.n_outlier = n_outlier
-        self.register_buffer("perm", perm.to(torch.int32) if perm is not None else None)
-        self.register_buffer("smooth", smooth)
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.groups = len(codes)
-        for g in range(self.groups):
-            if codes[g] is None:
-                self.register_buffer(f"w_fp_{g}", fp_groups[g].detach().float().clone())
-                setattr(self, f"a_scale_{g}", None)
+        state: dict[str, torch.Tensor] = {
+            "qmeta": torch.tensor(
+                [FORMAT, w_bits, self.in_features, self.out_features, n_outlier], dtype=torch.int64
+            )
+        }
+        if perm is not None:
+            state["perm"] = perm.to(torch.int32)
+        if smooth is not None:
+            state["smooth"] = smooth.detach().float().clone()
+        if bias is not None:
+            state["bias"] = bias.detach().float().clone()
+        for g, c in enumerate(codes):
+            if c is None:
+                state[f"w_fp_{g}"] = fp_groups[g].detach().float().clone()
                 continue
-            qp = w_qparams[g]
-            wq = (codes[g] - qp.zero_point).round().to(torch.int8)  # q - z, fits int8
-            self.register_buffer(f"w_int_{g}", wq)
-            self.register_buffer(f"w_zero_{g}", qp.zero_point.reshape(-1).to(torch.int16))
-            self.register_buffer(f"w_scale_{g}", qp.scale.reshape(-1).float())
-            aq = a_qparams[g]
-            setattr(self, f"a_scale_{g}", float(aq.scale.reshape(-1)[0]))
-            setattr(self, f"a_zero_{g}", int(aq.zero_point.reshape(-1)[0]))
-            setattr(self, f"a_qmax_{g}", int(aq.qmax))
-        self.converted = True
+            qp, aq = w_qparams[g], a_qparams[g]
+            zp = qp.zero_point.reshape(-1)
+            if w_bits <= 4:
+                state[f"w_packed_{g}"] = pack_int4(c.round())
+                state[f"w_zero_{g}"] = zp.to(torch.uint8)
+            else:
+                state[f"w_int_{g}"] = (c - zp[:, None]).round().to(torch.int8)  # q - z fits int8
+            state[f"w_scale_{g}"] = qp.scale.reshape(-1).half()  # fp16-exact by construction
+            state[f"act_{g}"] = torch.tensor(
+                [float(aq.scale.reshape(-1)[0]), float(aq.zero_point.reshape(-1)[0]), aq.qmax],
+                dtype=torch.float32,
+            )
+        self._install(state)
         if not keep_fp:
             self.fp = None
         self.reset_observations()
-        self.rows = {}
-        self._packed: dict[int, torch.Tensor] = {}
 
-    def set_mode_(self, mode: str) -> None:
-        """'simulate' (fp32 dequantized GEMM), 'onednn' (CPU int8) or 'cuda' (``_int_mm``)."""
+    def _install(self, state: dict[str, torch.Tensor]) -> None:
+        meta = [int(v) for v in state["qmeta"].tolist()]
+        if meta[0] != FORMAT:
+            raise ValueError(f"layer {self.name!r}: quantized format {meta[0]}, expected {FORMAT}")
+        _, self.w_bits, self.in_features, self.out_features, self.n_outlier = meta
+        self.groups = 2 if self.n_outlier else 1
+        for key, t in state.items():
+            self.register_buffer(key, t)
+        self.converted = True
+        self._rt = {}
+
+    @classmethod
+    def from_state(cls, name: str, state: dict[str, torch.Tensor], mode: str = "simulate"):
+        """A converted layer from its own ``state_dict()`` (keys without the layer prefix)."""
+        if "qmeta" not in state:
+            raise ValueError(f"layer {name!r}: no 'qmeta' buffer; not a quantized layer's state")
+        self = cls(None, name)
+        self._install(dict(state))
+        self.set_mode_(mode)
+        return self
+
+    def set_mode_(self, mode: str, compile_act_quant: bool | None = None) -> None:
+        """'simulate' (fp32 dequantized GEMM), 'onednn' (CPU int8) or 'cuda' (``_int_mm``);
+        ``compile_act_quant`` (None: unchanged) picks the fused compiled activation quantizer."""
         if mode not in ("simulate", "onednn", "cuda"):
             raise ValueError(f"mode={mode!r}; use 'simulate', 'onednn' or 'cuda'")
+        if mode != self.mode:
+            self._rt = {}  # prepared weights belong to one backend
         self.mode = mode
-        self._packed = {}
+        if compile_act_quant is not None:
+            self.compile_act_quant = bool(compile_act_quant)
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) / .half() / .bfloat16() would cast scales and fp32 state: keep them.
+        keep = {
+            k: b
+            for k, b in self._buffers.items()
+            if b is not None and b.is_floating_point() and self.converted
+        }
+        super()._apply(fn, recurse)
+        for k, b in keep.items():
+            new = self._buffers[k]
+            if new.dtype != b.dtype:
+                self._buffers[k] = b.to(new.device)
+        self._rt = {}
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._rt = {}
+
+    # ------------------------------------------------------------------ integer views
+    def act_qparams(self, g: int) -> tuple[float, int, int] | None:
+        """(scale, zero point, qmax) of group ``g``'s activation quantizer; None for an FP group."""
+        a = self._buffers.get(f"act_{g}")
+        if a is None:
+            return None
+        s, z, qmax = a.tolist()
+        return float(s), int(z), int(qmax)
 
     def _group_cols(self, g: int) -> slice:
         if self.groups == 1:
             return slice(0, self.in_features)
         return slice(0, self.n_outlier) if g == 0 else slice(self.n_outlier, self.in_features)
 
+    def group_width(self, g: int) -> int:
+        c = self._group_cols(g)
+        return c.stop - c.start
+
+    def int_weight(self, g: int) -> torch.Tensor:
+        """int8 (N, K_g) codes ``q - z`` of group ``g`` (unpacked for <= 4-bit weights)."""
+        if f"w_int_{g}" in self._buffers:
+            return self._buffers[f"w_int_{g}"]
+        codes = unpack_int4(self._buffers[f"w_packed_{g}"], self.group_width(g)).to(torch.int16)
+        return (codes - self._buffers[f"w_zero_{g}"].to(torch.int16)[:, None]).to(torch.int8)
+
+    def _cols(self, g: int) -> torch.Tensor | None:
+        """Original column indices of group g (None = all columns in order)."""
+        if self.groups == 1:
+            return None
+        return self._buffers["perm"].long()[self._group_cols(g)]
+
+    def _full_width(self, w: torch.Tensor, g: int) -> torch.Tensor:
+        """Group g's (N, K_g) weight scattered into (N, K) original column order, zeros elsewhere."""
+        cols = self._cols(g)
+        if cols is None:
+            return w
+        full = torch.zeros(self.out_features, self.in_features, dtype=w.dtype, device=w.device)
+        full[:, cols] = w
+        return full
+
     def quantize_input(self, x: torch.Tensor, g: int) -> torch.Tensor:
-        s, z, qmax = (
-            getattr(self, f"a_scale_{g}"),
-            getattr(self, f"a_zero_{g}"),
-            getattr(self, f"a_qmax_{g}"),
-        )
-        return torch.clamp(torch.round(x / s) + z, 0, qmax).to(torch.uint8)
+        """uint8 codes of ``x`` (columns of group g, or all K) under group g's quantizer."""
+        s, z, qmax = self.act_qparams(g)
+        return kernels.quantize_act(x, s, z, qmax, compiled=self.compile_act_quant)
 
-    def _prepared_input(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(-1, self.in_features).float()
-        if self.smooth is not None:
-            x = x / self.smooth
-        if self.perm is not None:
-            x = x.index_select(1, self.perm.long())
-        return x
+    def _runtime(self) -> dict:
+        """Per-mode prepared weights, built on first use (int8 weights are unpacked here)."""
+        if self._rt:
+            return self._rt
+        rt: dict = {"main": self.groups - 1, "outlier": 0 if self.groups == 2 else None}
+        for g in range(self.groups):
+            qp = self.act_qparams(g)
+            if qp is None:
+                rt[g] = ("fp", self._cols(g), None)
+                continue
+            cols = self._cols(g) if g == rt["outlier"] else None
+            w = self.int_weight(g)
+            if g == rt["main"]:
+                w = self._full_width(w, g)
+            packed = None
+            if self.mode != "simulate":
+                packed = kernels.pack_weight(w, self._buffers[f"w_scale_{g}"], self.mode)
+            rt[g] = (qp, cols, packed)
+        self._rt = rt
+        return rt
 
+    # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.converted:
             self._observe(x)
             return self.fp(x)
         only = chunklib.active_chunks()
-        if only is not None and self.fp is not None:
-            tag = chunklib.current_chunk()
-            if not (isinstance(tag, int) and tag in only):
-                return self.fp(x)
-        shape = x.shape
-        xp = self._prepared_input(x)
-        out = None
-        for g in range(self.groups):
-            xg = xp[:, self._group_cols(g)]
-            if getattr(self, f"a_scale_{g}") is None:  # full-precision outlier branch
-                y = F.linear(xg, getattr(self, f"w_fp_{g}"))
-            else:
-                y = self._int_group(xg, g)
-            out = y if out is None else out + y
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        if only is None or self.fp is None:
+            return self._quantized(x)
+        mask = chunklib.active_rows(x, only)  # (rows,) bool: rows whose chunk tag is in `only`
+        if bool(mask.all()):
+            return self._quantized(x)
+        if not bool(mask.any()):
+            return self.fp(x)
+        y = torch.where(
+            mask.to(x.device)[:, None],
+            self._quantized(x).reshape(-1, self.out_features),
+            self.fp(x).reshape(-1, self.out_features),
+        )
+        return y.reshape(*x.shape[:-1], self.out_features)
 
-    def _int_group(self, xg: torch.Tensor, g: int) -> torch.Tensor:
-        xq = self.quantize_input(xg, g)
-        s, z = getattr(self, f"a_scale_{g}"), getattr(self, f"a_zero_{g}")
-        wq, ws = getattr(self, f"w_int_{g}"), getattr(self, f"w_scale_{g}")
-        if self.mode == "simulate":
-            return F.linear((xq.float() - z) * s, wq.float() * ws[:, None])
-        if g not in self._packed:
-            self._packed[g] = kernels.prepack(wq, self.mode)
-        return kernels.int8_linear(xq.contiguous(), s, z, self._packed[g], ws, None, self.mode)
+    @torch.compiler.disable
+    def _quantized(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        smooth = self._buffers.get("smooth")
+        if smooth is not None:
+            x2 = x2.float() / smooth
+        rt = self._runtime()
+        out_dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+        main = rt["main"]
+        y = self._group_out(x2, main, rt[main], self._buffers.get("bias"), out_dtype)
+        if rt["outlier"] is not None:
+            y = y + self._group_out(x2, 0, rt[0], None, out_dtype)
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def _group_out(self, x2, g, entry, bias, out_dtype) -> torch.Tensor:
+        qp, cols, packed = entry
+        if cols is not None:
+            x2 = x2.index_select(1, cols)
+        if qp == "fp":
+            return F.linear(x2.float(), self._buffers[f"w_fp_{g}"], bias).to(out_dtype)
+        s, z, qmax = qp
+        xq = kernels.quantize_act(x2, s, z, qmax, compiled=self.compile_act_quant)
+        if packed is None:  # simulate: dequantize on the fly (W4 stays packed in memory)
+            w = self.int_weight(g)
+            if g == self._rt["main"]:
+                w = self._full_width(w, g)
+            wd = w.float() * self._buffers[f"w_scale_{g}"].float()[:, None]
+            return F.linear((xq.float() - z) * s, wd, bias).to(out_dtype)
+        return kernels.linear_packed(xq, s, z, packed, bias, self.mode, out_dtype)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The (N, K) weight the converted layer applies, in the original column order."""
-        cols = []
+        w = torch.zeros(self.out_features, self.in_features)
         for g in range(self.groups):
-            if getattr(self, f"a_scale_{g}") is None:
-                cols.append(getattr(self, f"w_fp_{g}"))
+            if self.act_qparams(g) is None:
+                wg = self._buffers[f"w_fp_{g}"]
             else:
-                cols.append(
-                    getattr(self, f"w_int_{g}").float() * getattr(self, f"w_scale_{g}")[:, None]
-                )
-        w = torch.cat(cols, 1)
-        if self.perm is not None:
-            w = w[:, torch.argsort(self.perm.long())]
-        if self.smooth is not None:
-            w = w / self.smooth
-        return w
+                wg = self.int_weight(g).float() * self._buffers[f"w_scale_{g}"].float()[:, None]
+            w = w + self._full_width(wg, g)
+        smooth = self._buffers.get("smooth")
+        return w if smooth is None else w / smooth
 
-    # ------------------------------------------------------------------ storage
-    def packed_state(self) -> dict[str, torch.Tensor]:
-        """Tensors at rest: 4-bit codes nibble-packed with their zero points, 8-bit as int8."""
-        out: dict[str, torch.Tensor] = {}
-        for key in ("perm", "smooth", "bias"):
-            t = getattr(self, key)
-            if t is not None:
-                out[key] = t
-        for g in range(self.groups):
-            if getattr(self, f"a_scale_{g}") is None:
-                out[f"w_fp_{g}"] = getattr(self, f"w_fp_{g}")
-                continue
-            wq, zp = getattr(self, f"w_int_{g}"), getattr(self, f"w_zero_{g}")
-            if self.w_bits <= 4:
-                codes = (wq.to(torch.int16) + zp[:, None]).to(torch.uint8)  # back to [0, 15]
-                out[f"w_packed_{g}"] = pack_int4(codes)
-                out[f"w_zero_{g}"] = zp.to(torch.uint8)
-            else:
-                out[f"w_int_{g}"] = wq
-                if bool((zp != 0).any()):
-                    out[f"w_zero_{g}"] = zp
-            out[f"w_scale_{g}"] = getattr(self, f"w_scale_{g}").half()  # fp16-exact by design
-            out[f"a_{g}"] = torch.tensor(
-                [
-                    getattr(self, f"a_scale_{g}"),
-                    getattr(self, f"a_zero_{g}"),
-                    getattr(self, f"a_qmax_{g}"),
-                ],
-                dtype=torch.float64,
-            )
-        return out
+    def quant_state(self) -> dict[str, torch.Tensor]:
+        """The layer's quantization buffers (what it stores at rest), without the prefix."""
+        return {k: b for k, b in self._buffers.items() if b is not None}
 
-    def meta(self) -> dict:
+    def summary(self) -> dict:
+        """bits, outlier columns and bytes of this layer (the per-layer report)."""
+        q = sum(t.numel() * t.element_size() for t in self.quant_state().values())
+        has_bias = self._buffers.get("bias") is not None
+        fp = 4 * (self.in_features * self.out_features + self.out_features * has_bias)
+        a = self.act_qparams(self.groups - 1)
+        a_bits = (a[2] + 1).bit_length() - 1 if a else None
         return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "w_bits": self.w_bits,
-            "n_outlier": self.n_outlier,
-            "groups": self.groups,
-        }
-
-    @classmethod
-    def from_packed(cls, name: str, meta: dict, tensors: dict[str, torch.Tensor]) -> QuantLinear:
-        lin = nn.Linear(meta["in_features"], meta["out_features"], bias="bias" in tensors)
-        self = cls(lin, name)
-        self.w_bits, self.n_outlier, self.groups = meta["w_bits"], meta["n_outlier"], meta["groups"]
-        self.register_buffer("perm", tensors.get("perm"))
-        self.register_buffer("smooth", tensors.get("smooth"))
-        self.register_buffer("bias", tensors.get("bias"))
-        for g in range(self.groups):
-            if f"w_fp_{g}" in tensors:
-                self.register_buffer(f"w_fp_{g}", tensors[f"w_fp_{g}"])
-                setattr(self, f"a_scale_{g}", None)
-                continue
-            if f"w_packed_{g}" in tensors:
-                n_cols = (
-                    (self.n_outlier if g == 0 else self.in_features - self.n_outlier)
-                    if self.groups == 2
-                    else self.in_features
-                )
-                zp = tensors[f"w_zero_{g}"].to(torch.int16)
-                codes = unpack_int4(tensors[f"w_packed_{g}"], n_cols).to(torch.int16)
-                wq = (codes - zp[:, None]).to(torch.int8)
-            else:
-                wq = tensors[f"w_int_{g}"]
-                zp = tensors.get(f"w_zero_{g}", torch.zeros(wq.shape[0], dtype=torch.int16))
-            self.register_buffer(f"w_int_{g}", wq)
-            self.register_buffer(f"w_zero_{g}", zp.to(torch.int16))
-            self.register_buffer(f"w_scale_{g}", tensors[f"w_scale_{g}"].float())
-            a = tensors[f"a_{g}"].tolist()
-            setattr(self, f"a_scale_{g}", float(a[0]))
-            setattr(self, f"a_zero_{g}", int(a[1]))
-            setattr(self, f"a_qmax_{g}", int(a[2]))
-        self.converted, self.fp, self._packed = True, None, {}
-        return self
+            "w_bits": self.w_bits, "a_bits": a_bits, "in": self.in_features,
+            "out": self.out_features, "outlier_cols": self.n_outlier,
+            "outlier_branch": "fp" if self.groups == 2 and self.act_qparams(0) is None else "int",
+            "bytes": q, "fp32_bytes": fp,
+        }  # fmt: skip
 
     def extra_repr(self) -> str:
         if not self.converted:

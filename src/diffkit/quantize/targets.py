@@ -6,13 +6,15 @@
   distance on the evaluation network's features, and per-frame digit accuracy.
 * diffusers ``SkyReelsV2Transformer3DModel`` (diffusion forcing, per-frame timesteps, block-causal
   mask via ``_set_ar_attention``; no KV cache): all frames go through one call, so each token is
-  tagged with its frame block (:func:`skyreels_chunk_ids`) and calibration runs a few
-  diffusion-forcing calls with per-block noise levels (:func:`calibrate_skyreels`).
+  tagged with its frame block (:func:`skyreels_chunk_ids`) and calibration runs the
+  diffusion-forcing calls of diffusers' asynchronous schedule, earlier blocks more denoised
+  (:func:`diffusion_forcing_schedule`, :func:`calibrate_skyreels`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -142,32 +144,64 @@ def skyreels_chunk_ids(model: nn.Module, latent_shape: tuple[int, ...]) -> torch
     return (torch.arange(frames) // block).repeat_interleave((H // p_h) * (W // p_w))
 
 
+def diffusion_forcing_schedule(
+    num_blocks: int, steps: Sequence[int] = (1000, 750, 500, 250), ar_step: int = 2
+) -> torch.Tensor:
+    """(iterations, num_blocks) timesteps of SkyReels-V2's asynchronous diffusion forcing.
+
+    The schedule of diffusers' ``SkyReelsV2DiffusionForcingPipeline.generate_timestep_matrix``
+    (SkyReels-V2, arXiv 2504.13074, sec. 3.4) with one frame block per column: every block walks
+    the template ``999, *steps, 0``; block b advances one step per iteration once block b-1 is
+    done, else it stays ``ar_step`` steps behind block b-1. So in every row **earlier blocks are
+    more denoised** (lower t) and the first block reaches t = 0 first.
+    """
+    if num_blocks < 1 or ar_step < 0 or not steps:
+        raise ValueError(f"num_blocks={num_blocks}, ar_step={ar_step}, steps={list(steps)}")
+    template = [999, *(int(v) for v in steps), 0]
+    done = len(steps)  # template index of the last denoising step
+    prev = [0] * num_blocks  # template index reached by each block
+    rows = []
+    while not all(v >= done for v in prev):
+        row: list[int] = []
+        for b in range(num_blocks):
+            lead_done = b == 0 or prev[b - 1] >= done
+            row.append(min(max(prev[b] + 1 if lead_done else row[b - 1] - ar_step, 0), done + 1))
+        rows.append([template[v] for v in row])
+        prev = row
+    return torch.tensor(rows, dtype=torch.long)
+
+
 @torch.no_grad()
 def calibrate_skyreels(
     model: nn.Module,
     latents: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
     *,
-    levels: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0),
+    steps: Sequence[int] = (1000, 750, 500, 250),
+    ar_step: int = 2,
     generator: torch.Generator | None = None,
-) -> None:
-    """Diffusion-forcing calibration calls: per-block timesteps that decrease with the block
-    index (earlier blocks cleaner, as in SkyReels-V2's asynchronous schedule), one call per level.
+) -> torch.Tensor:
+    """Diffusion-forcing calibration calls, one per row of :func:`diffusion_forcing_schedule`
+    (earlier frame blocks more denoised, as in diffusers' SkyReels-V2 pipeline), each token tagged
+    with its frame block. Flow-matching inputs x_t = (1 - t/1000) x_0 + (t/1000) noise. Returns the
+    (calls, frames) timesteps used.
     """
     check_supported(model)
     B, _, Fr = latents.shape[:3]
     block = max(1, int(model.config.num_frame_per_block))
     ids = skyreels_chunk_ids(model, tuple(latents.shape))
     blocks = torch.arange(Fr) // block
-    n_blocks = int(blocks.max()) + 1
-    for level in levels:
-        t_block = torch.clamp(level - 250.0 * torch.arange(n_blocks), min=0.0)
+    schedule = diffusion_forcing_schedule(int(blocks.max()) + 1, steps, ar_step)
+    used = []
+    for t_block in schedule:
         t = t_block[blocks].expand(B, Fr)
-        sigma = (t / 1000.0)[:, None, :, None, None]
+        sigma = (t.float() / 1000.0)[:, None, :, None, None]
         noise = torch.randn(latents.shape, generator=generator)
         x = (1 - sigma) * latents + sigma * noise
         with chunk(ids):
-            model(x, t.long(), encoder_hidden_states, enable_diffusion_forcing=True)
+            model(x, t, encoder_hidden_states, enable_diffusion_forcing=True)
+        used.append(t[0])
+    return torch.stack(used)
 
 
 def _median_time(fn, repeats: int) -> float:
