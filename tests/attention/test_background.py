@@ -113,7 +113,8 @@ def test_ropeslr_mass_merge_flex_cpu_equals_reference_backend():
     grid = (2, 16, 16)
     q, k, v, qp, kp = (_t(1, 2, 512, 16, seed=s).float() for s in range(5))
     kw = dict(density=0.25, rank=8, tile=(1, 8, 8), block_size=64, merge="mass", feature_map="elu1")
-    cfg_r, cfg_f = RoPeSLRConfig(**kw), RoPeSLRConfig(backend="flex", **kw)
+    cfg_r = RoPeSLRConfig(backend="reference", **kw)  # not "auto": it may pick flex
+    cfg_f = RoPeSLRConfig(backend="flex", **kw)
     p = RoPeSLRParams(cfg_r, 2, 16)
     with torch.no_grad():
         out_r = ropeslr_attention(q, k, v, config=cfg_r, params=p, q_pre=qp, k_pre=kp, grid=grid)
@@ -129,7 +130,8 @@ def test_ropeslr_flex_cuda_equals_reference_backend(merge):
     q, k, v, qp, kp = (_t(1, 2, 1024, 64, seed=s).float().cuda() for s in range(5))
     extra = {"feature_map": "elu1"} if merge == "mass" else {}
     kw = dict(density=0.25, tile=(2, 8, 8), block_size=128, merge=merge, **extra)
-    cfg_r, cfg_f = RoPeSLRConfig(**kw), RoPeSLRConfig(backend="flex", **kw)
+    cfg_r = RoPeSLRConfig(backend="reference", **kw)  # not "auto": it may pick flex
+    cfg_f = RoPeSLRConfig(backend="flex", **kw)
     p = RoPeSLRParams(cfg_r, 2, 64).cuda()
     with torch.no_grad():
         out_r = ropeslr_attention(q, k, v, config=cfg_r, params=p, q_pre=qp, k_pre=kp, grid=grid)
