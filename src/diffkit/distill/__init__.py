@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
             "Discriminator",
             "FPDConfig",
             "PositiveQueue",
+            "draw_tokens",
             "sample_student",
             "student_input",
             "token_stats",

@@ -155,7 +155,7 @@ def student_input(
     from diffkit.core.masking import mask_tokens
 
     z = torch.randint(codebook_size, (batch, num_tokens), generator=generator)
-    return mask_tokens(z, r_init, mask_id, generator)[0]
+    return mask_tokens(z, r_init, mask_id, generator)[0]  # drawn on the CPU: same on any device
 
 
 @torch.no_grad()
@@ -173,12 +173,36 @@ def sample_student(
     B = len(cond) if not isinstance(cond, dict) else len(next(iter(cond.values())))
     z = student_input(
         B, teacher.num_tokens, teacher.codebook_size, teacher.mask_id, r_init, generator
-    )
-    logits = teacher.forward_logits(student, z, cond).float()
+    ).to(_device_of(student))
+    logits = teacher.forward_logits(student, z, cond)
+    return draw_tokens(logits, mode, temperature=temperature, generator=generator)
+
+
+def draw_tokens(
+    logits: torch.Tensor,
+    mode: Literal["categorical", "argmax"] = "categorical",
+    *,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Tokens (B, L) from student logits (B, L, K): the argmax, or one draw of
+    softmax(logits / temperature) per position (the student's inference, ``FPDConfig.sample_mode``).
+    """
+    if mode not in ("categorical", "argmax"):
+        raise ValueError(f"sample mode {mode!r}; use 'categorical' or 'argmax'")
+    logits = logits.float()
     if mode == "argmax":
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, -1)
-    return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(z.shape)
+    probs = torch.softmax(logits / temperature, -1).flatten(0, 1)
+    if generator is not None and generator.device != probs.device:
+        probs = probs.cpu()  # draw with the caller's (CPU) generator: same tokens on any device
+    ids = torch.multinomial(probs, 1, generator=generator)
+    return ids.view(logits.shape[:2]).to(logits.device)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 class ConditionData:
