@@ -202,3 +202,44 @@ def test_one_step_pipeline_matches_the_fpd_sampler(tmp_path, mode):
                 output_type="pt").images  # fmt: skip
     # the same decoder on the same codes, only laid out differently in memory: fp32 rounding
     torch.testing.assert_close(imgs, tok.decode(tok.embed(ref)).clip(0, 1), rtol=0, atol=1e-4)
+
+
+def test_bf16_mixed_precision_through_accelerate(tmp_path):
+    """amused.mixed_precision: bf16 runs the student's forward under accelerate's autocast while
+    the trained weights, their gradients and the drift loss stay fp32; the run completes."""
+    from diffkit.core.objective import StepContext
+    from diffkit.distill.amused_run import (
+        AmusedRunConfig,
+        _Autocast,
+        distill_amused,
+        load_amused,
+        make_accelerator,
+    )
+
+    root = save_tiny_amused(tmp_path / "amused", text_vocab=64, eos_token_id=1, tokenizer=True)
+    run = AmusedRunConfig(
+        prompts=("a cat", "a dog"), max_length=8, mixed_precision="bf16", cpu=True
+    )
+    teacher, tok, _ = load_amused(root, run)
+    acc = make_accelerator(run)
+    assert acc.mixed_precision == "bf16" and acc.device.type == "cpu"
+    cfg = FPDConfig(samples_per_group=2, teacher_guidance=2.0, lifter=LifterConfig(space="pixel"))
+    fpd = FPD(cfg, teacher=teacher, tokenizer=tok)
+    student = fpd.make_student()
+    seen = []
+    student.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    ctx = StepContext(step=0, generator=torch.Generator().manual_seed(0),
+                      sample_seeds=torch.arange(4))  # fmt: skip
+    out = _Autocast(fpd, acc)(student, {"cond": torch.tensor([0, 1])}, ctx)
+    assert seen == [torch.bfloat16]
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert any(p.grad is not None and p.grad.dtype == torch.float32 for p in student.parameters())
+    # end to end through the runner
+    opts = {"prompts": ["a cat", "a dog"], "max_length": 8, "mixed_precision": "bf16", "cpu": True}
+    path = distill_amused(root, opts, cfg, TrainConfig(steps=1, batch_size=2, lr=1e-3),
+                          tmp_path / "out", progress=False)  # fmt: skip
+    assert (path / "transformer" / "config.json").is_file()
+    with pytest.raises(ValueError, match="fp16"):
+        AmusedRunConfig(prompts=("a",), mixed_precision="fp16")

@@ -158,6 +158,7 @@ class AmusedTeacher(MaskedTeacher):
             raise ValueError(
                 f"prompt ids must be in [0, {self.num_conditions}), got {ids.tolist()}"
             )
+        ids = ids.to(self.prompt_hidden.device)
         return {"hidden": self.prompt_hidden[ids], "pooled": self.prompt_pooled[ids]}
 
     def null_condition(self, n):
@@ -174,7 +175,7 @@ class AmusedTeacher(MaskedTeacher):
         h, w = self.grid
         sch = self.scheduler
         sch.set_timesteps(steps, temperature=(choice_temperature, 0.0))
-        z = torch.full((B, h, w), self.mask_id, dtype=torch.long)
+        z = torch.full((B, h, w), self.mask_id, dtype=torch.long, device=self.micro_conds.device)
         for t in sch.timesteps:
             logits = self.guided_logits(z.view(B, -1), cond, guidance_scale) / temperature
             logits = logits.view(B, h, w, -1).permute(0, 3, 1, 2)

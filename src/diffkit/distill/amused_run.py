@@ -20,6 +20,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -50,6 +51,10 @@ class AmusedRunConfig:
         crop_coord: aMUSEd micro-condition, the (top, left) crop (default [0, 0]).
         dinov2: local transformers ``Dinov2Model`` folder for feature-space drift.
         dinov2_blocks: DINOv2 blocks used as feature maps.
+        mixed_precision: "no" or "bf16" autocast through accelerate; null = accelerate's own
+            setting (``accelerate launch --mixed_precision`` / ``accelerate config``, else "no").
+            fp16 is refused: it needs a loss scaler, which diffkit.train.fit does not run.
+        cpu: run on the CPU even when accelerate finds a GPU (default: accelerate's device).
     """
 
     prompts: tuple[str, ...] | str = ()
@@ -59,8 +64,15 @@ class AmusedRunConfig:
     crop_coord: tuple[int, int] = (0, 0)
     dinov2: str | None = None
     dinov2_blocks: tuple[int, ...] = (2, 5, 8, 11)
+    mixed_precision: Literal["no", "bf16"] | None = None
+    cpu: bool = False
 
     def __post_init__(self) -> None:
+        if self.mixed_precision not in (None, "no", "bf16"):
+            raise ValueError(
+                f"AmusedRunConfig.mixed_precision={self.mixed_precision!r}; use 'no' or 'bf16' "
+                "(fp16 needs a loss scaler, which diffkit.train.fit does not run)"
+            )
         if not self.prompts:
             raise ValueError(
                 "AmusedRunConfig.prompts must list at least one prompt or name a .txt/.jsonl file"
@@ -157,6 +169,36 @@ def save_student(
     return out
 
 
+class _Autocast:
+    """The objective under accelerate's autocast; its checkpoint state passes through."""
+
+    def __init__(self, objective: FPD, accelerator):
+        self.objective, self.accelerator = objective, accelerator
+
+    def __call__(self, model, batch, ctx):
+        with self.accelerator.autocast():
+            return self.objective(model, batch, ctx)
+
+    def state_dict(self) -> dict:
+        return self.objective.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.objective.load_state_dict(state)
+
+
+def make_accelerator(run: AmusedRunConfig):
+    """accelerate's ``Accelerator`` for the run's device and mixed precision (bf16 or none)."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(mixed_precision=run.mixed_precision, cpu=run.cpu)
+    if acc.mixed_precision not in ("no", "bf16"):
+        raise ValueError(
+            f"mixed precision {acc.mixed_precision!r} (from accelerate's configuration) is not "
+            "supported by the aMUSEd runner; use no or bf16 (fp16 needs a loss scaler)"
+        )
+    return acc
+
+
 def distill_amused(
     path: str | Path,
     opts: dict | AmusedRunConfig,
@@ -192,15 +234,20 @@ def distill_amused(
         from transformers import Dinov2Model
 
         backbone = Dinov2Backbone(Dinov2Model.from_pretrained(run.dinov2), blocks=run.dinov2_blocks)
+    acc = make_accelerator(run)
+    teacher, tokenizer = teacher.to(acc.device), tokenizer.to(acc.device)
+    backbone = backbone.to(acc.device) if backbone is not None else None
+    log.info("device %s, mixed precision %s", acc.device, acc.mixed_precision)
     fpd = FPD(fpd_config, teacher=teacher, tokenizer=tokenizer, lifter_backbone=backbone)
-    student = fpd.make_student()
+    student = fpd.make_student()  # fp32 weights; autocast runs the forward in bf16 if asked
     torch.manual_seed(train_config.seed)
     ema = EMA(student, train_config.ema_decay) if train_config.ema_decay > 0 else None
-    fit(fpd, student, fpd.data(), train_config, out_dir / "run", ema=ema, progress=progress)
+    objective = _Autocast(fpd, acc)
+    fit(objective, student, fpd.data(), train_config, out_dir / "run", ema=ema, progress=progress)
     if ema is not None:  # the saved student is the EMA, as for the digits runs
         ema.copy_to(student)
     out = save_student(
-        path, student.eval(), out_dir / "student", r_init=fpd_config.r_init,
+        path, student.eval().cpu(), out_dir / "student", r_init=fpd_config.r_init,
         sample_mode=fpd_config.sample_mode, max_length=run.max_length,
     )  # fmt: skip
     log.info("aMUSEd FPD student written to %s", out)

@@ -31,7 +31,7 @@ from diffkit.core.objective import LossOutput, StepContext
 from diffkit.distill.drift import DriftConfig, DriftLoss
 from diffkit.distill.interfaces import Cond, MaskedTeacher, Tokenizer, check_compatible
 from diffkit.distill.lifter import FeatureLifter, LifterConfig
-from diffkit.distill.ste import STE_MODES, STEMode, refine, straight_through
+from diffkit.distill.ste import STE_MODES, STEMode, categorical, refine, straight_through
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +193,7 @@ def draw_tokens(
     logits = logits.float()
     if mode == "argmax":
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, -1).flatten(0, 1)
-    if generator is not None and generator.device != probs.device:
-        probs = probs.cpu()  # draw with the caller's (CPU) generator: same tokens on any device
-    ids = torch.multinomial(probs, 1, generator=generator)
-    return ids.view(logits.shape[:2]).to(logits.device)
+    return categorical(torch.softmax(logits / temperature, -1), generator)
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -237,14 +233,16 @@ class PositiveQueue:
         sel = slot[None] < n[:, None]  # (G, Q)
         gid = g[:, None].expand(-1, self.size)[sel]
         sid = slot[None].expand(len(g), -1)[sel]
-        feats = {k: v[gid, sid] for k, v in self.store.items()}
+        feats = {k: v[gid.to(v.device), sid.to(v.device)] for k, v in self.store.items()}
         return feats, gid
 
     def push(self, feats: dict[str, torch.Tensor], groups: torch.Tensor) -> None:
         for k, v in feats.items():
             v = v.detach()
             if k not in self.store:
-                self.store[k] = torch.zeros(self.num_groups, self.size, *v.shape[1:])
+                self.store[k] = torch.zeros(
+                    self.num_groups, self.size, *v.shape[1:], dtype=v.dtype, device=v.device
+                )
         for i, gi in enumerate(groups.tolist()):  # B small writes, each O(1)
             pos = int(self.count[gi]) % self.size
             for k, v in feats.items():
@@ -404,7 +402,7 @@ class FPD:
             idx = torch.randint(len(self.real_images), (len(fake),), generator=g)
         else:  # one real image of the same condition per fake
             idx = self._real_of(y, g)
-        real = self.real_images[idx].clone().requires_grad_(cfg.gan_reg == "r1")
+        real = self.real_images[idx].to(fake.device).clone().requires_grad_(cfg.gan_reg == "r1")
         d_real, d_fake = self.disc(real, y), self.disc(fake.detach(), y)
         loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         if cfg.gan_reg == "r1":
@@ -417,12 +415,13 @@ class FPD:
 
     def __call__(self, student: nn.Module, batch: dict, ctx: StepContext) -> LossOutput:
         cfg, T, tok = self.config, self.teacher, self.tokenizer
-        g = ctx.generator
+        g = ctx.generator  # a CPU generator: random draws are made on the CPU, then moved
+        dev = tok.codebook.device
         groups = batch["cond"].repeat_interleave(cfg.samples_per_group)  # (B,)
         cond = T.condition(groups)
         B, L, K = len(groups), T.num_tokens, T.codebook_size
         # 1. student draft, straight-through routed, decoded (differentiable)
-        z_init = student_input(B, L, K, T.mask_id, cfg.r_init, g)
+        z_init = student_input(B, L, K, T.mask_id, cfg.r_init, g).to(dev)
         logits = T.forward_logits(student, z_init, cond)
         routed = straight_through(
             logits, tok.codebook, cfg.ste, temperature=cfg.student_temperature, generator=g
@@ -434,7 +433,7 @@ class FPD:
             if cfg.refine_source == "student":
                 src = routed.ids
             else:  # ablation: the teacher refines uniformly random tokens
-                src = torch.randint(K, (B, L), generator=g)
+                src = torch.randint(K, (B, L), generator=g).to(dev)
             z_pos, masked = refine(
                 T, src, cond, r, guidance_scale=cfg.teacher_guidance,
                 temperature=cfg.teacher_temperature, generator=g,
@@ -459,7 +458,7 @@ class FPD:
         if cfg.real_positives:  # data positives of each condition in the batch
             rg = batch["cond"].repeat_interleave(cfg.real_positives)
             with torch.no_grad():
-                f_real = self.lifter(self.real_images[self._real_of(rg, g)])
+                f_real = self.lifter(self.real_images[self._real_of(rg, g)].to(dev))
             pos = {k: torch.cat([pos[k], f_real[k]]) for k in pos}
             pos_groups = torch.cat([pos_groups, rg])
             if pos_source is not None:
