@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("KDPool", "NaiveKD"), "kd"),
     **dict.fromkeys(("Dinov2Backbone", "FeatureLifter", "LifterConfig"), "lifter"),
     **dict.fromkeys(("Routed", "refine", "remask", "straight_through"), "ste"),
+    **dict.fromkeys(("evaluate_features",), "evaluate"),
 }
 
 

@@ -12,8 +12,11 @@ toward a fixed point of "corrupt -> teacher-refine" (paper: p_theta = (T^r_phi o
    drafts as negatives, grouped by condition; optionally + lambda_gan * hinge GAN on x.
 
 Since the drift is anti-symmetric, it vanishes iff p_theta K_r = p_theta for K_r = T_phi o M_r, a
-blocked-Gibbs kernel whose stationary law is the teacher's (spec (c), our reading). No real data is
-needed (only for the optional GAN). Inference: one student forward + decoder (NFE 1).
+blocked-Gibbs kernel whose stationary law is the teacher's (spec (c), our reading). The drift needs
+no real data: the paper's FPD is data-free. Two optional additions use real images and make it no
+longer data-free: the GAN (``gan_weight``) and ``real_positives`` (real images as extra drift
+positives, ours); the shipped digits recipe uses both. Inference: one student forward + decoder
+(NFE 1).
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ tokens on the codebook manifold), the backward pass the probability-weighted mix
 
     e = E[z^] + e~ - sg(e~),    e~_i = sum_v softmax(l_i / t)_v E_v
 
-Modes: ``categorical`` (z^ ~ softmax, via Gumbel-max), ``argmax``, ``gumbel`` (Gumbel-softmax: hard
-argmax of perturbed logits forward, relaxed softmax((l + g) / t) backward), ``soft`` (no hard
+Modes: ``categorical`` (z^ ~ softmax(l / t), via Gumbel-max), ``argmax``, ``gumbel`` (Gumbel-softmax
+on the tempered logits: forward the hard argmax(l / t + g), i.e. the same sample as
+``categorical``; backward the relaxed softmax(l / t + g), the noise added after the temperature,
+so the relaxation itself runs at temperature 1), ``soft`` (no hard
 tokens in the decoder: e = e~; the paper's "soft embedding" ablation; hard tokens are still drawn
 for the teacher).
 
