@@ -27,7 +27,12 @@ import torch
 from diffkit import models
 from diffkit.distill import FPDConfig, KDPool, LifterConfig, NaiveKD
 from diffkit.distill.evaluate import evaluate_samples
-from diffkit.distill.pipeline import distill_digits, load_digits_zoo, sample_digits
+from diffkit.distill.pipeline import (
+    TEACHER_SAMPLING,
+    distill_digits,
+    load_digits_zoo,
+    sample_digits,
+)
 from diffkit.train import fit
 from diffkit.zoo.digits_fpd import FPD_CONFIG, TRAIN
 
@@ -211,7 +216,7 @@ def main() -> None:
         },  # fmt: skip
         "notes": "KID/FID on digit-classifier penultimate features vs the 359-image test split; "
         "mean +- std over training seeds (over sampling seeds when one training seed). Teacher "
-        "sampling: CFG 2, choice temperature 2, cosine schedule.",
+        f"sampling: {TEACHER_SAMPLING}, cosine schedule.",
         "rows": rows,
         "real_train_vs_test": real,
         "seconds_per_1000": {
