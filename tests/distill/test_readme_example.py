@@ -1,15 +1,19 @@
-"""The README / docs usage example runs (with 1 training step), and what it returns is right."""
+"""The README's FPD example (data-free) and the zoo recipe's variant with real images run (with 1
+training step), and what they return is right."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import pytest
 import torch
 
 from diffkit import models
 
 
-def test_readme_example(tmp_path):
+@pytest.mark.parametrize("variant", ["data-free", "recipe"])
+def test_readme_example(tmp_path, variant):
     for n in ("digits-patch-tokenizer", "digits-maskgit", "digits-lifter"):
         ok, msg = models.verify(n)  # shipped, hash-checked: missing is a failure, not a skip
         assert ok, f"shipped zoo weights of {n} fail their hash check: {msg}"
@@ -19,12 +23,15 @@ def test_readme_example(tmp_path):
 
     teacher = distill.ClassConditionalTeacher(models.load("digits-maskgit"))
     cfg = distill.FPDConfig(samples_per_group=24, queue_size=48, teacher_guidance=2.0,
-                            ste="argmax", drift_guidance=1.5, gan_weight=1.0,
-                            gan_conditional=True, real_positives=72)  # fmt: skip
-    real = load_digits("train")
+                            ste="argmax")  # fmt: skip
+    real = {}
+    if variant == "recipe":  # uses real images: no longer data-free
+        cfg = dataclasses.replace(cfg, drift_guidance=1.5, gan_weight=1.0, gan_conditional=True,
+                                  real_positives=72)  # fmt: skip
+        train = load_digits("train")
+        real = {"real_images": train.images, "real_labels": train.labels}
     fpd = distill.FPD(cfg, teacher=teacher, tokenizer=models.load("digits-patch-tokenizer"),
-                      lifter_backbone=models.load("digits-lifter"),
-                      real_images=real.images, real_labels=real.labels)  # fmt: skip
+                      lifter_backbone=models.load("digits-lifter"), **real)  # fmt: skip
     student = fpd.make_student()
     before = {k: v.clone() for k, v in student.named_parameters()}
     res = fit(fpd, student, fpd.data(), TrainConfig(steps=1, batch_size=4, lr=2e-4), tmp_path)
