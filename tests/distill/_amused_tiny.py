@@ -10,8 +10,14 @@ import torch
 
 
 def save_tiny_amused(
-    root: Path, *, text_vocab: int = 100, eos_token_id: int = 2, tokenizer: bool = False
+    root: Path,
+    *,
+    text_vocab: int = 100,
+    eos_token_id: int = 2,
+    tokenizer: bool = False,
+    sample_size: int = 8,
 ) -> Path:
+    """An 8x8 token grid (``sample_size``) decoded to 8x8 RGB images (VQ scale factor 1)."""
     from diffusers import AmusedScheduler, UVit2DModel, VQModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -21,6 +27,7 @@ def save_tiny_amused(
         micro_cond_embed_dim=10, encoder_hidden_size=8, vocab_size=32, codebook_size=8,
         in_channels=8, block_out_channels=8, num_res_blocks=1, downsample=True, upsample=True,
         block_num_heads=1, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
+        sample_size=sample_size,
     ).save_pretrained(root / "transformer")  # fmt: skip
     AmusedScheduler(mask_token_id=31).save_pretrained(root / "scheduler")
     VQModel(

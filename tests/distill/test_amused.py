@@ -108,8 +108,138 @@ def test_adapters_reject_other_classes():
     with pytest.raises(ValueError, match="UVit2DModel"):
         AmusedTeacher(torch.nn.Linear(1, 1), None, prompt_hidden=torch.zeros(1, 1, 1),
                       prompt_pooled=torch.zeros(1, 1), null_hidden=torch.zeros(1, 1),
-                      null_pooled=torch.zeros(1), grid=(1, 1))  # fmt: skip
+                      null_pooled=torch.zeros(1), vae_scale_factor=1)  # fmt: skip
     with pytest.raises(ValueError, match="VQModel"):
         VQTokenizer(torch.nn.Linear(1, 1), (1, 1))
     with pytest.raises(ValueError, match="Dinov2Model"):
         Dinov2Backbone(torch.nn.Linear(1, 1))
+
+
+def _uvit(sample_size):
+    from diffusers import UVit2DModel
+
+    torch.manual_seed(0)
+    return UVit2DModel(
+        hidden_size=8, use_bias=False, cond_embed_dim=8, micro_cond_encode_dim=2,
+        micro_cond_embed_dim=10, encoder_hidden_size=8, vocab_size=32, codebook_size=8,
+        in_channels=8, block_out_channels=8, num_res_blocks=1, downsample=True, upsample=True,
+        block_num_heads=1, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8,
+        sample_size=sample_size,
+    )  # fmt: skip
+
+
+def test_grid_and_micro_conditions_come_from_the_config(amused_dir):
+    """The grid is config.sample_size and width/height = grid x the VQ scale factor, as
+    AmusedPipeline computes them (amused-512: 32 tokens x 16 = 512, not a fixed 256)."""
+    from diffusers import AmusedScheduler
+
+    from diffkit.distill.amused import AmusedTeacher, vae_scale_factor
+
+    assert vae_scale_factor({"block_out_channels": [128, 128, 256, 512, 768]}) == 16
+    emb = {"prompt_hidden": torch.zeros(1, 4, 8), "prompt_pooled": torch.zeros(1, 8),
+           "null_hidden": torch.zeros(4, 8), "null_pooled": torch.zeros(8)}  # fmt: skip
+    sch = AmusedScheduler(mask_token_id=31)
+    t512 = AmusedTeacher(_uvit(32), sch, vae_scale_factor=16, aesthetic_score=5.5, **emb)
+    assert t512.grid == (32, 32) and t512.num_tokens == 1024
+    assert t512.micro_conds.tolist() == [512.0, 512.0, 0.0, 0.0, 5.5]
+    assert AmusedTeacher(_uvit(16), sch, vae_scale_factor=16, **emb).micro_conds.tolist()[:2] == [
+        256.0, 256.0,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"grid mismatch.*sample_size=32"):
+        AmusedTeacher(_uvit(32), sch, vae_scale_factor=16, grid=(16, 16), **emb)
+    teacher, _ = _load(amused_dir)  # the tiny folder: 8x8 tokens, VQ scale 1
+    assert teacher.micro_conds.tolist() == [8.0, 8.0, 0.0, 0.0, 6.0]
+    # the micro-conditions reach the network
+    z, cond = torch.full((1, 64), 31), teacher.condition(torch.tensor([0]))
+    before = teacher.logits(z, cond)
+    teacher.micro_conds[4] = 2.0
+    assert not torch.allclose(before, teacher.logits(z, cond))
+
+
+def test_prompts_from_a_list_a_text_file_or_jsonl(tmp_path):
+    from diffkit.distill.amused_run import load_prompts
+
+    assert load_prompts(["a cat", "a dog"]) == ["a cat", "a dog"]
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("a cat\n\n  a red apple  \n")
+    assert load_prompts(str(txt)) == ["a cat", "a red apple"]  # not 11 one-character prompts
+    jl = tmp_path / "prompts.jsonl"
+    jl.write_text('{"prompt": "a cat", "id": 3}\n"a dog"\n')
+    assert load_prompts(str(jl)) == ["a cat", "a dog"]
+    jl.write_text('{"caption": "a cat"}\n')
+    with pytest.raises(ValueError, match=r"prompts.jsonl:1"):
+        load_prompts(str(jl))
+    with pytest.raises(ValueError, match="is not a file"):
+        load_prompts("prompts-missing.txt")
+
+
+@pytest.mark.parametrize("mode", ["argmax", "categorical"])
+def test_one_step_pipeline_matches_the_fpd_sampler(tmp_path, mode):
+    """AmusedOneStepPipeline (the diffusers way to use a saved student) draws the same start
+    state and tokens as FPD's sample_student on the training adapter, and decodes them as the
+    VQTokenizer does."""
+    from diffkit.distill.amused_pipeline import AmusedOneStepPipeline
+    from diffkit.distill.amused_run import AmusedRunConfig, load_amused, save_student
+
+    root = save_tiny_amused(tmp_path / "amused", text_vocab=64, eos_token_id=1, tokenizer=True)
+    prompts = ["a cat", "a red dog"]
+    teacher, tok, _ = load_amused(root, AmusedRunConfig(prompts=tuple(prompts), max_length=8))
+    student = teacher.make_student().eval()
+    with torch.no_grad():  # a student that differs from its teacher
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    out = save_student(root, student, tmp_path / "student", r_init=0.9, sample_mode=mode,
+                       max_length=8)  # fmt: skip
+    pipe = AmusedOneStepPipeline.from_pretrained(out)
+    assert pipe.config.r_init == 0.9 and pipe.config.sample_mode == mode
+    ids = pipe(prompts, num_images_per_prompt=3, generator=torch.Generator().manual_seed(4),
+               output_type="latent").images  # fmt: skip
+    cond = teacher.condition(torch.tensor([0, 0, 0, 1, 1, 1]))
+    ref = sample_student(teacher, student, cond, r_init=0.9, mode=mode,
+                         generator=torch.Generator().manual_seed(4))  # fmt: skip
+    assert torch.equal(ids.view(6, -1), ref)
+    imgs = pipe(prompts, num_images_per_prompt=3, generator=torch.Generator().manual_seed(4),
+                output_type="pt").images  # fmt: skip
+    # the same decoder on the same codes, only laid out differently in memory: fp32 rounding
+    torch.testing.assert_close(imgs, tok.decode(tok.embed(ref)).clip(0, 1), rtol=0, atol=1e-4)
+
+
+def test_bf16_mixed_precision_through_accelerate(tmp_path):
+    """amused.mixed_precision: bf16 runs the student's forward under accelerate's autocast while
+    the trained weights, their gradients and the drift loss stay fp32; the run completes."""
+    from diffkit.core.objective import StepContext
+    from diffkit.distill.amused_run import (
+        AmusedRunConfig,
+        _Autocast,
+        distill_amused,
+        load_amused,
+        make_accelerator,
+    )
+
+    root = save_tiny_amused(tmp_path / "amused", text_vocab=64, eos_token_id=1, tokenizer=True)
+    run = AmusedRunConfig(
+        prompts=("a cat", "a dog"), max_length=8, mixed_precision="bf16", cpu=True
+    )
+    teacher, tok, _ = load_amused(root, run)
+    acc = make_accelerator(run)
+    assert acc.mixed_precision == "bf16" and acc.device.type == "cpu"
+    cfg = FPDConfig(samples_per_group=2, teacher_guidance=2.0, lifter=LifterConfig(space="pixel"))
+    fpd = FPD(cfg, teacher=teacher, tokenizer=tok)
+    student = fpd.make_student()
+    seen = []
+    student.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    ctx = StepContext(step=0, generator=torch.Generator().manual_seed(0),
+                      sample_seeds=torch.arange(4))  # fmt: skip
+    out = _Autocast(fpd, acc)(student, {"cond": torch.tensor([0, 1])}, ctx)
+    assert seen == [torch.bfloat16]
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert any(p.grad is not None and p.grad.dtype == torch.float32 for p in student.parameters())
+    # end to end through the runner
+    opts = {"prompts": ["a cat", "a dog"], "max_length": 8, "mixed_precision": "bf16", "cpu": True}
+    path = distill_amused(root, opts, cfg, TrainConfig(steps=1, batch_size=2, lr=1e-3),
+                          tmp_path / "out", progress=False)  # fmt: skip
+    assert (path / "transformer" / "config.json").is_file()
+    with pytest.raises(ValueError, match="fp16"):
+        AmusedRunConfig(prompts=("a",), mixed_precision="fp16")

@@ -118,15 +118,28 @@ def test_group_layout_and_grouping(generator):
     assert valid.sum(1).tolist() == [2, 1, 3]
     for gi, g in enumerate([0, 1, 2]):
         assert (groups[index[gi][valid[gi]]] == g).all()
-    # grouped loss equals the sum over separately computed groups
-    loss = DriftLoss(DriftConfig())
+    # grouped loss (a mean over samples) = the mean of the separately computed groups, with the
+    # same gradients: no group sees another's samples. The normalisations (one feature scale and
+    # one drift RMS over the batch) are switched off, since they are shared by design.
+    loss = DriftLoss(DriftConfig(normalize_features=False, normalize_drift=False))
+    grp = torch.tensor([1, 0, 1, 0, 0, 1, 1, 0])  # interleaved, to test the layout too
     x = torch.randn(8, 4, generator=generator, requires_grad=True)
     pos = torch.randn(8, 4, generator=generator)
-    grp = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     both, _ = loss({"f": x}, {"f": pos}, grp)
-    assert torch.isfinite(both)
-    both.backward()
-    assert x.grad.abs().sum() > 0
+    (grad_both,) = torch.autograd.grad(both, x)
+    parts, grad_parts = [], torch.zeros_like(x)
+    for g in (0, 1):
+        sel = grp == g
+        xg = x.detach()[sel].requires_grad_(True)
+        lg, _ = loss({"f": xg}, {"f": pos[sel]}, grp[sel])
+        parts.append(lg)
+        (grad_parts[sel],) = torch.autograd.grad(lg / 2, xg)
+    torch.testing.assert_close(both, (parts[0] + parts[1]) / 2, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad_both, grad_parts, rtol=1e-5, atol=1e-7)
+    assert grad_both.abs().sum() > 0
+    # ... and differs from one ungrouped drift problem over the same samples
+    one, _ = loss({"f": x}, {"f": pos}, torch.zeros(8, dtype=torch.long))
+    assert abs(one.item() - both.item()) > 1e-3 * both.item()
 
 
 def test_single_sample_group_is_an_error(generator):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from diffkit.core.io import load_tensors
 from diffkit.core.objective import StepContext
 from diffkit.distill import (
     FPD,
@@ -13,7 +16,6 @@ from diffkit.distill import (
     KDPool,
     LifterConfig,
     NaiveKD,
-    PositiveQueue,
     check_compatible,
     sample_student,
     student_input,
@@ -21,7 +23,7 @@ from diffkit.distill import (
 from diffkit.models.digit_lifter import DigitLifter
 from diffkit.models.maskgit import TinyMaskGIT
 from diffkit.models.patch_tokenizer import PatchTokenizer
-from diffkit.train import TrainConfig, fit
+from diffkit.train import TrainConfig, fit, latest_checkpoint
 
 
 @pytest.fixture
@@ -119,21 +121,39 @@ def test_fpd_deterministic(parts):
 
 
 def test_fit_with_fpd_and_resume(parts, tmp_path):
+    """2 steps, stop, resume to 4 == 4 steps straight: weights, EMA and the positive queue (the
+    objective's checkpointed state) continue bit-identically."""
     tok, teacher, lifter = parts
     cfg = FPDConfig(samples_per_group=2, queue_size=4)
-    fpd = FPD(cfg, teacher=teacher, tokenizer=tok, lifter_backbone=lifter)
-    student = fpd.make_student()
-    tc = TrainConfig(steps=2, batch_size=2, lr=1e-4, log_every=1, ema_decay=0.9)
-    res = fit(fpd, student, fpd.data(100), tc, tmp_path)
-    assert res.step == 2 and "drift_loss" in res.metrics
+
+    def run(steps, out):
+        fpd = FPD(cfg, teacher=teacher, tokenizer=tok, lifter_backbone=lifter)
+        torch.manual_seed(1)
+        student = fpd.make_student()
+        tc = TrainConfig(steps=steps, batch_size=2, lr=1e-3, log_every=1, ema_decay=0.9)
+        return fpd, student, fit(fpd, student, fpd.data(100), tc, out)
+
+    fpd_a, student_a, res_a = run(4, tmp_path / "straight")
+    run(2, tmp_path / "resumed")
+    fpd_b, student_b, res_b = run(4, tmp_path / "resumed")  # resumes from its step-2 checkpoint
+    assert res_a.step == res_b.step == 4 and "drift_loss" in res_b.metrics
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]  # steps 3-4 ran after resuming
+    for (k, a), b in zip(student_a.state_dict().items(), student_b.state_dict().values()):
+        assert torch.equal(a, b), k
+    ea = load_tensors(latest_checkpoint(tmp_path / "straight") / "ema.safetensors")
+    eb = load_tensors(latest_checkpoint(tmp_path / "resumed") / "ema.safetensors")
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    assert torch.equal(fpd_a.queue.count, fpd_b.queue.count)
+    assert int(fpd_b.queue.count.sum()) == 4 * 2 * 2  # 4 steps x 2 groups x 2 samples
+    for k in fpd_a.queue.store:
+        assert torch.equal(fpd_a.queue.store[k], fpd_b.queue.store[k]), k
+    # and the resumed student still samples valid codes
     ids = sample_student(
-        teacher, student, teacher.condition(torch.arange(4)),
+        teacher, student_b, teacher.condition(torch.arange(4)),
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert ids.shape == (4, 64) and (ids < 64).all()
-    q = PositiveQueue(10, 4)
-    q.load_state_dict(fpd.queue.state_dict())
-    assert int(q.count.sum()) == 2 * 2 * 2  # 2 steps x 2 groups x 2 samples
 
 
 def test_naive_kd(parts, tmp_path):
@@ -189,30 +209,38 @@ def test_gan_needs_real_images(parts):
         FPD(FPDConfig(gan_weight=1.0), teacher=teacher, tokenizer=tok, lifter_backbone=lifter)
 
 
-def test_conditional_gan_step_trains_the_class_embedding(parts):
-    """gan_conditional: a projection discriminator whose class embedding gets trained, each fake
-    scored against a real image of its own condition."""
+@pytest.mark.parametrize("reg", ["spectral", "r1"])
+def test_conditional_gan_step_trains_the_class_embedding(parts, reg):
+    """gan_conditional: the discriminator step trains the projection's class embedding (its
+    parameter, not the spectral norm's power-iteration state, which any forward changes), each
+    fake scored against a real image of its own condition."""
     tok, teacher, lifter = parts
     real = torch.rand(40, 1, 16, 16) * 2 - 1
     labels = torch.arange(10).repeat(4)
-    cfg = FPDConfig(samples_per_group=4, gan_weight=1.0, gan_conditional=True, ste="argmax")
+    cfg = FPDConfig(samples_per_group=4, gan_weight=1.0, gan_conditional=True, ste="argmax",
+                    gan_reg=reg)  # fmt: skip
     fpd = FPD(cfg, teacher=teacher, tokenizer=tok, lifter_backbone=lifter, real_images=real,
               real_labels=labels)  # fmt: skip
-    assert fpd.disc.embed is not None
-    emb = fpd.disc.embed.weight.detach().clone() if hasattr(fpd.disc.embed, "weight") else None
+    emb = fpd.disc.embed
+    param = emb.parametrizations.weight.original if reg == "spectral" else emb.weight
+    before = param.detach().clone()
     student = fpd.make_student()
+    with torch.no_grad():  # a forward alone must not count as training the embedding
+        fpd.disc(real[:2], torch.tensor([1, 7]))
+    assert torch.equal(param, before)
     out = fpd(student, {"cond": torch.tensor([1, 7])}, _ctx())
     assert torch.isfinite(out.loss) and "gan/g_loss" in out.metrics
     out.loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
-    emb_after = fpd.disc.embed.weight.detach() if emb is not None else None
-    assert emb is None or not torch.equal(emb, emb_after)
+    moved = (param.detach() != before).any(1)
+    if reg == "r1":  # plain embedding: only the rows of the batch's conditions get a gradient
+        assert moved.nonzero().flatten().tolist() == [1, 7]
+    else:  # spectral norm couples the rows through sigma(W): the parameter moved
+        assert moved.any()
     # the reals drawn for a batch share the fakes' conditions
-    order, start, count = fpd._real_by_cls
-    y = torch.tensor([1, 1, 7, 7])
-    g = torch.Generator().manual_seed(0)
-    off = (torch.rand(4, generator=g) * count[y]).long()
-    assert torch.equal(labels[order[start[y] + off]], y)
+    y = torch.tensor([1, 1, 7, 7, 3, 3, 3, 0])
+    idx = fpd._real_of(y, torch.Generator().manual_seed(0))
+    assert torch.equal(labels[idx], y)
 
 
 def test_conditional_discriminator_depends_on_the_label():

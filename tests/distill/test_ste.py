@@ -31,6 +31,28 @@ def test_ste_gradient_equals_soft_path(generator):
     torch.testing.assert_close(l1.grad, l2.grad)
 
 
+def test_gumbel_mode_is_what_the_docstring_says(generator):
+    """gumbel: forward argmax(l / t + g) (the categorical sample), backward softmax(l / t + g)."""
+    t = 0.5
+    logits = torch.randn(3, 4, 6, generator=generator)
+    E = torch.randn(6, 2, generator=generator)
+    g = -torch.log(-torch.log(torch.rand(3, 4, 6, generator=generator)))
+    w = torch.randn(3, 4, 2, generator=generator)
+    l1 = logits.clone().requires_grad_(True)
+    r = straight_through(l1, E, "gumbel", temperature=t, noise=g)
+    assert torch.equal(r.ids, (logits / t + g).argmax(-1))
+    assert torch.equal(
+        r.ids, straight_through(logits, E, "categorical", temperature=t, noise=g).ids
+    )
+    (r.emb * w).sum().backward()
+    l2 = logits.clone().requires_grad_(True)
+    ((torch.softmax(l2 / t + g, -1) @ E) * w).sum().backward()
+    torch.testing.assert_close(l1.grad, l2.grad)
+    l3 = logits.clone().requires_grad_(True)  # not the relaxation softmax((l + g) / t)
+    ((torch.softmax((l3 + g) / t, -1) @ E) * w).sum().backward()
+    assert not torch.allclose(l1.grad, l3.grad, rtol=1e-3, atol=1e-5)
+
+
 def test_soft_mode_decodes_mixture(generator):
     logits = torch.randn(2, 3, 5, generator=generator)
     E = torch.randn(5, 4, generator=generator)

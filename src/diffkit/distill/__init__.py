@@ -3,58 +3,64 @@
 Components: :class:`Tokenizer` / :class:`MaskedTeacher` interfaces and adapters, the
 :class:`DriftLoss` (:mod:`diffkit.distill.drift`), :func:`straight_through`, :func:`remask`,
 :func:`refine`, :class:`FeatureLifter`, and the :class:`FPD` objective for
-:func:`diffkit.train.fit`; :class:`NaiveKD` is the baseline. aMUSEd adapters live in
-:mod:`diffkit.distill.amused` (imported lazily: it needs diffusers).
+:func:`diffkit.train.fit`; :class:`NaiveKD` is the baseline; :func:`evaluate_features` scores
+samples in any feature space. aMUSEd adapters live in :mod:`diffkit.distill.amused` (they need
+diffusers).
+
+Names are resolved on first access (PEP 562), so ``import diffkit.distill.cli`` (the CLI table)
+does not import torch.
 """
 
-from diffkit.distill.drift import DriftConfig, DriftLoss, drift_field, drift_targets, group_layout
-from diffkit.distill.fpd import (
-    FPD,
-    ConditionData,
-    Discriminator,
-    FPDConfig,
-    PositiveQueue,
-    sample_student,
-    student_input,
-    token_stats,
-)
-from diffkit.distill.interfaces import (
-    ClassConditionalTeacher,
-    MaskedTeacher,
-    MaskGITObjective,
-    Tokenizer,
-    check_compatible,
-)
-from diffkit.distill.kd import KDPool, NaiveKD
-from diffkit.distill.lifter import Dinov2Backbone, FeatureLifter, LifterConfig
-from diffkit.distill.ste import Routed, refine, remask, straight_through
+from __future__ import annotations
 
-__all__ = [
-    "FPD",
-    "ClassConditionalTeacher",
-    "ConditionData",
-    "Dinov2Backbone",
-    "Discriminator",
-    "DriftConfig",
-    "DriftLoss",
-    "FPDConfig",
-    "FeatureLifter",
-    "KDPool",
-    "LifterConfig",
-    "MaskGITObjective",
-    "MaskedTeacher",
-    "NaiveKD",
-    "PositiveQueue",
-    "Routed",
-    "Tokenizer",
-    "check_compatible",
-    "drift_field",
-    "drift_targets",
-    "group_layout",
-    "refine",
-    "remask",
-    "sample_student",
-    "straight_through",
-    "student_input",
-    "token_stats",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(
+        ("DriftConfig", "DriftLoss", "drift_field", "drift_targets", "group_layout"), "drift"
+    ),
+    **dict.fromkeys(
+        (
+            "FPD",
+            "ConditionData",
+            "Discriminator",
+            "FPDConfig",
+            "PositiveQueue",
+            "draw_tokens",
+            "sample_student",
+            "student_input",
+            "token_stats",
+        ),
+        "fpd",
+    ),
+    **dict.fromkeys(
+        (
+            "ClassConditionalTeacher",
+            "MaskedTeacher",
+            "MaskGITObjective",
+            "Tokenizer",
+            "check_compatible",
+        ),
+        "interfaces",
+    ),
+    **dict.fromkeys(("KDPool", "NaiveKD"), "kd"),
+    **dict.fromkeys(("Dinov2Backbone", "FeatureLifter", "LifterConfig"), "lifter"),
+    **dict.fromkeys(("Routed", "refine", "remask", "straight_through"), "ste"),
+    **dict.fromkeys(("evaluate_features",), "evaluate"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"diffkit.distill.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'diffkit.distill' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

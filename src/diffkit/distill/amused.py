@@ -6,7 +6,10 @@ projection and five "micro-conditions" (width, height, crop top/left, aesthetic 
 decodes codes to images; ``AmusedScheduler`` holds the mask id and the sampling schedule.
 
 * :class:`AmusedTeacher` wraps the transformer + scheduler with a table of prompt embeddings
-  (condition ids = prompt indices; the null condition is the empty-prompt embedding for CFG).
+  (condition ids = prompt indices; the null condition is the empty-prompt embedding for CFG). The
+  token grid is the transformer's ``config.sample_size`` and the micro-conditions' width/height are
+  the grid times the VQ model's scale factor, as ``AmusedPipeline`` computes them (so an
+  amused-512 is conditioned at 512x512); a ``grid`` that disagrees with the config is an error.
 * :class:`VQTokenizer` wraps the ``VQModel`` (codebook lookup + post-quant conv + decoder, called
   through its own submodules, so decoding is differentiable in the embeddings for the STE).
 
@@ -22,7 +25,28 @@ from torch import nn
 
 from diffkit.distill.interfaces import MaskedTeacher
 
-DEFAULT_MICRO_CONDS = (256.0, 256.0, 0.0, 0.0, 6.0)  # width, height, crop top, crop left, score
+
+def vae_scale_factor(vq_config) -> int:
+    """Pixels per token side of a ``VQModel`` (its config or config dict), as ``AmusedPipeline``."""
+    get = vq_config.get if isinstance(vq_config, dict) else lambda k: getattr(vq_config, k)
+    return 2 ** (len(get("block_out_channels")) - 1)
+
+
+def model_grid(transformer_config, grid: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The token grid of a ``UVit2DModel`` (``config.sample_size`` square); ``grid``, if given, must
+    agree with it."""
+    get = (
+        transformer_config.get
+        if isinstance(transformer_config, dict)
+        else lambda k: getattr(transformer_config, k)
+    )
+    size = int(get("sample_size"))
+    if grid is not None and tuple(int(g) for g in grid) != (size, size):
+        raise ValueError(
+            f"grid mismatch: grid={list(grid)} but the transformer's config.sample_size={size} "
+            f"means a {size}x{size} token grid; drop the grid setting or fix it"
+        )
+    return size, size
 
 
 class AmusedTeacher(MaskedTeacher):
@@ -34,8 +58,10 @@ class AmusedTeacher(MaskedTeacher):
         prompt_hidden: (P, S, D) encoder hidden states per prompt.
         prompt_pooled: (P, Dp) pooled text embeddings per prompt.
         null_hidden: (S, D) and ``null_pooled`` (Dp,): the empty prompt, for CFG.
-        grid: (h, w) token grid.
-        micro_conds: the five aMUSEd micro-conditions.
+        vae_scale_factor: pixels per token side of the VQ model (:func:`vae_scale_factor`).
+        grid: optional (h, w) check; the grid is the transformer's ``config.sample_size``.
+        aesthetic_score: micro-condition (aMUSEd's default 6).
+        crop_coord: micro-condition (top, left) crop (default (0, 0)).
     """
 
     def __init__(
@@ -47,8 +73,10 @@ class AmusedTeacher(MaskedTeacher):
         prompt_pooled: torch.Tensor,
         null_hidden: torch.Tensor,
         null_pooled: torch.Tensor,
-        grid: tuple[int, int],
-        micro_conds: tuple[float, ...] = DEFAULT_MICRO_CONDS,
+        vae_scale_factor: int,
+        grid: tuple[int, int] | None = None,
+        aesthetic_score: float = 6.0,
+        crop_coord: tuple[int, int] = (0, 0),
     ):
         if type(transformer).__name__ != "UVit2DModel":
             raise ValueError(
@@ -66,6 +94,7 @@ class AmusedTeacher(MaskedTeacher):
                 f"mask_token_id={mask_id} is outside the transformer's vocab_size="
                 f"{transformer.config.vocab_size}"
             )
+        grid = model_grid(transformer.config, grid)
         super().__init__(
             transformer, codebook_size=K, mask_id=mask_id, num_tokens=grid[0] * grid[1]
         )
@@ -75,7 +104,11 @@ class AmusedTeacher(MaskedTeacher):
         self.register_buffer("prompt_pooled", prompt_pooled.float())
         self.register_buffer("null_hidden", null_hidden.float())
         self.register_buffer("null_pooled", null_pooled.float())
-        self.register_buffer("micro_conds", torch.tensor(micro_conds, dtype=torch.float32))
+        h, w = grid
+        s = int(vae_scale_factor)
+        # the order of AmusedPipeline: width, height, crop top, crop left, aesthetic score
+        micro = (w * s, h * s, crop_coord[0], crop_coord[1], aesthetic_score)
+        self.register_buffer("micro_conds", torch.tensor(micro, dtype=torch.float32))
         self.num_conditions = len(prompt_hidden)
 
     @classmethod
@@ -87,11 +120,13 @@ class AmusedTeacher(MaskedTeacher):
         prompt_pooled: torch.Tensor,
         null_hidden: torch.Tensor,
         null_pooled: torch.Tensor,
-        grid: tuple[int, int],
-        micro_conds: tuple[float, ...] = DEFAULT_MICRO_CONDS,
+        grid: tuple[int, int] | None = None,
+        aesthetic_score: float = 6.0,
+        crop_coord: tuple[int, int] = (0, 0),
     ) -> AmusedTeacher:
-        """Load ``transformer/`` and ``scheduler/`` of a local aMUSEd folder."""
-        from diffusers import AmusedScheduler, UVit2DModel
+        """Load ``transformer/`` and ``scheduler/`` of a local aMUSEd folder (and the scale factor
+        from ``vqvae/config.json``)."""
+        from diffusers import AmusedScheduler, UVit2DModel, VQModel
 
         path = Path(path)
         return cls(
@@ -101,8 +136,10 @@ class AmusedTeacher(MaskedTeacher):
             prompt_pooled=prompt_pooled,
             null_hidden=null_hidden,
             null_pooled=null_pooled,
+            vae_scale_factor=vae_scale_factor(VQModel.load_config(path / "vqvae")),
             grid=grid,
-            micro_conds=micro_conds,
+            aesthetic_score=aesthetic_score,
+            crop_coord=crop_coord,
         )
 
     def forward_logits(self, net, tokens, cond):
@@ -121,6 +158,7 @@ class AmusedTeacher(MaskedTeacher):
             raise ValueError(
                 f"prompt ids must be in [0, {self.num_conditions}), got {ids.tolist()}"
             )
+        ids = ids.to(self.prompt_hidden.device)
         return {"hidden": self.prompt_hidden[ids], "pooled": self.prompt_pooled[ids]}
 
     def null_condition(self, n):
@@ -137,7 +175,7 @@ class AmusedTeacher(MaskedTeacher):
         h, w = self.grid
         sch = self.scheduler
         sch.set_timesteps(steps, temperature=(choice_temperature, 0.0))
-        z = torch.full((B, h, w), self.mask_id, dtype=torch.long)
+        z = torch.full((B, h, w), self.mask_id, dtype=torch.long, device=self.micro_conds.device)
         for t in sch.timesteps:
             logits = self.guided_logits(z.view(B, -1), cond, guidance_scale) / temperature
             logits = logits.view(B, h, w, -1).permute(0, 3, 1, 2)

@@ -4,6 +4,7 @@ diffkit distill --recipe digits            # the tiny zoo teacher
 diffkit distill --recipe amused --teacher PATH   # local aMUSEd folder
 diffkit distill --recipe ... --set fpd.remask_max=0.3 --set train.steps=100
 diffkit distill sample --model digits-fpd --out grid.png         # or --model OUT/student
+diffkit distill sample --model OUT/student --prompt "a red apple" --out samples/  # aMUSEd student
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ def distill(
         raise typer.Exit(0)
     import torch
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     data, fpd_cfg, train_cfg = _configs(recipe, set_)
     out_dir = Path(out or data.get("out", "out/distill"))
     if teacher is not None:
@@ -93,7 +93,7 @@ def distill(
     labels = torch.arange(10).repeat_interleave(n)
     images, ids = sample_digits(zoo.teacher, zoo.tokenizer, labels, student=student, seed=0,
                                 mode=fpd_cfg.sample_mode)  # fmt: skip
-    metrics = evaluate_samples(images, labels, ids=ids, codebook_size=64)
+    metrics = evaluate_samples(images, labels, ids=ids, codebook_size=zoo.teacher.codebook_size)
     atomic_write_json(out_dir / "metrics.json", {"train": last, "eval": metrics})
     k = min(n, 10)
     show = (torch.arange(10)[:, None] * n + torch.arange(k)).flatten()
@@ -118,11 +118,23 @@ def _save_png(arr, path: Path) -> None:
 def sample(
     model: str = typer.Option(
         "digits-fpd",
-        help="Zoo member (digits-fpd, digits-maskgit) or a "
-        "student folder written by `diffkit distill`.",
+        help="Zoo member (digits-fpd, digits-maskgit), a student folder written by `diffkit "
+        "distill`, or an aMUSEd student folder written by `diffkit distill --teacher`.",
     ),
-    out: Path = typer.Option(Path("out/distill/samples.png"), help="PNG grid to write."),
-    per_class: int = typer.Option(8, min=1, help="Samples per class (one row per class)."),
+    out: Path = typer.Option(
+        None,
+        help="Digits: the PNG grid to write (default out/distill/samples.png). aMUSEd: a folder, "
+        "one PNG per image, PROMPT_SAMPLE.png (default out/distill/samples/).",
+    ),
+    prompt: list[str] = typer.Option(
+        None, "--prompt", help="aMUSEd students: a prompt (repeatable; or --prompts-file)."
+    ),
+    prompts_file: Path = typer.Option(
+        None, help="aMUSEd students: a .txt (one prompt a line) or .jsonl prompt file."
+    ),
+    per_class: int = typer.Option(
+        8, min=1, help="Samples per class (one grid row each), or per prompt for aMUSEd."
+    ),
     steps: int = typer.Option(8, min=1, help="Teacher steps (only for digits-maskgit)."),
     seed: int = typer.Option(0, help="Sampling seed."),
     mode: str = typer.Option(
@@ -131,7 +143,17 @@ def sample(
         "its training routing, FPDConfig.sample_mode; categorical if none is recorded).",
     ),
 ) -> None:
-    """Write a grid of class-conditional samples (one-step student, or the multi-step teacher)."""
+    """Write samples: a class grid (one-step student or the multi-step teacher), or the images of
+    an aMUSEd student for the given prompts."""
+    if mode not in ("auto", "argmax", "categorical"):
+        raise typer.BadParameter(f"--mode {mode!r}: use auto, argmax or categorical")
+    if (Path(model) / "model_index.json").is_file():
+        _sample_amused(Path(model), out, prompt, prompts_file, per_class, seed, mode)
+        return
+    if prompt or prompts_file:
+        raise typer.BadParameter(
+            f"--prompt needs an aMUSEd student folder (with model_index.json); {model} is not one"
+        )
     import time
 
     import torch
@@ -141,10 +163,9 @@ def sample(
     from diffkit.models.maskgit import load_dir
     from diffkit.report import make_grid
 
+    out = out or Path("out/distill/samples.png")
     zoo = load_digits_zoo()
     labels = torch.arange(10).repeat_interleave(per_class)
-    if mode not in ("auto", "argmax", "categorical"):
-        raise typer.BadParameter(f"--mode {mode!r}: use auto, argmax or categorical")
     student = None
     if mode == "auto":
         mode = sample_mode_of(model) if model != "digits-maskgit" else "categorical"
@@ -157,6 +178,30 @@ def sample(
     _save_png(make_grid(images, nrow=per_class, scale=3), out)
     nfe = 1 if student is not None else 2 * steps
     typer.echo(f"{len(images)} samples ({nfe} NFE each) in {dt:.2f} s -> {out}")
+
+
+def _sample_amused(model: Path, out, prompt, prompts_file, per_prompt, seed, mode) -> None:
+    import numpy as np
+    import torch
+
+    from diffkit.distill.amused_pipeline import AmusedOneStepPipeline
+    from diffkit.distill.amused_run import load_prompts
+
+    prompts = list(prompt or []) + (load_prompts(str(prompts_file)) if prompts_file else [])
+    if not prompts:
+        raise typer.BadParameter("an aMUSEd student needs --prompt TEXT (or --prompts-file)")
+    out = out or Path("out/distill/samples")
+    if out.suffix.lower() == ".png":
+        raise typer.BadParameter(f"--out {out}: aMUSEd samples go to a folder, one PNG each")
+    pipe = AmusedOneStepPipeline.from_pretrained(model)
+    images = pipe(prompts, num_images_per_prompt=per_prompt, output_type="np",
+                  generator=torch.Generator().manual_seed(seed),
+                  sample_mode=None if mode == "auto" else mode).images  # fmt: skip
+    arr = (images * 255).round().astype(np.uint8)  # as diffusers' numpy_to_pil
+    for i, img in enumerate(arr):
+        _save_png(img, out / f"{i // per_prompt:03d}_{i % per_prompt:02d}.png")
+    typer.echo(f"{len(arr)} images (1 NFE each, {pipe.config.sample_mode if mode == 'auto' else mode} "
+               f"tokens) -> {out}/")  # fmt: skip
 
 
 @app.command()

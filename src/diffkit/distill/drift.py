@@ -137,8 +137,11 @@ def drift_targets(
     N = xs.shape[-2]
     C = xs.shape[-1]
     lead = xs.shape[:-2]
-    xv = torch.ones(*lead, N, dtype=torch.bool) if x_valid is None else x_valid
-    pv = torch.ones(pos.shape[:-1], dtype=torch.bool) if pos_valid is None else pos_valid
+    dev = xs.device
+    xv = torch.ones(*lead, N, dtype=torch.bool, device=dev) if x_valid is None else x_valid
+    pv = (
+        torch.ones(pos.shape[:-1], dtype=torch.bool, device=dev) if pos_valid is None else pos_valid
+    )
     if int(xv.sum(-1).min()) < 2:
         raise ValueError(
             "drift is undefined for a group with fewer than 2 generated samples (the self-pair is "
@@ -153,22 +156,22 @@ def drift_targets(
     neg_all = torch.cat(negs, -2)
     neg_w = torch.cat(nw, -1)
     pos_w = pv.float()
-    eye = torch.eye(N, dtype=torch.bool).expand(*lead, N, N)
-    extra = torch.zeros(*lead, N, neg_all.shape[-2] - N, dtype=torch.bool)
+    eye = torch.eye(N, dtype=torch.bool, device=dev).expand(*lead, N, N)
+    extra = torch.zeros(*lead, N, neg_all.shape[-2] - N, dtype=torch.bool, device=dev)
     if exclude_neg is not None:
         extra = extra | exclude_neg
     exclude = torch.cat([eye, extra], -1)
     with torch.no_grad():
         if normalize_features:
             d = torch.cdist(xs, torch.cat([pos, neg_all], -2))
-            keep_pos = torch.ones(*lead, N, pos.shape[-2], dtype=torch.bool)
+            keep_pos = torch.ones(*lead, N, pos.shape[-2], dtype=torch.bool, device=dev)
             if exclude_pos is not None:
                 keep_pos = keep_pos & ~exclude_pos
             keep = torch.cat([keep_pos, ~exclude], -1)
             wt = keep * xv[..., :, None] * torch.cat([pos_w, neg_w], -1)[..., None, :]
             scale = ((d * wt).sum() / wt.sum().clamp_min(1e-12)).clamp_min(1e-6) / math.sqrt(C)
         else:
-            scale = torch.ones(())
+            scale = torch.ones((), device=dev)
         x_n, pos_n, neg_n = xs / scale, pos / scale, neg_all / scale
         total = torch.zeros_like(x_n)
         diag: dict[str, torch.Tensor] = {"scale": scale}
@@ -246,13 +249,16 @@ class DriftLoss:
         missing = set(uniq.tolist()) - set(torch.unique(pos_groups).tolist())
         if missing:
             raise ValueError(f"groups {sorted(missing)} have generated samples but no positives")
-        gi, gv = group_layout(groups)
-        keep = torch.isin(pos_groups, uniq)
-        pi, pv = group_layout(pos_groups[keep])
+        dev = gen[next(iter(gen))].device  # the layouts are built on the CPU, then moved
+        gi, gv = group_layout(groups.cpu())
+        keep = torch.isin(pos_groups.cpu(), uniq.cpu())
+        pi, pv = group_layout(pos_groups.cpu()[keep])
         exclude_pos = None
         if pos_source is not None:  # (Bp,) index of the generated sample a positive came from
-            src = pos_source[keep][pi]  # (G, Pmax)
+            src = pos_source.cpu()[keep][pi]  # (G, Pmax)
             exclude_pos = (src[:, None, :] == gi[:, :, None]) & pv[:, None, :] & gv[:, :, None]
+            exclude_pos = exclude_pos.to(dev)
+        gi, gv, pi, pv, keep = gi.to(dev), gv.to(dev), pi.to(dev), pv.to(dev), keep.to(dev)
         total = gen[next(iter(gen))].new_zeros(())
         diags: dict[str, float] = {}
         for name in gen:
@@ -264,7 +270,8 @@ class DriftLoss:
                 u = u if u.dim() == 3 else u[:, None]
                 neg = u.transpose(0, 1)[:, None].expand(-1, x.shape[1], -1, -1)
                 if uncond_source is not None:  # (G, N, U): x_i vs the extra negative from x_i
-                    exclude_neg = (uncond_source[None, None, :] == gi[:, :, None]) & gv[..., None]
+                    us = uncond_source.to(dev)
+                    exclude_neg = (us[None, None, :] == gi[:, :, None]) & gv[..., None]
             xv = gv.expand(x.shape[0], -1, -1)
             scale, target, d = drift_targets(
                 x, y, taus=cfg.bandwidths, neg=neg, neg_weight=w_unc, x_valid=xv,

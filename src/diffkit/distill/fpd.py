@@ -12,8 +12,11 @@ toward a fixed point of "corrupt -> teacher-refine" (paper: p_theta = (T^r_phi o
    drafts as negatives, grouped by condition; optionally + lambda_gan * hinge GAN on x.
 
 Since the drift is anti-symmetric, it vanishes iff p_theta K_r = p_theta for K_r = T_phi o M_r, a
-blocked-Gibbs kernel whose stationary law is the teacher's (spec (c), our reading). No real data is
-needed (only for the optional GAN). Inference: one student forward + decoder (NFE 1).
+blocked-Gibbs kernel whose stationary law is the teacher's (spec (c), our reading). The drift needs
+no real data: the paper's FPD is data-free. Two optional additions use real images and make it no
+longer data-free: the GAN (``gan_weight``) and ``real_positives`` (real images as extra drift
+positives, ours); the shipped digits recipe uses both. Inference: one student forward + decoder
+(NFE 1).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from diffkit.core.objective import LossOutput, StepContext
 from diffkit.distill.drift import DriftConfig, DriftLoss
 from diffkit.distill.interfaces import Cond, MaskedTeacher, Tokenizer, check_compatible
 from diffkit.distill.lifter import FeatureLifter, LifterConfig
-from diffkit.distill.ste import STE_MODES, STEMode, refine, straight_through
+from diffkit.distill.ste import STE_MODES, STEMode, categorical, refine, straight_through
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +158,7 @@ def student_input(
     from diffkit.core.masking import mask_tokens
 
     z = torch.randint(codebook_size, (batch, num_tokens), generator=generator)
-    return mask_tokens(z, r_init, mask_id, generator)[0]
+    return mask_tokens(z, r_init, mask_id, generator)[0]  # drawn on the CPU: same on any device
 
 
 @torch.no_grad()
@@ -173,12 +176,32 @@ def sample_student(
     B = len(cond) if not isinstance(cond, dict) else len(next(iter(cond.values())))
     z = student_input(
         B, teacher.num_tokens, teacher.codebook_size, teacher.mask_id, r_init, generator
-    )
-    logits = teacher.forward_logits(student, z, cond).float()
+    ).to(_device_of(student))
+    logits = teacher.forward_logits(student, z, cond)
+    return draw_tokens(logits, mode, temperature=temperature, generator=generator)
+
+
+def draw_tokens(
+    logits: torch.Tensor,
+    mode: Literal["categorical", "argmax"] = "categorical",
+    *,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Tokens (B, L) from student logits (B, L, K): the argmax, or one draw of
+    softmax(logits / temperature) per position (the student's inference, ``FPDConfig.sample_mode``).
+    """
+    if mode not in ("categorical", "argmax"):
+        raise ValueError(f"sample mode {mode!r}; use 'categorical' or 'argmax'")
+    logits = logits.float()
     if mode == "argmax":
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, -1)
-    return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(z.shape)
+    return categorical(torch.softmax(logits / temperature, -1), generator)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 class ConditionData:
@@ -213,14 +236,16 @@ class PositiveQueue:
         sel = slot[None] < n[:, None]  # (G, Q)
         gid = g[:, None].expand(-1, self.size)[sel]
         sid = slot[None].expand(len(g), -1)[sel]
-        feats = {k: v[gid, sid] for k, v in self.store.items()}
+        feats = {k: v[gid.to(v.device), sid.to(v.device)] for k, v in self.store.items()}
         return feats, gid
 
     def push(self, feats: dict[str, torch.Tensor], groups: torch.Tensor) -> None:
         for k, v in feats.items():
             v = v.detach()
             if k not in self.store:
-                self.store[k] = torch.zeros(self.num_groups, self.size, *v.shape[1:])
+                self.store[k] = torch.zeros(
+                    self.num_groups, self.size, *v.shape[1:], dtype=v.dtype, device=v.device
+                )
         for i, gi in enumerate(groups.tolist()):  # B small writes, each O(1)
             pos = int(self.count[gi]) % self.size
             for k, v in feats.items():
@@ -380,7 +405,7 @@ class FPD:
             idx = torch.randint(len(self.real_images), (len(fake),), generator=g)
         else:  # one real image of the same condition per fake
             idx = self._real_of(y, g)
-        real = self.real_images[idx].clone().requires_grad_(cfg.gan_reg == "r1")
+        real = self.real_images[idx].to(fake.device).clone().requires_grad_(cfg.gan_reg == "r1")
         d_real, d_fake = self.disc(real, y), self.disc(fake.detach(), y)
         loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         if cfg.gan_reg == "r1":
@@ -393,12 +418,13 @@ class FPD:
 
     def __call__(self, student: nn.Module, batch: dict, ctx: StepContext) -> LossOutput:
         cfg, T, tok = self.config, self.teacher, self.tokenizer
-        g = ctx.generator
+        g = ctx.generator  # a CPU generator: random draws are made on the CPU, then moved
+        dev = tok.codebook.device
         groups = batch["cond"].repeat_interleave(cfg.samples_per_group)  # (B,)
         cond = T.condition(groups)
         B, L, K = len(groups), T.num_tokens, T.codebook_size
         # 1. student draft, straight-through routed, decoded (differentiable)
-        z_init = student_input(B, L, K, T.mask_id, cfg.r_init, g)
+        z_init = student_input(B, L, K, T.mask_id, cfg.r_init, g).to(dev)
         logits = T.forward_logits(student, z_init, cond)
         routed = straight_through(
             logits, tok.codebook, cfg.ste, temperature=cfg.student_temperature, generator=g
@@ -410,7 +436,7 @@ class FPD:
             if cfg.refine_source == "student":
                 src = routed.ids
             else:  # ablation: the teacher refines uniformly random tokens
-                src = torch.randint(K, (B, L), generator=g)
+                src = torch.randint(K, (B, L), generator=g).to(dev)
             z_pos, masked = refine(
                 T, src, cond, r, guidance_scale=cfg.teacher_guidance,
                 temperature=cfg.teacher_temperature, generator=g,
@@ -435,7 +461,7 @@ class FPD:
         if cfg.real_positives:  # data positives of each condition in the batch
             rg = batch["cond"].repeat_interleave(cfg.real_positives)
             with torch.no_grad():
-                f_real = self.lifter(self.real_images[self._real_of(rg, g)])
+                f_real = self.lifter(self.real_images[self._real_of(rg, g)].to(dev))
             pos = {k: torch.cat([pos[k], f_real[k]]) for k in pos}
             pos_groups = torch.cat([pos_groups, rg])
             if pos_source is not None:

@@ -97,6 +97,12 @@ class MaskedTeacher(nn.Module):
         raise NotImplementedError
 
     # -- provided -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the teacher network lives (conditions and start states are put there)."""
+        p = next(self.net.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
     def make_student(self) -> nn.Module:
         """A trainable deep copy of the teacher network (FPD initialises the student from it)."""
         return copy.deepcopy(self.net).train().requires_grad_(True)
@@ -177,10 +183,10 @@ class ClassConditionalTeacher(MaskedTeacher):
             raise ValueError(
                 f"class ids must be in [0, {self.num_conditions}), got {ids.tolist()[:8]}..."
             )
-        return ids.long()
+        return ids.long().to(self.device)
 
     def null_condition(self, n):
-        return torch.full((n,), self.null_class, dtype=torch.long)
+        return torch.full((n,), self.null_class, dtype=torch.long, device=self.device)
 
 
 def check_compatible(teacher: MaskedTeacher, tokenizer: Tokenizer) -> None:

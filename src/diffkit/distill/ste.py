@@ -5,8 +5,10 @@ tokens on the codebook manifold), the backward pass the probability-weighted mix
 
     e = E[z^] + e~ - sg(e~),    e~_i = sum_v softmax(l_i / t)_v E_v
 
-Modes: ``categorical`` (z^ ~ softmax, via Gumbel-max), ``argmax``, ``gumbel`` (Gumbel-softmax: hard
-argmax of perturbed logits forward, relaxed softmax((l + g) / t) backward), ``soft`` (no hard
+Modes: ``categorical`` (z^ ~ softmax(l / t), via Gumbel-max), ``argmax``, ``gumbel`` (Gumbel-softmax
+on the tempered logits: forward the hard argmax(l / t + g), i.e. the same sample as
+``categorical``; backward the relaxed softmax(l / t + g), the noise added after the temperature,
+so the relaxation itself runs at temperature 1), ``soft`` (no hard
 tokens in the decoder: e = e~; the paper's "soft embedding" ablation; hard tokens are still drawn
 for the teacher).
 
@@ -43,6 +45,16 @@ def gumbel_noise(shape, generator: torch.Generator | None = None) -> torch.Tenso
     return -torch.log(-torch.log(u))
 
 
+def categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of ``probs`` (..., K) -> ids (...). Drawn where the generator lives (the
+    CPU for the training loop's generators), so a seed gives the same ids on any device."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    if generator is not None and generator.device != flat.device:
+        flat = flat.cpu()
+    ids = torch.multinomial(flat, 1, generator=generator)
+    return ids.view(probs.shape[:-1]).to(probs.device)
+
+
 def straight_through(
     logits: torch.Tensor,
     codebook: torch.Tensor,
@@ -70,6 +82,7 @@ def straight_through(
         soft = probs
     else:
         g = gumbel_noise(logits.shape, generator) if noise is None else noise
+        g = g.to(logits.device)
         perturbed = logits / temperature + g
         ids = perturbed.argmax(-1)  # Gumbel-max = a categorical sample of softmax(l / t)
         soft = torch.softmax(perturbed, -1) if mode == "gumbel" else probs
@@ -118,6 +131,5 @@ def refine(
     )
     logits = teacher.guided_logits(z, cond, guidance_scale, net=net)
     probs = torch.softmax(logits / max(temperature, 1e-6), -1)
-    B, L, K = probs.shape
-    sampled = torch.multinomial(probs.reshape(B * L, K), 1, generator=generator).view(B, L)
+    sampled = categorical(probs, generator)  # (B, L)
     return torch.where(masked, sampled, draft), masked
