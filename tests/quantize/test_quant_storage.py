@@ -82,8 +82,9 @@ def test_diffusers_save_pretrained_of_a_quantized_model_loads_back(tmp_path):
 
     quantize_(model, RTNConfig(w_bits=4, a_bits=8))
     fwd(model)
-    quantize_(model, RTNConfig(w_bits=4, a_bits=8, step="convert"))
+    quantize_(model, RTNConfig(w_bits=4, a_bits=8, step="convert"), keep_fp=True)
     ref = fwd(model)
+    assert "blocks.0.attn1.to_q.fp.weight" in model.state_dict()  # the kept FP copy is saved too
     model.save_pretrained(tmp_path / "quantized")  # plain diffusers call
     with init_empty_weights():
         skeleton = Sky.from_config(Sky.load_config(tmp_path / "base"))

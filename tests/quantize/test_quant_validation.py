@@ -19,7 +19,7 @@ from diffkit.quantize import (
     save_quantized,
     set_backend_,
 )
-from diffkit.quantize.api import _literal_fields
+from diffkit.quantize.configs import _literal_fields
 
 
 @pytest.mark.parametrize("field", ["w_bits", "a_bits"])

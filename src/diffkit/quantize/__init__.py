@@ -15,21 +15,23 @@ from typing import Any
 
 _EXPORTS = {
     "api": (
-        "CONFIGS",
-        "DEFAULT_SKIP",
-        "PerLayerConfig",
         "format_summary",
         "summary",
-        "AdaRoundConfig",
-        "PercentileConfig",
-        "QARVDConfig",
-        "RTNConfig",
-        "SmoothQuantConfig",
         "chunk_weights_for",
-        "config_from_dict",
         "quant_layers",
         "quantize_",
         "set_backend_",
+    ),
+    "configs": (
+        "CONFIGS",
+        "DEFAULT_SKIP",
+        "AdaRoundConfig",
+        "PercentileConfig",
+        "PerLayerConfig",
+        "QARVDConfig",
+        "RTNConfig",
+        "SmoothQuantConfig",
+        "config_from_dict",
     ),
     "chunks": (
         "chunk",

@@ -126,6 +126,7 @@ def load_quantized(
         own = {
             key[len(prefix) :]: tensors.pop(key) for key in list(tensors) if key.startswith(prefix)
         }
+        own = {k: v for k, v in own.items() if "." not in k}  # drop a kept FP copy (fp.weight)
         _set_module(model, name, QuantLinear.from_state(name, own))
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     prefixes = tuple(n + "." for n in names)
