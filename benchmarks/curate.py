@@ -242,7 +242,7 @@ def plots(res: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s0 = res["dedup"]["seeds"][0]
+    s0 = next(iter(res["dedup"]["seeds"].values()))
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
     for v in sorted({m["verify_dhash_distance"] for m in s0["phash_sweep"]}):
         ms = [m for m in s0["phash_sweep"] if m["verify_dhash_distance"] == v]
@@ -298,7 +298,7 @@ def markdown(res: dict) -> str:
             f"{r.get('brightness', {}).get('recall', float('nan')):.3f} | {a['false_merges']}/{a['hard_negatives']} | "
             f"{f['pairwise_precision']:.3f} | {f['pairwise_recall']:.3f} | {f['bcubed_f1']:.3f} |"
         )
-    s0 = d["seeds"][0]["pipeline_dedup"]["per_transform_recall"]
+    s0 = next(iter(d["seeds"].values()))["pipeline_dedup"]["per_transform_recall"]
     lines += ["", "Per-transform recall of the full pipeline (seed 0; exact + pHash + embedding dedup):", "",
               "| transform | recall | n |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {k} | {v['recall']:.3f} | {v['n']} |" for k, v in s0.items()]
