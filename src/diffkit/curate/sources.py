@@ -290,10 +290,11 @@ def _read_folder(root: Path, cfg: InputConfig) -> _Rows:
     if meta is None:
         meta = next((root / f"metadata{e}" for e in TABLE_EXTS if (root / f"metadata{e}").is_file()), None)  # fmt: skip
         auto = meta is not None
-    for t in tables:
+    for t in tables:  # loud only when no table is used at all (the pairs.jsonl case)
         if meta is None or t.resolve() != meta.resolve():
-            log.warning(
-                "%s looks like a metadata table but is not used; pass --metadata %s", t, t
+            log.log(
+                logging.WARNING if meta is None else logging.INFO,
+                "%s looks like a metadata table but is not used; pass --metadata %s", t, t,
             )  # fmt: skip
     images, noext, broken, other = _list_folder(root)
     if other:
