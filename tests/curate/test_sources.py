@@ -218,3 +218,34 @@ def test_run_with_metadata_keeps_columns_and_clusters(folder, tmp_path, small_co
     kept = pq.read_table(out / "kept")
     assert {"id", "caption", "aesthetic", "dup_cluster", "path"} <= set(kept.column_names)
     assert "image_ref" not in kept.column_names and "image" not in kept.column_names
+
+
+def test_inline_bytes_are_stored_once_and_reach_the_tars(tmp_path, small_config):
+    """Parquet input with image bytes: the bytes live only in the input shards of work/; every
+    later stage reads them by reference, and the WebDataset members are the original bytes."""
+    import webdataset as wds
+
+    from diffkit.curate.pipeline import Pipeline
+
+    d = tmp_path / "shards"
+    d.mkdir()
+    imgs = [_image(i) for i in range(6)]
+    pq.write_table(
+        pa.table({"image": imgs, "caption": [f"pic {i}" for i in range(6)], "id": list(range(6))}),
+        d / "part-0.parquet",
+    )
+    cfg = small_config(**{"governance.allowed_licenses": "[]", "write.faiss_index": "false",
+                          "shard_size": 4})  # fmt: skip
+    out = tmp_path / "o"
+    s = Pipeline.from_config(cfg).run(d, out, keep_work=True)
+    assert s["kept"] == 6
+    with_bytes = [
+        p for p in (out / "work").rglob("*.parquet")
+        if "image" in pq.read_schema(p).names
+        and pq.read_table(p, columns=["image"]).column("image").null_count < pq.read_metadata(p).num_rows
+    ]  # fmt: skip
+    assert with_bytes and all(p.parent.parent.name == "00_input" for p in with_bytes)
+    got = {}
+    for x in wds.WebDataset(sorted(str(p) for p in (out / "wds").glob("*.tar")), shardshuffle=False, empty_check=False):  # fmt: skip
+        got[json.loads(x["json"])["id"]] = x["png"]
+    assert got == dict(enumerate(imgs))
