@@ -302,6 +302,24 @@ def markdown(res: dict) -> str:
     lines += ["", "Per-transform recall of the full pipeline (seed 0; exact + pHash + embedding dedup):", "",
               "| transform | recall | n |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {k} | {v['recall']:.3f} | {v['n']} |" for k, v in s0.items()]
+    per = [
+        (seed, s["pipeline_dedup"].get("per_strength_recall", {})) for seed, s in d["seeds"].items()
+    ]
+    keys = sorted(
+        {
+            k
+            for _, p in per
+            for k in p
+            if k.split("@")[0] in ("crop", "padding", "border", "brightness")
+        }
+    )
+    if keys:
+        lines += ["", "Full-pipeline recall by transform strength (every seed; crop s = share of width and height cut):", "",
+                  "| transform@strength | " + " | ".join(f"seed {seed}" for seed, _ in per) + " |",
+                  "|---|" + "---|" * len(per)]  # fmt: skip
+        for k in keys:
+            cells = [f"{p[k]['recall']:.2f} (n={p[k]['n']})" if k in p else "-" for _, p in per]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
     t = res["throughput"]
     lines += ["", f"## Throughput of the CPU stages ({t['rows']} images; ingest, prefilter, exact dedup, governance, "
               f"pHash dedup, writers; median of {t['repeats']}; Ray init {t['ray_init_s']} s not included)", "",

@@ -140,3 +140,34 @@ def test_vectors_reads_embeddings_without_python_rows(fixed):
     if not fixed:
         with pytest.raises(ValueError, match="different lengths"):
             vectors(pa.array([[1.0, 2.0], [1.0]], typ))
+
+
+def test_sub_window_hashes_find_crops_that_full_hashes_miss():
+    """8 % crops (asymmetric) of bundled photos: the full pHashes of some pairs are further
+    apart than k = 12, but a sub-window hash of the original matches the crop (5 of these 6;
+    the sixth fails the dHash verification)."""
+    import io
+
+    from diffkit.curate.corpus import _photo_crop, bundled_photos
+    from diffkit.curate.ingest import IngestConfig, decode_image
+
+    rng = np.random.default_rng(3)
+    photos = bundled_photos()
+    rows = []
+    for _ in range(6):
+        im = _photo_crop(rng, photos, 320, 288)
+        w, h = im.size
+        dx, dy = int(w * 0.08), int(h * 0.08)
+        ox, oy = int(rng.integers(0, dx + 1)), int(rng.integers(0, dy + 1))
+        for x in (im, im.crop((ox, oy, w - (dx - ox), h - (dy - oy)))):
+            b = io.BytesIO()
+            x.save(b, "PNG")
+            rows.append(decode_image(b.getvalue(), ".png", IngestConfig()))
+    col = lambda k: np.asarray([r[k] for r in rows], np.uint64)  # noqa: E731
+    args = (col("phash"), np.full(len(rows), 5.0))
+    crops = (col("phash_crops"), col("dhash_crops"))
+    pairs = lambda roots: [roots[2 * f] == roots[2 * f + 1] for f in range(6)]  # noqa: E731
+    on = phash_clusters(*args, PhashDedupConfig(), col("dhash"), *crops)
+    off = phash_clusters(*args, PhashDedupConfig(crop_max_distance=-1), col("dhash"), *crops)
+    assert sum(pairs(on)) >= 5 and sum(pairs(on)) > sum(pairs(off))
+    assert len(set(on[::2].tolist())) == 6  # the six photos stay apart
