@@ -162,12 +162,12 @@ def test_sub_window_hashes_find_crops_that_full_hashes_miss():
         for x in (im, im.crop((ox, oy, w - (dx - ox), h - (dy - oy)))):
             b = io.BytesIO()
             x.save(b, "PNG")
-            rows.append(decode_image(b.getvalue(), ".png", IngestConfig()))
+            rows.append(decode_image(b.getvalue(), ".png", IngestConfig(crop_scales=(0.95, 0.9))))
     col = lambda k: np.asarray([r[k] for r in rows], np.uint64)  # noqa: E731
     args = (col("phash"), np.full(len(rows), 5.0))
     crops = (col("phash_crops"), col("dhash_crops"))
     pairs = lambda roots: [roots[2 * f] == roots[2 * f + 1] for f in range(6)]  # noqa: E731
-    on = phash_clusters(*args, PhashDedupConfig(), col("dhash"), *crops)
+    on = phash_clusters(*args, PhashDedupConfig(crop_max_distance=10), col("dhash"), *crops)
     off = phash_clusters(*args, PhashDedupConfig(crop_max_distance=-1), col("dhash"), *crops)
     assert sum(pairs(on)) >= 5 and sum(pairs(on)) > sum(pairs(off))
     assert len(set(on[::2].tolist())) == 6  # the six photos stay apart

@@ -335,6 +335,10 @@ class PhashDedupConfig:
         crop_max_distance: Crop-robust search: a row ``j`` is also a candidate duplicate of row
             ``i`` when the pHash of one of ``i``'s sub-windows (``phash_crops``, see
             IngestConfig.crop_scales) is within this distance of ``j``'s full pHash; -1 disables.
+            Off by default: measured with scales (0.95, 0.9) and 10/8 it raised full-pipeline
+            recall (0.72 -> 0.85) and crop <= 10 % recall (to 0.78-0.94) but cut pairwise
+            precision to 0.98/0.94/0.85 on three seeds
+            (benchmarks/results/curate_crops_experiment.md).
         crop_verify_dhash_distance: ... verified by the same window's dHash against ``j``'s.
         degenerate_entropy: Rows whose pixel entropy is below this go to the degenerate bucket.
         degenerate_max_distance: Threshold used inside the degenerate bucket.
@@ -345,7 +349,7 @@ class PhashDedupConfig:
     verify_dhash_distance: int = 8
     lookup: Literal["faiss", "bands"] = "faiss"
     n_bands: int = 0
-    crop_max_distance: int = 10
+    crop_max_distance: int = -1
     crop_verify_dhash_distance: int = 8
     degenerate_entropy: float = 2.5
     degenerate_max_distance: int = 0

@@ -48,7 +48,8 @@ class IngestConfig:
         hash_size: Side of the pHash/dHash grid (8 gives the spec's 64-bit hashes).
         crop_scales: Scales of the sub-window pHash/dHash pairs stored per row for crop-robust
             near-dup search (``phash_crops``/``dhash_crops``): for each scale s, 9 windows of
-            side s anchored at the corners, edge midpoints and centre; () disables.
+            side s anchored at the corners, edge midpoints and centre; () disables (the
+            default: see PhashDedupConfig.crop_max_distance).
         mime_mismatch: What to do when the file extension disagrees with the decoded format:
             ``fix`` records the true MIME type, ``drop`` tombstones the row (``wrong_mime``).
     """
@@ -56,7 +57,7 @@ class IngestConfig:
     max_pixels: int = 64_000_000
     max_bytes: int = 64_000_000
     hash_size: int = 8
-    crop_scales: tuple[float, ...] = (0.95, 0.9)
+    crop_scales: tuple[float, ...] = ()
     mime_mismatch: Literal["fix", "drop"] = "fix"
 
     def __post_init__(self):
