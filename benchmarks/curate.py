@@ -186,12 +186,18 @@ def throughput(n_base: int, repeats: int) -> dict:
 
 
 def lookup_scaling(max_n: int, k: int, brute_max: int = 30_000, budget_s: float = 150.0) -> dict:
-    from diffkit.curate.dedup import brute_force_pairs, choose_bands, near_pairs
+    """Near-dup lookup cost as N grows at radius ``k`` (the shipped default unless overridden):
+    faiss' exhaustive binary range search (the default ``lookup``) and the banded multi-index
+    lookup, interleaved on the same hashes, checked identical to each other (and to the numpy
+    brute force while it is affordable). A method stops once its projected time exceeds
+    ``budget_s``."""
+    from diffkit.curate.dedup import brute_force_pairs, choose_bands, faiss_pairs, near_pairs
 
     rng = np.random.default_rng(0)
     rows = []
     n = 1000
-    while n <= max_n:
+    live = {"faiss": 2.0, "bands": 1.5}  # method -> assumed growth exponent for the projection
+    while n <= max_n and live:
         h = (
             rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) << np.uint64(1)
         ) | rng.integers(0, 2, n).astype(np.uint64)
@@ -199,28 +205,33 @@ def lookup_scaling(max_n: int, k: int, brute_max: int = 30_000, budget_s: float 
             i, j = rng.integers(n, size=2)
             bits = rng.choice(64, size=int(rng.integers(0, k + 1)), replace=False)
             h[j] = h[i] ^ np.uint64(sum(1 << int(b) for b in bits))
-        t0 = time.perf_counter()
-        a = near_pairs(h, k)
-        t_mih = time.perf_counter() - t0
-        row = {
-            "n": n,
-            "bands": choose_bands(n, k),
-            "pairs": int(len(a[0])),
-            "mih_s": round(t_mih, 4),
-        }
+        row: dict = {"n": n, "bands": choose_bands(n, k)}
+        got = {}
+        for name, fn in (("faiss", faiss_pairs), ("bands", near_pairs)):
+            if name not in live:
+                continue
+            t0 = time.perf_counter()
+            got[name] = fn(h, k)
+            row[f"{name}_s"] = round(time.perf_counter() - t0, 4)
+            row["pairs"] = int(len(got[name][0]))
+        if len(got) == 2:
+            a, b = got["faiss"], got["bands"]
+            row["identical"] = bool(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
         if n <= brute_max:
             t0 = time.perf_counter()
             b = brute_force_pairs(h, k)
             row["brute_s"] = round(time.perf_counter() - t0, 4)
-            row["identical"] = bool(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
+            row["identical_brute"] = all(
+                bool(np.array_equal(g[0], b[0]) and np.array_equal(g[1], b[1]))
+                for g in got.values()
+            )
         rows.append(row)
         print(f"lookup n={n}: {row}", flush=True)
-        if t_mih > budget_s / 10 and n * 10 > max_n:
-            pass
         nxt = n * 3 if str(n).startswith("1") else n * 10 // 3
-        if t_mih * (nxt / n) ** 1.5 > budget_s:
-            rows.append({"n": nxt, "stopped": f"projected > {budget_s:.0f} s on this machine"})
-            break
+        for name, p in list(live.items()):
+            if row[f"{name}_s"] * (nxt / n) ** p > budget_s:
+                row[f"{name}_stopped"] = f"next N projected > {budget_s:.0f} s"
+                del live[name]
         n = nxt
     return {"max_distance": k, "rows": rows}
 
@@ -231,7 +242,7 @@ def plots(res: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s0 = res["dedup"]["seeds"][0]
+    s0 = next(iter(res["dedup"]["seeds"].values()))
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
     for v in sorted({m["verify_dhash_distance"] for m in s0["phash_sweep"]}):
         ms = [m for m in s0["phash_sweep"] if m["verify_dhash_distance"] == v]
@@ -251,11 +262,13 @@ def plots(res: dict) -> None:
     ax[1].set_title("embedding dedup, cosine sweep (stand-in embedder)")
     fig.tight_layout()
     fig.savefig(RESULTS / "curate_dedup_pr.png", dpi=120)
-    rows = [r for r in res["lookup"]["rows"] if "mih_s" in r]
+    rows = res["lookup"]["rows"]
     fig, ax = plt.subplots(figsize=(5, 3.8))
-    ax.loglog([r["n"] for r in rows], [r["mih_s"] for r in rows], "o-", label="multi-index hashing")
-    b = [r for r in rows if "brute_s" in r]
-    ax.loglog([r["n"] for r in b], [r["brute_s"] for r in b], "s--", label="brute-force pairwise")
+    for key, label, style in (("faiss_s", "faiss binary range search (default)", "o-"),
+                              ("bands_s", "multi-index hashing (bands)", "^-"),
+                              ("brute_s", "numpy brute-force pairwise", "s--")):  # fmt: skip
+        r = [x for x in rows if key in x]
+        ax.loglog([x["n"] for x in r], [x[key] for x in r], style, label=label)
     ax.set_xlabel("N hashes")
     ax.set_ylabel("seconds")
     ax.set_title(f"near-dup lookup, Hamming <= {res['lookup']['max_distance']}")
@@ -285,10 +298,28 @@ def markdown(res: dict) -> str:
             f"{r.get('brightness', {}).get('recall', float('nan')):.3f} | {a['false_merges']}/{a['hard_negatives']} | "
             f"{f['pairwise_precision']:.3f} | {f['pairwise_recall']:.3f} | {f['bcubed_f1']:.3f} |"
         )
-    s0 = d["seeds"][0]["pipeline_dedup"]["per_transform_recall"]
+    s0 = next(iter(d["seeds"].values()))["pipeline_dedup"]["per_transform_recall"]
     lines += ["", "Per-transform recall of the full pipeline (seed 0; exact + pHash + embedding dedup):", "",
               "| transform | recall | n |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {k} | {v['recall']:.3f} | {v['n']} |" for k, v in s0.items()]
+    per = [
+        (seed, s["pipeline_dedup"].get("per_strength_recall", {})) for seed, s in d["seeds"].items()
+    ]
+    keys = sorted(
+        {
+            k
+            for _, p in per
+            for k in p
+            if k.split("@")[0] in ("crop", "padding", "border", "brightness")
+        }
+    )
+    if keys:
+        lines += ["", "Full-pipeline recall by transform strength (every seed; crop s = share of width and height cut):", "",
+                  "| transform@strength | " + " | ".join(f"seed {seed}" for seed, _ in per) + " |",
+                  "|---|" + "---|" * len(per)]  # fmt: skip
+        for k in keys:
+            cells = [f"{p[k]['recall']:.2f} (n={p[k]['n']})" if k in p else "-" for _, p in per]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
     t = res["throughput"]
     lines += ["", f"## Throughput of the CPU stages ({t['rows']} images; ingest, prefilter, exact dedup, governance, "
               f"pHash dedup, writers; median of {t['repeats']}; Ray init {t['ray_init_s']} s not included)", "",
@@ -297,15 +328,17 @@ def markdown(res: dict) -> str:
         lines.append(
             f"| {name} | {e['median_wall_s']} | {e['images_per_s']} | {e['stage_images_per_s'].get('ingest')} |"
         )
-    lines += ["", f"## Near-dup lookup (Hamming <= {res['lookup']['max_distance']}, random 64-bit hashes + 1% planted pairs)", "",
-              "| N | bands | pairs | multi-index s | brute-force s | identical |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for r in res["lookup"]["rows"]:
-        if "stopped" in r:
-            lines.append(f"| {r['n']} | stopped: {r['stopped']} | | | | |")
-        else:
-            lines.append(
-                f"| {r['n']} | {r['bands']} | {r['pairs']} | {r['mih_s']} | {r.get('brute_s', '-')} | {r.get('identical', '-')} |"
-            )
+    lk = res["lookup"]
+    lines += ["", f"## Near-dup lookup (Hamming <= {lk['max_distance']}, the shipped default radius; random 64-bit hashes + 1% planted pairs; one thread; {lk.get('machine', res['machine'])})", "",
+              "| N | pairs | faiss s (default) | bands s | brute-force s | faiss == bands | == brute force |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in lk["rows"]:
+        if "mih_s" in r:  # results of the earlier layout (multi-index only)
+            r = {**r, "bands_s": r["mih_s"]}
+        lines.append(
+            f"| {r['n']} | {r.get('pairs', '-')} | {r.get('faiss_s', '-')} | {r.get('bands_s', '-')} | "
+            f"{r.get('brute_s', '-')} | {r.get('identical', '-')} | {r.get('identical_brute', '-')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -315,17 +348,32 @@ def main() -> None:
     ap.add_argument("--tp-n-base", type=int, default=150)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-n", type=int, default=1_000_000)
-    ap.add_argument("--lookup-k", type=int, default=8)
+    ap.add_argument(
+        "--lookup-k", type=int, default=None, help="radius (default: the shipped max_distance)"
+    )
+    ap.add_argument(
+        "--sections", default="dedup,lookup,throughput",
+        help="comma list; sections not run keep their previous results from curate.json",
+    )  # fmt: skip
     args = ap.parse_args()
+    from diffkit.curate.dedup import PhashDedupConfig
+
+    k = PhashDedupConfig().max_distance if args.lookup_k is None else args.lookup_k
+    sections = set(args.sections.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    res = {
-        "machine": "CPU only (2 cores shared, no GPU)",
-        "load_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    prev = RESULTS / "curate.json"
+    res = json.loads(prev.read_text()) if prev.is_file() and sections != {"dedup", "lookup", "throughput"} else {}  # fmt: skip
+    machine = "CPU only (2 cores shared, no GPU)"
+    res |= {"machine": machine, "load_start": [round(x, 2) for x in os.getloadavg()]}
     t0 = time.perf_counter()
-    res["dedup"] = dedup_quality(args.n_base)
-    res["lookup"] = lookup_scaling(args.max_n, args.lookup_k)
-    res["throughput"] = throughput(args.tp_n_base, args.repeats)
+    if "dedup" in sections:
+        res["dedup"] = dedup_quality(args.n_base)
+    if "lookup" in sections:
+        res["lookup"] = lookup_scaling(args.max_n, k) | {
+            "machine": f"{machine}, measured {time.strftime('%Y-%m-%d')}, load {os.getloadavg()[0]:.1f}"
+        }
+    if "throughput" in sections:
+        res["throughput"] = throughput(args.tp_n_base, args.repeats)
     res["load_end"] = [round(x, 2) for x in os.getloadavg()]
     res["total_s"] = round(time.perf_counter() - t0, 1)
     res["args"] = vars(args)

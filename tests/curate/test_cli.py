@@ -75,3 +75,42 @@ def test_yaml_syntax_error_is_one_line_not_a_traceback(tmp_path, corpus):
     assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
     assert "bad.yaml" in err[0] and "line 3" in err[0] and "YAML syntax error" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_metadata_column_map_and_keep_work(tmp_path, recipe):
+    """`--metadata` + `--column` reach the reader; work/ goes unless `--keep-work`."""
+    import io
+    import json
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(3):
+        small = np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        b = io.BytesIO()
+        Image.fromarray(small).resize((256, 256), Image.BICUBIC).save(b, "PNG")
+        (root / "img" / f"{i}.png").write_bytes(b.getvalue())
+        rows.append(
+            {
+                "file": f"img/{i}.png",
+                "text": f"a red kite number {i}",
+                "license": "CC BY 4.0",
+                "id": i,
+            }
+        )
+    (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["curate", "run", "--config", str(recipe), "--input", str(root),
+            "--metadata", str(root / "pairs.jsonl"), "--column", "path=file",
+            "--column", "caption=text", "--no-report", "--set", "write.faiss_index=false"]  # fmt: skip
+    assert _main([*base, "--out", str(tmp_path / "a")]) == 0
+    kept = pq.read_table(tmp_path / "a" / "kept").to_pylist()
+    assert sorted(r["id"] for r in kept) == [0, 1, 2]
+    assert all(r["alt_text"] == r["text"] == f"a red kite number {r['id']}" for r in kept)
+    assert not (tmp_path / "a" / "work").exists() and (tmp_path / "a" / "README.md").is_file()
+    assert _main([*base, "--out", str(tmp_path / "b"), "--keep-work"]) == 0
+    assert (tmp_path / "b" / "work").is_dir()
+    assert _main([*base, "--out", str(tmp_path / "c"), "--column", "nope"]) == 2

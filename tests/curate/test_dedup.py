@@ -11,6 +11,7 @@ from diffkit.curate.dedup import (
     PhashDedupConfig,
     brute_force_pairs,
     choose_bands,
+    faiss_pairs,
     near_pairs,
     phash_clusters,
     union_find,
@@ -35,9 +36,11 @@ def test_multi_index_lookup_equals_brute_force(k, bands):
     h = _hashes(3000, 300, k)
     a = near_pairs(h, k, bands)
     b = brute_force_pairs(h, k)
+    f = faiss_pairs(h, k, chunk=700)  # several query chunks
     assert len(b[0]) > 50
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
+    for got in (a, f):
+        np.testing.assert_array_equal(got[0], b[0])
+        np.testing.assert_array_equal(got[1], b[1])
 
 
 def test_choose_bands_grows_key_length_with_n():
@@ -120,3 +123,51 @@ def test_shard_with_no_surviving_rows_does_not_break_the_reduce():
         assert empty.num_rows == 0 and empty.schema.field("prio").type == pa.string()
         dec = st.reduce([empty, st.emit_keys(live), empty])
         assert dec.column("row_id").to_pylist() == ["a"]
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_vectors_reads_embeddings_without_python_rows(fixed):
+    from diffkit.curate.schema import vectors
+
+    x = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float16)
+    typ = pa.list_(pa.float16(), 5) if fixed else pa.list_(pa.float16())
+    col = pa.chunked_array([pa.array(x[:3].tolist(), typ), pa.array(x[3:].tolist(), typ)])
+    got = vectors(col)
+    assert got.dtype == np.float32 and got.shape == (7, 5)
+    np.testing.assert_array_equal(got, x.astype(np.float32))
+    with pytest.raises(ValueError, match="null"):
+        vectors(pa.array([x[0].tolist(), None], typ))
+    if not fixed:
+        with pytest.raises(ValueError, match="different lengths"):
+            vectors(pa.array([[1.0, 2.0], [1.0]], typ))
+
+
+def test_sub_window_hashes_find_crops_that_full_hashes_miss():
+    """8 % crops (asymmetric) of bundled photos: the full pHashes of some pairs are further
+    apart than k = 12, but a sub-window hash of the original matches the crop (5 of these 6;
+    the sixth fails the dHash verification)."""
+    import io
+
+    from diffkit.curate.corpus import _photo_crop, bundled_photos
+    from diffkit.curate.ingest import IngestConfig, decode_image
+
+    rng = np.random.default_rng(3)
+    photos = bundled_photos()
+    rows = []
+    for _ in range(6):
+        im = _photo_crop(rng, photos, 320, 288)
+        w, h = im.size
+        dx, dy = int(w * 0.08), int(h * 0.08)
+        ox, oy = int(rng.integers(0, dx + 1)), int(rng.integers(0, dy + 1))
+        for x in (im, im.crop((ox, oy, w - (dx - ox), h - (dy - oy)))):
+            b = io.BytesIO()
+            x.save(b, "PNG")
+            rows.append(decode_image(b.getvalue(), ".png", IngestConfig(crop_scales=(0.95, 0.9))))
+    col = lambda k: np.asarray([r[k] for r in rows], np.uint64)  # noqa: E731
+    args = (col("phash"), np.full(len(rows), 5.0))
+    crops = (col("phash_crops"), col("dhash_crops"))
+    pairs = lambda roots: [roots[2 * f] == roots[2 * f + 1] for f in range(6)]  # noqa: E731
+    on = phash_clusters(*args, PhashDedupConfig(crop_max_distance=10), col("dhash"), *crops)
+    off = phash_clusters(*args, PhashDedupConfig(crop_max_distance=-1), col("dhash"), *crops)
+    assert sum(pairs(on)) >= 5 and sum(pairs(on)) > sum(pairs(off))
+    assert len(set(on[::2].tolist())) == 6  # the six photos stay apart

@@ -73,7 +73,7 @@ def test_folder_plus_metadata_table(folder, fmt, caplog):
         pq.write_table(table, meta)
     else:
         meta = root / "pairs.jsonl"
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         t = read_input(root, InputConfig(metadata=str(meta)))
     assert t.num_rows == len(rows)  # only listed rows, every one of them
     got = {r["id"]: r for r in t.to_pylist()}
@@ -91,8 +91,9 @@ def test_folder_plus_metadata_table(folder, fmt, caplog):
     text = caplog.text
     assert "unlisted.png" in text and "not listed" in text  # an image the table leaves out
     assert "collides" in text and "status" in text
-    if fmt != "jsonl":
-        assert "pairs.jsonl" in text and "not used" in text  # a table beside the images
+    if fmt != "jsonl":  # another table beside the one in use: noted at INFO, not a warning
+        rec = [r for r in caplog.records if "pairs.jsonl" in r.getMessage()]
+        assert rec and all(r.levelno == logging.INFO for r in rec)
 
 
 def test_column_map_and_missing_columns(tmp_path, caplog):
@@ -217,3 +218,34 @@ def test_run_with_metadata_keeps_columns_and_clusters(folder, tmp_path, small_co
     kept = pq.read_table(out / "kept")
     assert {"id", "caption", "aesthetic", "dup_cluster", "path"} <= set(kept.column_names)
     assert "image_ref" not in kept.column_names and "image" not in kept.column_names
+
+
+def test_inline_bytes_are_stored_once_and_reach_the_tars(tmp_path, small_config):
+    """Parquet input with image bytes: the bytes live only in the input shards of work/; every
+    later stage reads them by reference, and the WebDataset members are the original bytes."""
+    import webdataset as wds
+
+    from diffkit.curate.pipeline import Pipeline
+
+    d = tmp_path / "shards"
+    d.mkdir()
+    imgs = [_image(i) for i in range(6)]
+    pq.write_table(
+        pa.table({"image": imgs, "caption": [f"pic {i}" for i in range(6)], "id": list(range(6))}),
+        d / "part-0.parquet",
+    )
+    cfg = small_config(**{"governance.allowed_licenses": "[]", "write.faiss_index": "false",
+                          "shard_size": 4})  # fmt: skip
+    out = tmp_path / "o"
+    s = Pipeline.from_config(cfg).run(d, out, keep_work=True)
+    assert s["kept"] == 6
+    with_bytes = [
+        p for p in (out / "work").rglob("*.parquet")
+        if "image" in pq.read_schema(p).names
+        and pq.read_table(p, columns=["image"]).column("image").null_count < pq.read_metadata(p).num_rows
+    ]  # fmt: skip
+    assert with_bytes and all(p.parent.parent.name == "00_input" for p in with_bytes)
+    got = {}
+    for x in wds.WebDataset(sorted(str(p) for p in (out / "wds").glob("*.tar")), shardshuffle=False, empty_check=False):  # fmt: skip
+        got[json.loads(x["json"])["id"]] = x["png"]
+    assert got == dict(enumerate(imgs))

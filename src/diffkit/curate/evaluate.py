@@ -55,8 +55,9 @@ def cluster_metrics(pred: list, gold: list) -> dict:
     }
 
 
-def _transform_recall(pred: list, gt_rows: list[dict]) -> dict:
-    """Share of variant rows grouped with at least one other row of their family."""
+def _transform_recall(pred: list, gt_rows: list[dict], by_strength: bool = False) -> dict:
+    """Share of variant rows grouped with at least one other row of their family (keys
+    ``transform`` or, ``by_strength``, ``transform@strength``)."""
     fam_members = defaultdict(set)
     for p, r in zip(pred, gt_rows):
         fam_members[r["family"]].add(p)
@@ -68,6 +69,8 @@ def _transform_recall(pred: list, gt_rows: list[dict]) -> dict:
         if r["role"] not in ("near", "flip", "exact_bytes", "exact_pixels"):
             continue
         key = r["transform"] if r["role"] in ("near", "flip") else r["role"]
+        if by_strength and r["role"] in ("near", "flip"):
+            key = f"{key}@{r['strength']}"
         tot[key] += 1
         hit[key] += by_family_pred[r["family"]][p] > 1
     return {k: {"recall": hit[k] / tot[k], "n": tot[k]} for k in sorted(tot)}
@@ -127,6 +130,7 @@ def evaluate_dedup(out_dir: str | Path, corpus_dir: str | Path) -> dict:
     pred = union_find(len(rows), np.asarray(ii, np.int64), np.asarray(jj, np.int64)).tolist()
     res = cluster_metrics(*_no_flips(pred, _gt_labels(gt_rows), gt_rows))
     res["per_transform_recall"] = _transform_recall(pred, gt_rows)
+    res["per_strength_recall"] = _transform_recall(pred, gt_rows, by_strength=True)
     res.update(_hard_negative_merges(pred, gt_rows))
     return res
 

@@ -253,7 +253,8 @@ class PolicyConfig:
     Attributes:
         max_scores: ``{column: threshold}``: drop a row when its score is above the threshold
             (e.g. ``score_proxy_marker: 0.5``). The reason is ``watermark`` for columns naming a
-            watermark, ``unsafe_text`` for ``score_text_blocklist`` and ``nsfw`` otherwise.
+            watermark, ``unsafe_text`` for ``score_text_blocklist``, ``exposure`` for
+            ``score_overexposed`` / ``score_underexposed`` and ``nsfw`` otherwise.
         min_scores: ``{column: threshold}``: drop when the score is below (reason ``low_<column>``).
         missing: What a configured column absent from the data means: ``error`` (a configuration
             error naming the column) or ``ignore``.
@@ -273,6 +274,8 @@ class PolicyConfig:
 
 
 def _policy_reason(col: str) -> str:
+    if col.endswith("exposed"):
+        return "exposure"
     if "watermark" in col:
         return "watermark"
     if "text_blocklist" in col:

@@ -46,6 +46,10 @@ class IngestConfig:
             (``decompression_bomb``) before any pixel is decoded.
         max_bytes: Files larger than this many bytes are dropped unread (``max_bytes``).
         hash_size: Side of the pHash/dHash grid (8 gives the spec's 64-bit hashes).
+        crop_scales: Scales of the sub-window pHash/dHash pairs stored per row for crop-robust
+            near-dup search (``phash_crops``/``dhash_crops``): for each scale s, 9 windows of
+            side s anchored at the corners, edge midpoints and centre; () disables (the
+            default: see PhashDedupConfig.crop_max_distance).
         mime_mismatch: What to do when the file extension disagrees with the decoded format:
             ``fix`` records the true MIME type, ``drop`` tombstones the row (``wrong_mime``).
     """
@@ -53,6 +57,7 @@ class IngestConfig:
     max_pixels: int = 64_000_000
     max_bytes: int = 64_000_000
     hash_size: int = 8
+    crop_scales: tuple[float, ...] = ()
     mime_mismatch: Literal["fix", "drop"] = "fix"
 
     def __post_init__(self):
@@ -62,6 +67,8 @@ class IngestConfig:
             raise ValueError(f"max_bytes must be >= 1, got {self.max_bytes}")
         if self.hash_size != 8:
             raise ValueError(f"hash_size must be 8 (64-bit uint64 hashes), got {self.hash_size}")
+        if any(not 0.5 <= s < 1.0 for s in self.crop_scales):
+            raise ValueError(f"crop_scales must lie in [0.5, 1), got {self.crop_scales}")
         if self.mime_mismatch not in ("fix", "drop"):
             raise ValueError(f"mime_mismatch must be 'fix' or 'drop', got {self.mime_mismatch!r}")
 
@@ -124,6 +131,33 @@ def uniform_share(rgb64: np.ndarray, tol: int = 8) -> float:
     return float((np.abs(a - med).max(axis=1) <= tol).mean())
 
 
+def crop_hashes(rgb, scales, hash_size: int = 8) -> tuple[list[int], list[int]]:
+    """pHash and dHash of 9 windows per scale (offsets 0, 1/2, 1 of the free margin in x and y).
+
+    A copy cut by up to (1 - s) of its width and height lies near one of these windows of the
+    original, so ``pHash(window of A) ~ pHash(B)`` where the full hashes differ (issue 19
+    item 4). Computed on a copy whose shorter side is at most 256 px (hashes are taken at
+    32x32 and 9x8 anyway)."""
+    import imagehash
+    from PIL import Image
+
+    w, h = rgb.size
+    if min(w, h) > 256:
+        f = 256 / min(w, h)
+        rgb = rgb.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR)
+        w, h = rgb.size
+    ph, dh = [], []
+    for s in scales:
+        cw, ch = w * s, h * s
+        for fy in (0.0, 0.5, 1.0):
+            for fx in (0.0, 0.5, 1.0):
+                x0, y0 = fx * (w - cw), fy * (h - ch)
+                c = rgb.crop((round(x0), round(y0), round(x0 + cw), round(y0 + ch)))
+                ph.append(_bits_to_u64(imagehash.phash(c, hash_size=hash_size).hash))
+                dh.append(_bits_to_u64(imagehash.dhash(c, hash_size=hash_size).hash))
+    return ph, dh
+
+
 def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
     """Decode one file; raise :class:`DecodeFailure` with a reason code on any problem."""
     from PIL import Image, ImageFile, ImageOps
@@ -174,7 +208,10 @@ def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
     ph = imagehash.phash(rgb, hash_size=cfg.hash_size)
     dh = imagehash.dhash(rgb, hash_size=cfg.hash_size)
     gray32 = np.asarray(rgb.convert("L").resize((32, 32), Image.BILINEAR))
+    pc, dc = crop_hashes(rgb, cfg.crop_scales, cfg.hash_size)
     return {
+        "phash_crops": pc,
+        "dhash_crops": dc,
         "mime": mime,
         "width": w,
         "height": h,
@@ -215,6 +252,8 @@ class Ingest(Stage):
             "dhash": [0] * n,
             "hash_entropy": [0.0] * n,
             "uniform_share": [0.0] * n,
+            "phash_crops": [None] * n,
+            "dhash_crops": [None] * n,
         }
         reasons = [""] * n
         for i in range(n):
@@ -253,6 +292,8 @@ class Ingest(Stage):
             "dhash": P.uint64(),
             "hash_entropy": P.float32(),
             "uniform_share": P.float32(),
+            "phash_crops": P.list_(P.uint64()),
+            "dhash_crops": P.list_(P.uint64()),
         }
         for k, t in types.items():
             table = set_column(table, k, out[k], t)

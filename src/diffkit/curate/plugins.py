@@ -359,6 +359,11 @@ def get_plugin(kind: str, name: str):
     }[kind]
     if name in table:
         return table[name]
+    if kind == "safety":  # quality scorers share the scorer interface (score_images)
+        from diffkit.curate.scorers import SCORERS
+
+        if name in SCORERS:
+            return SCORERS[name]
     for ep in entry_points(group=f"diffkit.curate.{kind}"):
         if ep.name == name:
             return ep.load()

@@ -74,6 +74,31 @@ def stable_id(source: str, source_key: str) -> str:
     return h.hexdigest()
 
 
+def vectors(column, dtype="float32"):
+    """An Arrow list / fixed-size-list column of equal-length vectors as an ``(n, d)`` numpy
+    array, through the flat values buffer (no per-row Python objects: ``to_pylist`` was ~150x
+    slower at 10^5 x 512). Null rows are an error."""
+    import numpy as np
+
+    P = pa()
+    col = column.combine_chunks() if isinstance(column, P.ChunkedArray) else column
+    n = len(col)
+    if col.null_count:
+        raise ValueError(f"vectors: {col.null_count} null row(s) in an embedding column")
+    if n == 0:
+        return np.zeros((0, 0), dtype)
+    if P.types.is_fixed_size_list(col.type):
+        d = col.type.list_size
+        flat = col.flatten()
+    else:
+        lens = np.asarray(col.value_lengths().to_numpy(zero_copy_only=False))
+        d = int(lens[0])
+        if (lens != d).any():
+            raise ValueError("vectors: rows of different lengths in an embedding column")
+        flat = col.flatten()
+    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype).reshape(n, d)
+
+
 def alive(table) -> Any:
     """Boolean numpy mask of rows still kept."""
     import numpy as np

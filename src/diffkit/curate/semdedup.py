@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffkit.curate.dedup import _apply_decisions, _key_table, _sorted_keys
-from diffkit.curate.schema import pa, require
+from diffkit.curate.schema import pa, require, vectors
 from diffkit.curate.stage import Stage
 
 
@@ -148,7 +148,7 @@ class SemDedup(Stage):
                     "drop": pa().array([], pa().bool_()),
                 }
             )
-        emb = np.asarray(keys.column("emb").to_pylist(), np.float32)
+        emb = vectors(keys.column("emb"))
         cluster, nn, drop, dup_of = semdedup(emb, self.config)
         dup = [ids[j] if j >= 0 else None for j in dup_of]
         return pa().table(

@@ -59,7 +59,7 @@ _ROLE_INTERNAL = {"url": "url", "license": "license", "source": "source", "capti
                   "path": "uri", "id": "source_key", "image": "image"}  # fmt: skip
 RESERVED = INTERNAL + (
     "image_ref", "status", "drop_stage", "drop_reason", "mime", "bytes_len", "width", "height",
-    "sha256_bytes", "sha256_pixels", "phash", "dhash", "hash_entropy", "uniform_share", "exact_group", "domain",
+    "sha256_bytes", "sha256_pixels", "phash", "dhash", "hash_entropy", "uniform_share", "phash_crops", "dhash_crops", "exact_group", "domain",
     "license_spdx", "phash_cluster", "emb_cluster", "emb_nn_sim", "emb_dup_of",
     "is_representative", "dup_cluster", "config_fingerprint", "pipeline_version",
 )  # fmt: skip
@@ -290,10 +290,11 @@ def _read_folder(root: Path, cfg: InputConfig) -> _Rows:
     if meta is None:
         meta = next((root / f"metadata{e}" for e in TABLE_EXTS if (root / f"metadata{e}").is_file()), None)  # fmt: skip
         auto = meta is not None
-    for t in tables:
+    for t in tables:  # loud only when no table is used at all (the pairs.jsonl case)
         if meta is None or t.resolve() != meta.resolve():
-            log.warning(
-                "%s looks like a metadata table but is not used; pass --metadata %s", t, t
+            log.log(
+                logging.WARNING if meta is None else logging.INFO,
+                "%s looks like a metadata table but is not used; pass --metadata %s", t, t,
             )  # fmt: skip
     images, noext, broken, other = _list_folder(root)
     if other:

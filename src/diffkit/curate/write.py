@@ -22,7 +22,7 @@ import numpy as np
 
 from diffkit.core.io import atomic_write_bytes, atomic_write_json, sha256_file
 from diffkit.curate.images import image_bytes
-from diffkit.curate.schema import PIPELINE_VERSION, alive, pa, require, set_column
+from diffkit.curate.schema import PIPELINE_VERSION, alive, pa, require, set_column, vectors
 from diffkit.curate.stage import Stage
 
 INTERNAL_ONLY = ("image", "image_ref")  # never written: bytes go to the tars only
@@ -178,7 +178,7 @@ class Write(Stage):
                 emb_col = _emb_column(kept)
                 rows = kept.to_pylist()
                 images = image_bytes(full, kept_idx)
-                embs = kept.column(emb_col).to_pylist() if (emb_col and c.embeddings_in_tar) else None  # fmt: skip
+                embs = vectors(kept.column(emb_col)) if (emb_col and c.embeddings_in_tar) else None  # fmt: skip
                 for j, (row, img) in enumerate(zip(rows, images)):
                     key = row["row_id"]
                     if img is None:
@@ -234,7 +234,7 @@ class Write(Stage):
             t = pa().concat_tables([pq.read_table(p) for p in parts]) if parts else None
             col = _emb_column(t) if t is not None else None
             if col and t.num_rows:
-                x = np.asarray(t.column(col).to_pylist(), np.float32)
+                x = vectors(t.column(col))
                 if len(x) >= self.config.ivf_min_rows:
                     nlist = int(4 * np.sqrt(len(x)))
                     index = faiss.index_factory(
