@@ -108,10 +108,11 @@ def recipes() -> None:
 
     for p in sorted(RECIPES.glob("*.yaml")):
         typer.echo(f"recipe: {p}")
-    for prefix, cls in (("", AlignRecipe), ("dpo.", LinearDPOConfig)):
+    from diffkit.train import TrainConfig
+
+    for prefix, cls in (("", AlignRecipe), ("dpo.", LinearDPOConfig), ("train.", TrainConfig)):
         for name, doc in cfglib.field_docs(cls).items():
             typer.echo(f"  {prefix}{name}: {doc}")
-    typer.echo("  train.*: see diffkit.train.TrainConfig (steps, batch_size, grad_accum, lr, ...)")
 
 
 @app.command()

@@ -61,7 +61,7 @@ class AlignRecipe:
     Attributes:
         dpo: the loss and reference settings (:class:`~diffkit.align.LinearDPOConfig`).
         train: optimizer steps, global batch of pairs, accumulation, LR (:class:`TrainConfig`).
-        resolution: square training resolution in pixels (images are resized and center-cropped).
+        resolution: square training resolution in pixels (short side resized, then cropped).
         data_format: "auto", "pickapic", "hpdv3" or "generic".
         hpdv3_models: HPDv3 model filter (both images' generators must be listed); empty: keep all.
         lora_rank: 0 trains the full denoiser; > 0 trains LoRA adapters of this rank instead.
