@@ -39,6 +39,7 @@ from diffkit.align.toy import (
     denoising_mse,
     implicit_accuracy,
     make_preference_pairs,
+    principal_patterns,
     projection_patterns,
     projection_reward,
 )
@@ -299,6 +300,14 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=10, help="evaluation samples per class")
     ap.add_argument("--sampler-steps", type=int, default=8)
     ap.add_argument("--curve", action="store_true", help="also evaluate at half the steps")
+    ap.add_argument(
+        "--reward",
+        default="smooth",
+        choices=("smooth", "pc1", "ink"),
+        help="smooth random patterns (the first benchmark; not learnable to rank by the digits "
+        "UNet in short runs), each class's top principal direction, or the amount of ink (a "
+        "constant pattern); see benchmarks/align_reward_probe.py",
+    )
     ap.add_argument("--merge", nargs="+", help="merge result files (of --models runs) into align")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -318,7 +327,11 @@ def main() -> None:
         args.steps, args.seeds, args.lrs = min(args.steps, 10), 1, "1e-3"
     lrs = [float(x) for x in args.lrs.split(",")]
     tr = load_digits("train")
-    P = projection_patterns()
+    P = {
+        "smooth": lambda: projection_patterns(),
+        "pc1": lambda: principal_patterns(tr.images, tr.labels),
+        "ink": lambda: torch.ones(10, *tr.images.shape[1:]) / tr.images.shape[-1],
+    }[args.reward]()
     results = {
         "config": {
             **vars(args),

@@ -10,6 +10,7 @@ import torch
 from _align_tiny import png_bytes, save_tiny_sd3, save_tiny_sd15, save_tiny_sdxl
 
 from diffkit.align import LinearDPOConfig
+from diffkit.align.cache import cache_key
 from diffkit.align.data import load_pairs
 from diffkit.align.objective import predict
 from diffkit.align.pipeline import (
@@ -19,7 +20,6 @@ from diffkit.align.pipeline import (
     _wait_for,
     add_lora_,
     align_model,
-    cache_key,
     denoiser_of,
     load_pipeline,
     schedule_from_scheduler,
@@ -358,7 +358,7 @@ def test_sdxl_per_image_size_and_crop_conditioning(tmp_path):
 
     from PIL import Image
 
-    from diffkit.align.pipeline import build_cache
+    from diffkit.align.cache import build_cache
 
     pipe = load_pipeline(save_tiny_sdxl(tmp_path / "sdxl"))
     d = tmp_path / "data"

@@ -108,10 +108,11 @@ def recipes() -> None:
 
     for name in cfglib.list_recipes("align"):
         typer.echo(f"recipe: {name}  ({cfglib.recipe_path('align', name)})")
-    for prefix, cls in (("", AlignRecipe), ("dpo.", LinearDPOConfig)):
+    from diffkit.train import TrainConfig
+
+    for prefix, cls in (("", AlignRecipe), ("dpo.", LinearDPOConfig), ("train.", TrainConfig)):
         for name, doc in cfglib.field_docs(cls).items():
             typer.echo(f"  {prefix}{name}: {doc}")
-    typer.echo("  train.*: see diffkit.train.TrainConfig (steps, batch_size, grad_accum, lr, ...)")
 
 
 @app.command()

@@ -29,6 +29,26 @@ def projection_patterns(num_classes: int = 10, size: int = 16, seed: int = 0) ->
     return p / p.flatten(1).norm(dim=1)[:, None, None, None]
 
 
+def principal_patterns(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(K, C, H, W) unit-norm top principal component of each class's images.
+
+    A reward along the direction of largest within-class variance is one a small denoiser can
+    learn to rank: on the digits UNet, 200 steps of an unweighted contrastive loss reach a
+    held-out implicit accuracy of 0.61-0.63, against 0.52-0.57 for the smooth random patterns of
+    :func:`projection_patterns` (``benchmarks/align_reward_probe.py``; a constant "ink" pattern
+    reaches 0.64-0.77).
+    The sign is fixed so that the pattern correlates positively with the class mean.
+    """
+    out = []
+    for k in labels.unique(sorted=True).tolist():
+        x = images[labels == k].flatten(1).double()  # (n_k, C*H*W)
+        mean = x.mean(0)
+        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        v = vh[0] * torch.sign(vh[0] @ mean + 1e-30)  # (C*H*W,), deterministic sign
+        out.append(v.float().reshape(images.shape[1:]))
+    return torch.stack(out)
+
+
 def projection_reward(images: torch.Tensor, labels: torch.Tensor, patterns: torch.Tensor):
     """R(x, k) = <x, P_k> per image, shape (N,)."""
     return (images.flatten(1) * patterns[labels].flatten(1)).sum(1)
