@@ -42,6 +42,7 @@ def test_cli_make_corpus_run_report(tmp_path, capsys, recipe):
     html = (out / "report" / "report.html").read_text()
     assert "Funnel" in html and "drops by reason and source" in html and "<img" in html
     assert "phash_cluster" in html  # the report reads the last stage's rows
+    assert "resolution and aspect ratio of the" in html and "shorter side (px)" in html
     assert _main(["curate", "options"]) == 0
     assert "phash_dedup.max_distance" in capsys.readouterr().out
     assert _main(["curate", "run", "--input", str(tmp_path / "nope"), "--out", str(out)]) == 2

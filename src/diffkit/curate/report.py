@@ -119,6 +119,24 @@ def build_report(
                 ax.set_yscale("log")
             fig.tight_layout()
             section.figure(fig, "score histograms (rows that reached the safety stage)")
+        if "width" in rows.schema.names:
+            st = np.asarray(rows.column("status").to_pylist())
+            w = np.asarray(rows.column("width").to_numpy(zero_copy_only=False), float)
+            h = np.asarray(rows.column("height").to_numpy(zero_copy_only=False), float)
+            ok = (st == "keep") & (w > 0) & (h > 0)
+            if ok.any():
+                w, h = w[ok], h[ok]
+                side, ar = np.minimum(w, h), np.maximum(w, h) / np.minimum(w, h)
+                pct = (5, 25, 50, 75, 95)
+                section.table(
+                    [
+                        {"statistic": name, **{f"p{q}": round(float(v), 2) for q, v in
+                                               zip(pct, np.percentile(x, pct))}}
+                        for name, x in (("shorter side (px)", side), ("aspect (long/short)", ar),
+                                        ("megapixels", w * h / 1e6))
+                    ],
+                    f"resolution and aspect ratio of the {int(ok.sum())} kept rows (percentiles)",
+                )  # fmt: skip
         sizes = []
         for col in ("exact_group", "phash_cluster"):
             if col in rows.schema.names:
