@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
+from diffkit.core.machine import machine_line
+
 
 def _ms(xs):
     m = statistics.fmean(xs)
@@ -95,7 +97,8 @@ def write_report(results, out_dir, name: str) -> None:
     lines = [
         f"# align benchmark ({name})",
         "",
-        f"CPU, 1 torch thread; load average {results['loadavg_start']} at start, "
+        f"{machine_line(results['machine']) if 'machine' in results else 'CPU kind not recorded'}, "
+        f"1 torch thread; load average {results['loadavg_start']} at start, "
         f"{results['loadavg_end']} at end; {results['total_seconds']} s total.",
         f"Config: {results['config']}",
         "",

@@ -43,6 +43,7 @@ from diffkit.align.toy import (
     projection_patterns,
     projection_reward,
 )
+from diffkit.core.machine import machine_info
 from diffkit.data import load_digits
 from diffkit.train import TrainConfig, fit
 
@@ -344,6 +345,7 @@ def main() -> None:
             "torch_threads": 1,
         },
         "loadavg_start": os.getloadavg(),
+        "machine": machine_info(),
         "models": {},
     }
     t_all = time.perf_counter()

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from diffkit.align import LinearDPO, LinearDPOConfig
+from diffkit.core.machine import machine_info
 from diffkit.core.schedules import DDPM
 from diffkit.train import TrainConfig, fit
 
@@ -117,6 +118,7 @@ def main() -> None:
         "what": "Linear-DPO steps, SD1.5-sized UNet (random init), EMA reference (fp32)",
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "torch": torch.__version__,
+        "machine": machine_info(),
         "unet_params_m": round(n_params / 1e6, 1),
         "tiny": args.tiny,
         "pairs_per_step": args.batch,

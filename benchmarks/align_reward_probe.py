@@ -36,6 +36,7 @@ from diffkit.align.toy import (
     principal_patterns,
     projection_patterns,
 )
+from diffkit.core.machine import machine_info
 from diffkit.data import load_digits
 from diffkit.train import TrainConfig, fit
 
@@ -59,7 +60,12 @@ def main() -> None:
         "ink": torch.ones(10, *tr.images.shape[1:]) / size,
     }
     wrapper = models.load(args.member)
-    out = {"config": vars(args), "loadavg_start": os.getloadavg(), "rewards": {}}
+    out = {
+        "config": vars(args),
+        "machine": machine_info(),
+        "loadavg_start": os.getloadavg(),
+        "rewards": {},
+    }
     for name, patterns in rewards.items():
         pairs = make_preference_pairs(tr.images, tr.labels, patterns, 4000, kappa=5.0, seed=0)
         held = make_preference_pairs(te.images, te.labels, patterns, 512, kappa=5.0, seed=1)

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffkit.core.machine import machine_info, machine_line
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -363,8 +365,12 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     prev = RESULTS / "curate.json"
     res = json.loads(prev.read_text()) if prev.is_file() and sections != {"dedup", "lookup", "throughput"} else {}  # fmt: skip
-    machine = "CPU only (2 cores shared, no GPU)"
-    res |= {"machine": machine, "load_start": [round(x, 2) for x in os.getloadavg()]}
+    machine = machine_line()
+    res |= {
+        "machine": machine,
+        "machine_info": machine_info(),
+        "load_start": [round(x, 2) for x in os.getloadavg()],
+    }
     t0 = time.perf_counter()
     if "dedup" in sections:
         res["dedup"] = dedup_quality(args.n_base)

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from diffkit import models
+from diffkit.core.machine import machine_info, machine_line
 from diffkit.distill import FPDConfig, KDPool, LifterConfig, NaiveKD
 from diffkit.distill.evaluate import evaluate_samples
 from diffkit.distill.pipeline import (
@@ -208,6 +209,7 @@ def main() -> None:
     real = evaluate_real(labels)
     out = {
         "device": "CPU (2 shared cores, torch threads <= 2)",
+        "machine": machine_info(),
         "loadavg_start_end": [list(LOAD0), list(os.getloadavg())],
         "config": {
             **vars(args),
@@ -281,6 +283,7 @@ def write_md(out, name: str = "distill") -> None:
         f"Wall-clock per 1000 samples (decoder included, median of 3, interleaved): teacher 8 steps "
         f"+ CFG {s['teacher_8_steps_cfg']:.2f} s, FPD student {s['fpd_student']:.3f} s "
         f"(**{s['speedup']:.1f}x**). {out['device']}; load average {out['loadavg_start_end']}.",
+        f"Machine: {machine_line(out['machine']) if 'machine' in out else 'CPU kind not recorded'}.",
     ]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from diffkit.core.machine import machine_info
+
 sys.path.insert(0, str(Path(__file__).parent))
 from distill import KEYS, merge  # noqa: E402  (benchmarks/distill.py)
 
@@ -140,6 +142,7 @@ def main() -> None:
         ts.append(time.perf_counter() - t0)
     out = {
         "device": "CPU (2 cores shared with other jobs; one torch thread per process)",
+        "machine": machine_info(),
         "loadavg_start_end": [list(load0), list(os.getloadavg())],
         "config": {**vars(args), "fpd": dataclasses.asdict(DATA_FREE)},
         "teacher_sweep": sweep,

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from diffkit import models
 from diffkit.core.io import atomic_write_json, atomic_write_text
+from diffkit.core.machine import machine_info, machine_line
 from diffkit.models import causal_wan as cw
 from diffkit.quantize import (
     AdaRoundConfig,
@@ -327,7 +328,9 @@ _ORDER = ["RTN", "Percentile", "SmoothQuant", "AdaRound (uniform)", "+S1", "+S2"
 
 
 def markdown(r):
-    lines = [f"# diffkit.quantize benchmark ({r['device']}, load {r['loadavg']})", ""]
+    lines = [f"# diffkit.quantize benchmark ({r['device']}, load {r['loadavg']})", "",
+             f"Machine: {machine_line(r['machine']) if 'machine' in r else 'CPU kind not recorded'}.",
+             ""]  # fmt: skip
     if r.get("gemm"):
         lines += ["## int8 GEMM (oneDNN) vs fp32 F.linear, 1 thread", "",
                   "| M | K | N | fp32 ms | int8 ms | speed-up | with act. quant | rel. err |",
@@ -470,6 +473,7 @@ def main(argv=None):
     shapes = [(1024, 1536, 1536), (1024, 1536, 8960), (4680, 1536, 1536), (4680, 1536, 8960)]
     results = {
         "device": "CPU (1 thread), torch " + torch.__version__,
+        "machine": machine_info(),
         "loadavg": [round(v, 2) for v in os.getloadavg()],
         "act_bits_full_range_exact": kernels.full_range_exact(),
         "settings": {"seeds": seeds, "adaround_iters": iters, "videos": n_videos,
