@@ -34,7 +34,7 @@ SETTINGS = {
     "warmup_steps": 30,
     "label_dropout": 0.1,
     "shift": 2.0,
-    "eval_videos": 20,
+    "eval_per_class": 20,
     "eval_steps": 20,
     "cfg_scale": 2.0,
 }
@@ -67,6 +67,8 @@ def video_config(split: str = "train") -> MovingDigitsConfig:
         size=v["size"],
         digit_size=v["digit_size"],
         max_digits=v["max_digits"],
+        min_speed=v["min_speed"],
+        max_speed=v["max_speed"],
         split=split,
     )
 
@@ -95,12 +97,18 @@ def train(out_dir: str | Path, *, seed: int = 0, progress: bool = False) -> dict
         )
     train_s = time.perf_counter() - t0
     model.eval()
-    metrics = evaluate(model, seed=seed, n=s["eval_videos"], steps=s["eval_steps"])
+    metrics = evaluate(
+        model,
+        seed=seed,
+        per_class=s["eval_per_class"],
+        steps=s["eval_steps"],
+        cfg_scale=s["cfg_scale"],
+    )
     metrics.update(
         final_loss=res.metrics.get("loss"),
         train_seconds=round(train_s, 1),
         params=sum(p.numel() for p in model.parameters()),
-        tokens_per_video=8 * 16 * 16,
+        tokens_per_video=tokens_per_video(mdw.DEFAULT_CONFIG),
         seed=seed,
         settings=s,
     )
@@ -111,11 +119,47 @@ def train(out_dir: str | Path, *, seed: int = 0, progress: bool = False) -> dict
     return metrics
 
 
+def tokens_per_video(config: dict) -> int:
+    """Tokens of one video after the transformer's patch embedding."""
+    p, v = config["patch_size"], mdw.VIDEO
+    return (v["num_frames"] // p[0]) * (v["size"] // p[1]) * (v["size"] // p[2])
+
+
 @torch.no_grad()
-def evaluate(model, *, seed: int = 0, n: int = 20, steps: int = 20, cfg_scale: float = 2.0) -> dict:
-    """Sample ``n`` videos (classes cycling 0..9) and score them against held-out real videos."""
+def evaluate(
+    model,
+    *,
+    seed: int = 0,
+    per_class: int = 20,
+    steps: int = 20,
+    cfg_scale: float = mdw.CFG_SCALE,
+    dtype: torch.dtype | None = None,
+    batch_size: int = 20,
+) -> dict:
+    """Sample ``per_class`` videos of each digit and score them against held-out real videos.
+
+    The FID reference is as many real videos of the test split; the floor is as many real
+    training-split videos against the same reference (what a generator that reproduced its
+    training data would score). See :func:`diffkit.models.moving_digits_wan.evaluate`.
+    """
+    n = 10 * per_class
     labels = torch.arange(n) % 10
     g = torch.Generator().manual_seed(seed + 1)
-    vids = mdw.sample(model, labels, steps=steps, cfg_scale=cfg_scale, generator=g)
-    real = make_moving_digits(max(n, 40), video_config("test"), seed=seed + 2).videos
-    return mdw.evaluate(vids, labels, real, models.load("digit-classifier"))
+    vids = torch.cat(
+        [
+            mdw.sample(
+                model,
+                labels[i : i + batch_size],
+                steps=steps,
+                cfg_scale=cfg_scale,
+                generator=g,
+                dtype=dtype,
+            )
+            for i in range(0, n, batch_size)
+        ]
+    )
+    real = make_moving_digits(n, video_config("test"), seed=seed + 2).videos
+    floor = make_moving_digits(n, video_config("train"), seed=seed + 3).videos
+    out = mdw.evaluate(vids, labels, real, models.load("digit-classifier"), floor_real=floor)
+    out.update(eval_steps=steps, cfg_scale=cfg_scale)
+    return out

@@ -38,7 +38,14 @@ log = logging.getLogger(__name__)
 # 800 steps at lr 3e-3: the mass merge's per-head lambda starts at 1 and must grow by orders of
 # magnitude, which 150 steps at 1e-3 do not reach (held-out error on cached q/k/v: 0.30 after
 # 150 steps at 1e-3, 0.14 after 300 and 0.11 after 1000 at 3e-3).
-SETTINGS = {"steps": 800, "batch_size": 4, "lr": 3e-3, "train_videos": 600, "heldout_videos": 8}
+SETTINGS = {
+    "steps": 800,
+    "batch_size": 4,
+    "lr": 3e-3,
+    "train_videos": 600,
+    "heldout_videos": 8,
+    "eval_per_class": 2,
+}
 
 
 @torch.no_grad()
@@ -82,7 +89,7 @@ def train(out_dir: str | Path, *, seed: int = 0, progress: bool = False) -> dict
     after = layer_errors(model, hb)
     align_s = time.perf_counter() - t0
     model.eval()
-    quality = {"ropeslr": evaluate(model, seed=seed)}
+    quality = {"ropeslr": evaluate(model, seed=seed, per_class=s["eval_per_class"])}
     metrics = {
         "heldout_layer_rel_mse_before": before,
         "heldout_layer_rel_mse_after": after,
