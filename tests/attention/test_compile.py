@@ -226,3 +226,28 @@ def test_strict_export_carries_the_dense_first_steps_counter(wan_dir):
     exported = program.module()
     for o, r in zip(_run(exported, _wan_inputs), ref):
         assert (o - r).abs().max() < TOL
+
+
+@pytest.mark.slow
+def test_compiled_stage2_with_density_annealing_compiles_a_few_variants(wan_dir):
+    """Stage 2 under compile: the dense teacher pass and the "aux" pass are one variant each;
+    annealing the density (here through k = 8 -> 5 selected blocks of 16) costs one more compile
+    (dynamo makes the float symbolic on its first change), not one per step."""
+    model = _wan(wan_dir, {}).train()
+    st = ropeslr_state(model)
+    counter = dynamo_testing.CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    for density in (0.5, 0.48, 0.46, 0.3, 0.26):
+        st.density = density
+        st.mode = "dense"
+        with torch.no_grad():
+            goal = compiled(**_wan_inputs(500.0))[0]
+        st.mode, st.losses = "aux", []
+        pred = compiled(**_wan_inputs(500.0))[0]
+        st.mode = "sparse"
+        model.zero_grad(set_to_none=True)
+        loss = (pred - goal).pow(2).mean() + 0.1 * torch.stack(st.losses).mean()
+        loss.backward()
+        assert torch.isfinite(loss) and len(st.losses) == 2
+        assert all(p.grad is not None for p in model.blocks[0].attn1.processor.parameters())
+    assert counter.frame_count <= 3
