@@ -251,3 +251,18 @@ def test_compiled_stage2_with_density_annealing_compiles_a_few_variants(wan_dir)
         assert torch.isfinite(loss) and len(st.losses) == 2
         assert all(p.grad is not None for p in model.blocks[0].attn1.processor.parameters())
     assert counter.frame_count <= 3
+
+
+@pytest.mark.slow
+def test_aot_inductor_package_matches_eager(wan_dir, tmp_path):
+    """As diffusers' test_compile_works_with_aot: export, AOTInductor package, load, run."""
+    from torch._inductor.package import load_package
+
+    model = _wan(wan_dir, {})
+    ref = _run(model, _wan_inputs, STEPS[:1])[0]
+    program = torch.export.export(model, args=(), kwargs=_wan_inputs(STEPS[0]))
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "wan.pt2"))
+    loaded = load_package(path, run_single_threaded=True)
+    with torch.no_grad():
+        out = loaded(**_wan_inputs(STEPS[0]))[0]
+    assert (out - ref).abs().max() < TOL
