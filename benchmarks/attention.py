@@ -13,6 +13,12 @@
     (``benchmarks/_attention_pipeline.py``).
 
     python benchmarks/attention.py --part a --part b --part c --part d
+(e) torch.compile: whole-model forward, eager vs ``torch.compile(model, fullgraph=True)``
+    (inductor), first call (compile included) and steady state, dense and RoPeSLR, for the zoo
+    model and a Wan2.1-1.3B-shaped transformer (real widths, random init, ``--wan-layers`` blocks,
+    ``--wan-grid`` latent patches); interleaved per model.
+
+    python benchmarks/attention.py --part e --wan-layers 2 --wan-grid 4 16 32
 Writes benchmarks/results/attention*.json|png|md. Records os.getloadavg() and the device.
 
 On a CUDA machine only (a) runs, after an agreement check of the CUDA backend (flex vs reference,
@@ -41,6 +47,7 @@ import torch.nn.functional as F
 from diffkit.attention import RoPeSLRConfig, RoPeSLRParams, ropeslr_attention
 from diffkit.attention.profiler import analytic_flops, counted_flops
 from diffkit.attention.ropeslr import plan_blocks
+from diffkit.core.machine import fast_dtype, machine_info
 
 RESULTS = Path(__file__).parent / "results"
 warnings.filterwarnings("ignore")
@@ -48,6 +55,7 @@ warnings.filterwarnings("ignore")
 
 def _env() -> dict:
     return {
+        "machine": machine_info(),
         "device": "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
@@ -503,6 +511,113 @@ def part_c(n: int, steps: int) -> dict:
     return out
 
 
+# Wan2.1-T2V-1.3B's transformer config (diffusers), random init; num_layers set by --wan-layers.
+WAN_1_3B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
+
+
+def _time_calls(fn, reps: int) -> tuple[float, float]:
+    """(first call, median of ``reps`` further calls) in seconds."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+@torch.no_grad()
+def _compiled_rows(name: str, models_: dict, inputs: dict, reps: int) -> list[dict]:
+    """Eager and compiled forward of each model (same inputs); max |compiled - eager|."""
+    rows = []
+    for variant, model in models_.items():
+        torch._dynamo.reset()
+        ref = model(**inputs)[0]
+        compiled = torch.compile(model, fullgraph=True)
+        for mode, fn in (("eager", model), ("compiled", compiled)):
+            first, steady = _time_calls(lambda: fn(**inputs), reps)
+            row = dict(model=name, variant=variant, mode=mode, first_s=first, steady_s=steady)
+            if mode == "compiled":
+                row["max_abs_diff_vs_eager"] = float((fn(**inputs)[0] - ref).abs().max())
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def part_e(reps: int, wan_layers: int, wan_grid: tuple[int, int, int]) -> dict:
+    """Compiled vs eager whole-model forward (issue 20 item 3)."""
+    from diffusers import WanTransformer3DModel
+
+    from diffkit import models
+    from diffkit.attention import apply_ropeslr_
+    from diffkit.models import moving_digits_wan as mdw
+
+    rows = []
+    zoo = {
+        "dense": models.load("moving-digits-wan"),
+        "ropeslr": models.load("moving-digits-wan-ropeslr"),
+    }
+    c = zoo["dense"].config
+    g = torch.Generator().manual_seed(0)
+    v = mdw.VIDEO
+    x = torch.randn(2, c.in_channels, v["num_frames"], v["size"], v["size"], generator=g)
+    inputs = dict(hidden_states=x, timestep=torch.tensor([500.0, 500.0]),
+                  encoder_hidden_states=mdw.condition(torch.tensor([3, 7]), c.text_dim),
+                  return_dict=False)  # fmt: skip
+    rows += _compiled_rows("zoo (moving-digits-wan)", zoo, inputs, reps)
+    torch.manual_seed(0)
+    cfg = {**WAN_1_3B, "num_layers": wan_layers}
+    dense = WanTransformer3DModel(**cfg).eval()
+    sparse = WanTransformer3DModel(**cfg).eval()
+    sparse.load_state_dict(dense.state_dict())
+    apply_ropeslr_(sparse, RoPeSLRConfig(density=0.1, block_size=128, tile=(4, 4, 8)))
+    f, h, w = wan_grid
+    inputs = dict(hidden_states=torch.randn(1, 16, f, 2 * h, 2 * w, generator=g),
+                  timestep=torch.tensor([500.0]),
+                  encoder_hidden_states=torch.randn(1, 512, 4096, generator=g),
+                  return_dict=False)  # fmt: skip
+    name = f"Wan-1.3B-shaped, {wan_layers} blocks, {f * h * w} tokens"
+    rows += _compiled_rows(name, {"dense": dense, "ropeslr": sparse}, inputs, reps)
+    return {"rows": rows, "wan_layers": wan_layers, "wan_grid": list(wan_grid), "reps": reps}
+
+
+def _compiled_table(res: dict) -> None:
+    lines = [
+        "| model | variant | eager first / steady (s) | compiled first / steady (s) | "
+        "compiled speedup (steady) | max diff vs eager |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = res["rows"]
+    for e, c in zip(rows[0::2], rows[1::2]):
+        lines.append(
+            f"| {e['model']} | {e['variant']} | {e['first_s']:.2f} / {e['steady_s']:.3f} | "
+            f"{c['first_s']:.1f} / {c['steady_s']:.3f} | {e['steady_s'] / c['steady_s']:.2f}x | "
+            f"{c['max_abs_diff_vs_eager']:.1e} |"
+        )
+    env = res["env"]
+    lines.append(
+        f"\n{env['cpu']}, torch {env['torch']}, {env['threads']} thread(s), fp32, median of "
+        f"{res['reps']}; load average {env['loadavg_start']} -> {env['loadavg_end']}."
+    )
+    (RESULTS / "attention_compiled.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def _plots_and_table(res: dict) -> None:
     import matplotlib
 
@@ -638,7 +753,8 @@ def main() -> None:
         epilog="On a CUDA machine part (a) runs on the GPU and writes attention_gpu.json/.md "
         "(the CPU results are left as they are), after an agreement check of the CUDA backend.",
     )
-    ap.add_argument("--part", action="append", choices=["a", "b", "c", "d"], help="parts to run")
+    ap.add_argument("--part", action="append", choices=["a", "b", "c", "d", "e"],
+                    help="parts to run (default a-d; e, torch.compile, only on request)")  # fmt: skip
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768],
                     help="token counts L of part (a)")  # fmt: skip
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 128], help="head dims of (a)")
@@ -649,7 +765,10 @@ def main() -> None:
     ap.add_argument("--tile", type=int, nargs=3, default=[4, 4, 8], help="3D tile (t h w)")
     ap.add_argument("--heads", type=int, default=1, help="attention heads in (a)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of (a)")
+    ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+                    help="dtype of (a): auto measures fp32 AND the machine's fast dtype "
+                         "(diffkit.core.machine.fast_dtype: bf16 on CUDA and on AMX/AVX-512-BF16 "
+                         "CPUs), so SDPA is also timed in the dtype a user would pick")  # fmt: skip
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="where (a) runs (auto: cuda when available)")  # fmt: skip
     ap.add_argument("--tune-flex", type=int, nargs="*", default=None, metavar="L",
@@ -662,12 +781,18 @@ def main() -> None:
                     help="token counts of (d)")  # fmt: skip
     ap.add_argument("--pipeline-steps", type=int, default=10, help="sampling steps in (d)")
     ap.add_argument("--pipeline-reps", type=int, default=3, help="timed generations in (d)")
+    ap.add_argument("--wan-layers", type=int, default=2, help="blocks of the Wan-1.3B shape (e)")
+    ap.add_argument("--wan-grid", type=int, nargs=3, default=[4, 16, 32],
+                    help="latent patch grid (t h w) of the Wan-1.3B shape in (e)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu"
     )  # fmt: skip
+    fast = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(fast_dtype(device), "fp32")
+    a_dtypes = list(dict.fromkeys(["fp32", fast])) if args.dtype == "auto" else [args.dtype]
+    one_dtype = fast if args.dtype == "auto" else args.dtype
     if device == "cuda":  # GPU figures go beside the CPU ones, never over them
         path = RESULTS / "attention_gpu.json"
         res = {"env": _env(), "settings": vars(args)}
@@ -686,34 +811,46 @@ def main() -> None:
         save()
         if args.tune_flex:
             res["flex_tuning"] = tune_flex(args.tune_flex, args.dims, args.heads, 0.1,
-                                           args.block, tuple(args.tile), args.dtype)  # fmt: skip
+                                           args.block, tuple(args.tile), one_dtype)  # fmt: skip
             save()
         part_a(args.lengths, args.dims, args.densities, args.reps, args.block,
-               tuple(args.tile), args.heads, device, args.dtype, on_rows=save,
+               tuple(args.tile), args.heads, device, one_dtype, on_rows=save,
                time_budget=args.time_budget)  # fmt: skip
         res["env"]["loadavg_end"] = os.getloadavg()
         save()
         print(f"wrote {path}")
         return
+    parts = args.part or ["a", "b", "c", "d"]
+    if "e" in parts:  # its own files: attention.json keeps the env of the run that made it
+        out = {"env": _env(), **part_e(args.reps, args.wan_layers, tuple(args.wan_grid))}
+        out["env"]["loadavg_end"] = os.getloadavg()
+        (RESULTS / "attention_compiled.json").write_text(json.dumps(out, indent=1))
+        _compiled_table(out)
+        parts = [p for p in parts if p != "e"]
+        if not parts:
+            return
     path = RESULTS / "attention.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
-    parts = args.part or ["a", "b", "c", "d"]
     if parts == ["d"]:  # keep the machine record of the parts that did not run
         res.setdefault("env", _env())
     else:
         res["env"] = _env()
     if "a" in parts:
-        res["speed"] = part_a(
-            args.lengths,
-            args.dims,
-            args.densities,
-            args.reps,
-            args.block,
-            tuple(args.tile),
-            args.heads,
-            device,
-            args.dtype,
-        )
+        res["speed"] = [
+            row
+            for dt in a_dtypes
+            for row in part_a(
+                args.lengths,
+                args.dims,
+                args.densities,
+                args.reps,
+                args.block,
+                tuple(args.tile),
+                args.heads,
+                device,
+                dt,
+            )
+        ]
         res["flop_crosscheck"] = flop_crosscheck()
         res["speed_settings"] = vars(args)
     if "b" in parts:

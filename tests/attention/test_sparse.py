@@ -240,3 +240,20 @@ def test_estimate_lse_compiled_matches_eager():
     idx, valid = _select(q, k, 64, 3)
     want = estimate_lse(q, k, idx, valid, 64)
     assert (estimate_lse(q, k, idx, valid, 64, compiled=True) - want).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+def test_estimate_lse_compiles_once_for_all_resolutions():
+    """The compiled estimate marks the block count and selection width dynamic: a second
+    resolution (other n and k) reuses the kernel (issue 17: it recompiled per resolution)."""
+    import torch._dynamo
+
+    from diffkit.attention.sparse import estimate_lse
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for length, kk in ((1000, 3), (2200, 5)):
+            q, k, _ = _qkv(length, dtype=torch.float32)
+            idx, valid = _select(q, k, 64, kk)
+            want = estimate_lse(q, k, idx, valid, 64)
+            assert (estimate_lse(q, k, idx, valid, 64, compiled=True) - want).abs().max() < 1e-4

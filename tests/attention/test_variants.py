@@ -76,10 +76,13 @@ def test_wan22_two_experts_density_one_sparse_and_save_load(tmp_path):
     assert torch.equal(_latents(loaded), sparse)
 
 
-def test_wan22_experts_count_one_sampling_run():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_wan22_experts_count_one_sampling_run(compiled):
     """dense_first_steps=2 with expert 1 taking the first 2 steps: the low-noise expert must run
     sparse from its first step (with a step count of its own it would restart at 0 and stay
-    dense). Spike only (background=False), so the result does not depend on new parameters."""
+    dense). Spike only (background=False), so the result does not depend on new parameters.
+    Compiled: both experts under torch.compile (the traced counter lives in expert 1's buffers
+    and expert 2 reads and writes the same ones)."""
     spike = RoPeSLRConfig(
         density=0.34, block_size=16, tile=(1, 4, 4), background=False, backend="reference"
     )
@@ -89,6 +92,10 @@ def test_wan22_experts_count_one_sampling_run():
     shared.register_to_config(boundary_ratio=ratio)
     dense = _latents(shared)
     apply_ropeslr_pipeline_(shared, dataclasses.replace(spike, dense_first_steps=2))
+    if compiled:
+        for t in (shared.transformer, shared.transformer_2):
+            t.compile(backend="eager", fullgraph=True)
+        assert not hasattr(shared.transformer_2, "_ropeslr_step")  # one counter, expert 1's
     out = _latents(shared)
     # the same computation spelled out: expert 1 untouched (dense), expert 2 sparse throughout
     expected = pipeline("WanPipeline", transformer=t1, transformer_2=t2, boundary_ratio=ratio)

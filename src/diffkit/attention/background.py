@@ -90,8 +90,9 @@ class RoPeSLRParams(nn.Module):
     """The new, learnable parameters of one attention layer (spec b.3-b.5).
 
     U_q, U_k (H or 1, d, r); APE (fourier: beta (H, r/2), optional omega; table: E_a); per-head
-    pe_scale gamma (H,); gate w (H, d) zero-initialised and b (H,); mass-merge log lambda (H,).
-    About H (2 d r + r + d + 1) numbers per layer.
+    pe_scale gamma (H,); gate w (H, d) zero-initialised and b (H,); log lambda (H,) only with
+    merge="mass" (the gated merge has no lambda, and a parameter without a gradient would be
+    counted as trainable and never change). About H (2 d r + r + d + 1) numbers per layer.
     """
 
     def __init__(self, config: RoPeSLRConfig, heads: int, head_dim: int) -> None:
@@ -109,7 +110,8 @@ class RoPeSLRParams(nn.Module):
         self.pe_scale = nn.Parameter(torch.full((heads,), float(config.pe_scale_init)))
         self.gate_w = nn.Parameter(torch.zeros(heads, head_dim))
         self.gate_b = nn.Parameter(torch.full((heads,), float(config.gate_bias_init)))
-        self.log_lambda = nn.Parameter(torch.zeros(heads))
+        if config.merge == "mass":  # lambda is the mass merge's only: no dead parameter
+            self.log_lambda = nn.Parameter(torch.zeros(heads))
         omegas, betas = [], []
         for dim_a, n_max in zip(self.axis_dims, config.ape_max_len):
             m = dim_a // 2
@@ -299,20 +301,28 @@ def merge_mass(
     o = (o_s + r N) / (1 + r Z) with r = lambda e^{-lse} per token, so only two passes touch
     (L, d): one multiply-add and one division; ``inplace`` writes them into ``o_s`` (the caller's
     own buffer, no gradient needed). Where r overflows (a spike with next to no mass against the
-    background) the form stabilised by the running max is used instead.
+    background) the form stabilised by the running max is used instead; under torch.compile /
+    torch.export always (a traced graph cannot branch on data; the compiler fuses it).
     """
     lam = lam.to(o_s.dtype)[:, None]
     den = den.clamp(min=0)
+    if torch.compiler.is_compiling():  # no data-dependent branch in a traced graph
+        return _merge_mass_stable(o_s, lse, num, den, lam)
     r = (lam * torch.exp(-lse)).to(o_s.dtype)
     if not bool(torch.isfinite(r).all()):
-        log_bg = torch.log((lam * den).clamp(min=torch.finfo(o_s.dtype).tiny))
-        m = torch.maximum(lse, log_bg)
-        w_s, w_bg = torch.exp(lse - m), torch.exp(-m) * lam
-        numer = w_s[..., None] * o_s + w_bg[..., None] * num
-        return numer / (w_s + w_bg * den)[..., None]
+        return _merge_mass_stable(o_s, lse, num, den, lam)
     denom = torch.addcmul(torch.ones_like(r), r, den)
     out = o_s.addcmul_(r[..., None], num) if inplace else torch.addcmul(o_s, r[..., None], num)
     return out.div_(denom[..., None])
+
+
+def _merge_mass_stable(o_s, lse, num, den, lam):
+    """:func:`merge_mass` stabilised by the running max of the two log-masses (den >= 0)."""
+    log_bg = torch.log((lam * den).clamp(min=torch.finfo(o_s.dtype).tiny))
+    m = torch.maximum(lse, log_bg)
+    w_s, w_bg = torch.exp(lse - m), torch.exp(-m) * lam
+    numer = w_s[..., None] * o_s + w_bg[..., None] * num
+    return numer / (w_s + w_bg * den)[..., None]
 
 
 def merge_mass_readout(

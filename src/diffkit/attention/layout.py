@@ -125,12 +125,15 @@ def select_blocks(
     forced: torch.Tensor | None = None,
     mode: str = "topk",
     top_p: float = 0.9,
+    forced_per_row: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Key blocks per query block (spec b.2 steps 3-4).
 
     Returns ``idx`` (B, H, n, k') long, sorted ascending among valid entries, and ``valid``
     (B, H, n, k') bool; k' = max(k, most forced blocks in a row). Forced blocks count inside the
     budget. ``mode="topp"`` keeps the smallest prefix whose softmax(S) mass reaches ``top_p``.
+    ``forced_per_row`` is the most forced blocks in a row when the caller knows it (a shape, so
+    under torch.compile it must not be read from ``forced``'s data: that is a graph break).
     """
     n = scores.shape[-1]
     if mode not in ("topk", "topp"):
@@ -138,7 +141,9 @@ def select_blocks(
     s = scores
     if forced is not None:
         forced = forced.to(scores.device)
-        k = max(k, int(forced.sum(-1).max()))
+        if forced_per_row is None:
+            forced_per_row = int(forced.sum(-1).max())
+        k = max(k, forced_per_row)
         s = scores.masked_fill(forced, float("inf"))
     k = min(k, n)
     top, idx = torch.topk(s, k, dim=-1, sorted=True)

@@ -52,54 +52,137 @@ class RoPeSLRState:
     ``mode``: "sparse" (RoPeSLR), "dense" (the original attention, e.g. a teacher pass), "align"
     (compute both, record the per-layer MSE, pass the dense output on: stage-1 alignment) or
     "aux" (compute both, record the MSE, pass the sparse output on: stage-2 auxiliary loss).
+
+    ``dense_step`` is the ``dense_first_steps`` decision of the current call, made by the
+    transformer's pre-hook: a Python bool when the hook runs eagerly (plain eager use, or
+    ``compile_repeated_blocks``: the compiled blocks then hold one variant per value, at most two),
+    a 0-d bool tensor when the hook itself is traced (``torch.compile(model)``, ``torch.export``),
+    where the processors branch on it with ``torch.cond`` inside the one graph. ``step`` and
+    ``last_t`` are the eager counter; the traced one lives in the transformer's non-persistent
+    buffers ``_ropeslr_step`` / ``_ropeslr_last_t``. ``layer_errors`` maps layer -> detached
+    per-layer MSE tensor (align/aux modes).
     """
 
     config: RoPeSLRConfig
     grid: tuple[int, int, int] | None = None
     step: int = 0
     last_t: float | None = None
+    dense_step: bool | torch.Tensor = False
     mode: str = "sparse"
     density: float | None = None
     losses: list = field(default_factory=list)
     layer_errors: dict = field(default_factory=dict)
+    # The transformer whose buffers hold the traced counter. Transformers that share this state
+    # (Wan2.2's two experts) read and write that one's buffers, so under torch.compile they count
+    # one sampling run's steps together, as the eager counter does; it moves with ``pipe.to()``.
+    counter_owner: nn.Module | None = field(default=None, repr=False, compare=False)
 
-    def dense_now(self, layer: int) -> bool:
-        c = self.config
-        return (
-            self.mode == "dense" or layer < c.dense_first_layers or self.step < c.dense_first_steps
-        )
+
+def _noise_level(timestep: torch.Tensor) -> torch.Tensor:
+    """The call's noise level: the largest timestep of the batch and tokens. Per-token timesteps
+    give conditioning tokens t = 0 (Wan2.2 TI2V's first frame), so the first entry is not it."""
+    return torch.as_tensor(timestep).detach().float().amax()
 
 
 def _observe(state: RoPeSLRState, grid: tuple[int, int, int], timestep) -> None:
+    """Eager step counter: step 0 when a sampling run starts (t rises), +1 when t falls."""
     state.grid = grid
-    if timestep is None:
+    if timestep is None or not state.config.dense_first_steps:
+        state.dense_step = False
         return
-    t = float(torch.as_tensor(timestep).float().flatten()[0])
+    t = float(_noise_level(timestep))
     if state.last_t is None or t > state.last_t:  # a new sampling run starts from high noise
         state.step = 0
     elif t < state.last_t:
         state.step += 1
     state.last_t = t
+    state.dense_step = state.step < state.config.dense_first_steps
+
+
+def _observe_traced(state: RoPeSLRState, module: nn.Module, grid, timestep) -> None:
+    """:func:`_observe` as tensor ops on the transformer's buffers, for a traced hook (no Python
+    value depends on the timestep, so there is no graph break and no guard on the step). The
+    last timestep is kept as the int32 bits of its fp32 value: ``model.to(dtype)`` casts floating
+    buffers, and bf16 would merge neighbouring timesteps."""
+    state.grid = grid
+    if timestep is None or not state.config.dense_first_steps:
+        state.dense_step = False
+        return
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(timestep, FakeTensor):  # only torch.export's non-strict mode shows fakes
+        raise ValueError(
+            "RoPeSLRConfig.dense_first_steps="
+            f"{state.config.dense_first_steps}: torch.export's default non-strict tracing cannot "
+            "trace the dense/sparse torch.cond (PyTorch 2.13); export with "
+            "torch.export.export(..., strict=True), or with dense_first_steps=0"
+        )
+    t = _noise_level(timestep)
+    last = module._ropeslr_last_t.view(torch.float32)
+    step = module._ropeslr_step
+    step = torch.where(t > last, torch.zeros_like(step), step + (t < last).to(step.dtype))
+    module._ropeslr_step.copy_(step)
+    module._ropeslr_last_t.copy_(t.view(torch.int32))
+    state.dense_step = step < state.config.dense_first_steps
 
 
 class _RoPeSLRProcessorBase(nn.Module):
     def __init__(self, config: RoPeSLRConfig, heads: int, head_dim: int, layer: int, state) -> None:
         super().__init__()
         self.config, self.layer, self.heads = config, layer, heads
+        # Decided here, not per call: a per-layer int read in the forward would make a compiled
+        # block recompile for every layer (compile_repeated_blocks).
+        self.dense_layer = layer < config.dense_first_layers
         self.params = RoPeSLRParams(config, heads, head_dim)
         object.__setattr__(self, "state", state)  # shared, not a submodule
 
     def _attend(self, q, k, v, q_pre, k_pre, grid, sink=(None, None, None)) -> torch.Tensor:
-        """(B, H, L, d) tensors -> attention output, honouring mode and dense switches."""
+        """(B, H, L, d) tensors -> attention output, honouring mode and dense switches.
+
+        ``dense_first_steps`` applies to sampling ("sparse" mode) only; training modes see
+        random timesteps, which are not a sampling run.
+        """
+        st = self.state
+        if st.mode == "dense" or self.dense_layer:
+            return self._dense(q, k, v, sink)
+        dense_step = st.dense_step if st.mode == "sparse" else False
+        if isinstance(dense_step, torch.Tensor):  # traced hook: both branches in one graph
+            return self._cond(dense_step, q, k, v, q_pre, k_pre, grid, sink)
+        if dense_step:
+            return self._dense(q, k, v, sink)
+        return self._ropeslr(q, k, v, q_pre, k_pre, grid, sink)
+
+    def _cond(self, dense_step, q, k, v, q_pre, k_pre, grid, sink) -> torch.Tensor:
+        """``torch.cond`` between the dense and the RoPeSLR attention. Its operands must not alias
+        one another (HunyuanVideo's video and text keys are views of one tensor), so they are
+        copied (O(L d), against the attention's O(L^2 d density)); both branches return
+        contiguous outputs (cond needs one memory layout)."""
+        args = (q, k, v, q_pre, k_pre, *sink)
+        present = [a is not None for a in args]
+        operands = tuple(a.clone() for a in args if a is not None)
+
+        def unpack(xs):
+            it = iter(xs)
+            return [next(it) if p else None for p in present]
+
+        def dense(*xs):
+            a = unpack(xs)
+            return self._dense(a[0], a[1], a[2], tuple(a[5:])).contiguous()
+
+        def sparse(*xs):
+            a = unpack(xs)
+            return self._ropeslr(*a[:5], grid, tuple(a[5:])).contiguous()
+
+        return torch.cond(dense_step, dense, sparse, operands)
+
+    def _ropeslr(self, q, k, v, q_pre, k_pre, grid, sink) -> torch.Tensor:
         st = self.state
         dense = None
-        if st.dense_now(self.layer) or st.mode in ("align", "aux") or self.config.dense_heads:
+        if st.mode in ("align", "aux") or self.config.dense_heads:
             with torch.set_grad_enabled(
                 torch.is_grad_enabled() and st.mode not in ("align", "aux")
             ):
                 dense = self._dense(q, k, v, sink)
-        if st.dense_now(self.layer):
-            return dense
         out = ropeslr_attention(
             q,
             k,
@@ -122,7 +205,7 @@ class _RoPeSLRProcessorBase(nn.Module):
             dense = dense.detach()
             err = (out - dense).pow(2).mean()
             st.losses.append(err / dense.pow(2).mean().clamp(min=1e-12))
-            st.layer_errors[self.layer] = float(err.detach())
+            st.layer_errors[self.layer] = err.detach()
             return dense if st.mode == "align" else out
         return out
 
@@ -274,11 +357,12 @@ def apply_ropeslr_(
     """Install RoPeSLR processors in place; returns {module name: replaced processor}.
 
     ``layers`` restricts to these self-attention layer indices (default: all). The new
-    parameters are created in the transformer's dtype and device. ``state`` shares another
-    transformer's :class:`RoPeSLRState` (same config): the two experts of a Wan2.2 pipeline then
-    count one sampling run's steps together (see :func:`apply_ropeslr_pipeline_`). The config
-    and layers are recorded in the model's diffusers config (private key ``_ropeslr``), so
-    ``save_pretrained`` writes them and :func:`load_ropeslr_` restores them.
+    parameters follow the attention weights' dtype and device (not the transformer's first
+    parameter: diffusers keeps some, e.g. Wan's ``scale_shift_table``, in fp32). ``state`` shares
+    another transformer's :class:`RoPeSLRState` (same config): the two experts of a Wan2.2
+    pipeline then count one sampling run's steps together (see :func:`apply_ropeslr_pipeline_`).
+    The config and layers are recorded in the model's diffusers config (private key
+    ``_ropeslr``), so ``save_pretrained`` writes them and :func:`load_ropeslr_` restores them.
     """
     if getattr(transformer, "_ropeslr_state", None) is not None:
         raise ValueError("RoPeSLR is already applied to this transformer; remove_ropeslr_ first")
@@ -293,7 +377,9 @@ def apply_ropeslr_(
         raise ValueError("apply_ropeslr_(state=...): the shared state holds a different config")
     state = RoPeSLRState(config=config) if state is None else state
     cls = RoPeSLRWanProcessor if kind == "wan" else RoPeSLRHunyuanProcessor
-    ref = next(transformer.parameters())
+    ref = mods[0][1].to_q.weight
+    if not ref.dtype.is_floating_point:  # e.g. an integer-quantized projection
+        ref = next(p for p in transformer.parameters() if p.dtype.is_floating_point)
     replaced = {}
     for i, (name, mod) in enumerate(mods):
         if layers is not None and i not in layers:
@@ -302,11 +388,24 @@ def apply_ropeslr_(
         proc = cls(config, heads, head_dim, i, state).to(device=ref.device, dtype=ref.dtype)
         mod.set_processor(proc)
 
+    # The traced step counter (see RoPeSLRState); int buffers, so model.to(dtype) leaves them.
+    # Held by the first transformer of a shared state only (see RoPeSLRState.counter_owner).
+    if state.counter_owner is None:
+        last_t = torch.tensor(float("-inf"), dtype=torch.float32).view(torch.int32)
+        transformer.register_buffer("_ropeslr_last_t", last_t.to(ref.device), persistent=False)
+        step = torch.zeros((), dtype=torch.long, device=ref.device)
+        transformer.register_buffer("_ropeslr_step", step, persistent=False)
+        state.counter_owner = transformer
+
     def hook(module, args, kwargs):
         x = args[0] if args else kwargs["hidden_states"]
         ts = args[1] if len(args) > 1 else kwargs.get("timestep")
         f, h, w = x.shape[-3:]
-        _observe(state, (f // patch[0], h // patch[1], w // patch[2]), ts)
+        grid = (f // patch[0], h // patch[1], w // patch[2])
+        if torch.compiler.is_compiling():
+            _observe_traced(state, state.counter_owner, grid, ts)
+        else:
+            _observe(state, grid, ts)
 
     handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
     transformer._ropeslr_state = state
@@ -324,6 +423,11 @@ def remove_ropeslr_(transformer: nn.Module, replaced: dict[str, object]) -> None
     handle = getattr(transformer, "_ropeslr_hook", None)
     if handle is not None:
         handle.remove()
+    for name in ("_ropeslr_step", "_ropeslr_last_t"):
+        transformer._buffers.pop(name, None)
+    state = getattr(transformer, "_ropeslr_state", None)
+    if state is not None and state.counter_owner is transformer:
+        state.counter_owner = None
     transformer._ropeslr_state = None
     transformer._ropeslr_hook = None
     _record_config(transformer, None, None)

@@ -84,8 +84,7 @@ def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.index_select(x, 2, index)
 
 
-@functools.lru_cache(maxsize=32)
-def _layout(
+def _layout_tensors(
     grid: tuple[int, int, int],
     tile: tuple[int, int, int],
     block: int,
@@ -93,7 +92,7 @@ def _layout(
     tiled: bool,
     device: torch.device = torch.device("cpu"),
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """Shape-only layout (cached per device): perm, inverse, tile-major positions, forced mask."""
+    """Shape-only layout: perm, inverse, tile-major positions, forced mask (traceable)."""
     length = grid[0] * grid[1] * grid[2]
     n = num_blocks(length, block)
     pos = grid_positions(grid)
@@ -103,6 +102,38 @@ def _layout(
     tiles = block_tiles(grid, tile, perm, block)
     out = perm, inverse_permutation(perm), pos[perm], forced_blocks(n, tiles, radius)
     return tuple(t.to(device) for t in out)
+
+
+_layout_cached = functools.lru_cache(maxsize=32)(_layout_tensors)
+
+
+def _layout(grid, tile, block, radius, tiled, device=torch.device("cpu")):
+    """:func:`_layout_tensors`, cached per shape and device in eager mode. Under torch.compile or
+    torch.export the (cheap, shape-only) layout is traced instead: a cache filled while tracing
+    would hold fake tensors, and dynamo ignores ``lru_cache`` anyway."""
+    if torch.compiler.is_compiling():
+        return _layout_tensors(grid, tile, block, radius, tiled, device)
+    return _layout_cached(grid, tile, block, radius, tiled, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _forced_per_row_cached(grid, tile, block, radius, tiled) -> int:
+    if not tiled or radius == 0:
+        return 1  # only the diagonal
+    # Computed from real tensors even while torch.export traces with fake ones.
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+        forced = _layout_tensors(grid, tile, block, radius, tiled)[3]
+        return int(forced.sum(-1).max())
+
+
+@torch.compiler.assume_constant_result
+def _forced_per_row(grid, tile, block, radius, tiled) -> int:
+    """Most forced key blocks of any query block: a shape (the selection's width), so it is a
+    Python int known before tracing (dynamo calls this function once per shape and treats the
+    result as a constant; reading it from the forced mask would be a data-dependent break)."""
+    return _forced_per_row_cached(grid, tile, block, radius, tiled)
 
 
 def _plan_tiled(
@@ -117,14 +148,16 @@ def _plan_tiled(
     g = _grid_for(length, grid)
     n = num_blocks(length, config.block_size)
     dev = q.device
-    perm, inv, pos, forced = _layout(
-        g, tuple(config.tile), config.block_size, config.local_radius, grid is not None, dev
-    )
+    shape = (g, tuple(config.tile), config.block_size, config.local_radius, grid is not None)
+    perm, inv, pos, forced = _layout(*shape, dev)
     if perm is not None:
         q, k = _take(q, perm), _take(k, perm)
     rho = config.density_for(length) if density is None else density
     scores = block_scores(q, k, config.block_size)
-    idx, valid = select_blocks(scores, num_selected(rho, n), forced, config.selection, config.top_p)
+    budget = num_selected(rho, n)
+    idx, valid = select_blocks(
+        scores, budget, forced, config.selection, config.top_p, _forced_per_row(*shape)
+    )
     return BlockPlan(perm, inv, pos, idx, valid, n, rho, g), q, k
 
 

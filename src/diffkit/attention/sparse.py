@@ -366,8 +366,8 @@ def estimate_lse(
 
     ``compiled`` (inference) evaluates the k selected blocks per query as one fused
     torch.compile kernel instead of a batched matmul with k columns, which the CPU's batched
-    GEMM runs at a fraction of its speed (k ~ 13 at 16K tokens); the first call per shape
-    compiles (~10 s), as compiled flex does.
+    GEMM runs at a fraction of its speed (k ~ 13 at 16K tokens); the first call compiles
+    (~10 s), once for all resolutions (the block count and selection width are dynamic).
     """
     bsz, heads, length, d = q.shape
     n = num_blocks(length, block)
@@ -386,6 +386,8 @@ def estimate_lse(
     qb = q.unflatten(2, (n, block))  # (B, H, n, b, d)
     m_s, v_s = mean * scale, var.clamp_min(0) * (scale * scale / 2)
     if compiled:
+        if not torch.compiler.is_compiling():  # (inside a compiled model it is simply inlined)
+            _mark_blocks_dynamic(qb, m_s, v_s, idx, bias)
         lse = _compiled_lse_from_stats()(qb, m_s, v_s, idx, bias)
     else:  # one batched matmul for both terms: [q, q*q] (b, 2d) @ [m_s, v_s]^T (2d, k)
         stats = torch.cat([m_s, v_s], -1)  # (B, H, n, 2d)
@@ -407,10 +409,21 @@ def lse_from_block_stats(
     return torch.logsumexp(z + bias[:, :, :, None, :], -1)
 
 
+def _mark_blocks_dynamic(qb, m_s, v_s, idx, bias) -> None:
+    """Mark the block count n (dim 2) and the selection width k (idx / bias dim 3) dynamic, so
+    the compiled estimate is one kernel for every resolution instead of one per (n, k) (issue 17:
+    a static kernel recompiled per resolution). Head dim and block size stay static."""
+    for t in (qb, m_s, v_s, idx, bias):
+        torch._dynamo.maybe_mark_dynamic(t, 2)
+    for t in (idx, bias):
+        torch._dynamo.maybe_mark_dynamic(t, 3)
+
+
 def _compiled_lse_from_stats():
     if "lse" not in _COMPILED:
         _raise_recompile_limit()
-        _COMPILED["lse"] = torch.compile(lse_from_block_stats, dynamic=False)
+        # dynamic=None: the dims marked by _mark_blocks_dynamic are symbolic, the rest static
+        _COMPILED["lse"] = torch.compile(lse_from_block_stats)
     return _COMPILED["lse"]
 
 
