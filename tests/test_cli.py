@@ -26,7 +26,16 @@ print("EXIT", code, "HEAVY", ",".join(heavy) or "-")
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["tour", "--help"], ["zoo", "--help"], ["env", "-h"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["tour", "--help"],
+        ["zoo", "--help"],
+        ["env", "-h"],
+        *([name, "--help"] for name in ("curate", "align", "distill", "sparsify", "quantize")),
+    ],
+)
 def test_help_imports_no_torch(args):
     """`diffkit --help` answers without importing torch (that import alone takes seconds)."""
     code = _HELP_PROBE.format(args=args)
