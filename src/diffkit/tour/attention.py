@@ -87,6 +87,14 @@ def build(section, ctx) -> None:
             {"quantity": "crop FID, dense (zoo metrics)", "value": dq.get("fid")},
             {"quantity": "crop FID, RoPeSLR (zoo metrics)", "value": q.get("fid")},
         ]
+    acc = (zm or {}).get("dense_sample_quality", {}).get("frame_accuracy")
+    if acc is not None and acc < 0.5:
+        section.text(
+            f"**Read the samples above as noise.** The shipped `moving-digits-wan` does not yet "
+            f"generate digits (per-frame digit accuracy {acc:.2f}; chance is 0.10). The figures "
+            "here say how far RoPeSLR moves the model's output from dense attention, not whether "
+            "sample quality survives; that needs a generating video model (open work)."
+        )
     section.table(
         summary,
         "quality and cost measured in this run; the rows marked *zoo metrics* are read from the "
