@@ -10,6 +10,7 @@ METHODS = {"align", "distill", "attention", "quantize", "curate"}
 # Layers: core -> {models, data, config, report, train} -> methods -> {tour, zoo, cli}.
 # Module files at the top of the package (train.py, config.py) are checked like packages.
 ALLOWED = {
+    "lazy": set(),  # lazy package namespaces (PEP 562): imports nothing of ours, usable anywhere
     "core": set(),
     "data": {"core"},
     "models": {"core", "data"},
@@ -47,7 +48,7 @@ def test_layering_rule():
         for f in files:
             if not f.exists():
                 continue
-            bad = _imports(f) - allowed - {pkg}
+            bad = _imports(f) - allowed - {pkg, "lazy"}
             if bad:
                 violations.append(f"{f.relative_to(SRC)} imports diffkit.{sorted(bad)}")
     assert not violations, "layering violations:\n" + "\n".join(violations)
@@ -66,3 +67,27 @@ def test_top_level_import_is_light():
     code = "import sys, diffkit; heavy = [m for m in ('diffusers', 'transformers', 'accelerate', 'ray', 'matplotlib') if m in sys.modules]; print(heavy)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_lazy_exports_resolve_on_first_access_and_name_the_package():
+    import importlib
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, diffkit.align as a; heavy = 'torch' in sys.modules; "
+        "x = a.LinearDPOConfig; print(heavy, 'torch' in sys.modules, 'LinearDPOConfig' in vars(a), "
+        "'LinearDPOConfig' in dir(a))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True", "True"]
+    for pkg in ("align", "attention", "curate", "distill", "quantize"):
+        mod = importlib.import_module(f"diffkit.{pkg}")
+        for name in mod.__all__:  # every advertised name resolves
+            assert getattr(mod, name) is not None, (pkg, name)
+        try:
+            mod.no_such_name  # noqa: B018
+        except AttributeError as e:
+            assert f"'diffkit.{pkg}'" in str(e) and "no_such_name" in str(e)
+        else:
+            raise AssertionError(f"diffkit.{pkg}.no_such_name resolved")

@@ -6,8 +6,7 @@ The public names below are imported on first access (PEP 562), so ``diffkit.alig
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from diffkit.lazy import lazy_exports
 
 _EXPORTS = {
     "hinge_dpo_loss": "losses",
@@ -30,18 +29,4 @@ _EXPORTS = {
     "make_reference": "reference",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'diffkit.align' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"diffkit.align.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

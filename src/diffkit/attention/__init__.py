@@ -14,8 +14,7 @@ Names are imported on first use (``__getattr__``), so ``import diffkit.attention
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from diffkit.lazy import lazy_exports
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "background": ("RoPeSLRParams", "fourier_ape"),
@@ -52,16 +51,4 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'diffkit.attention' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"diffkit.attention.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _WHERE)

@@ -10,7 +10,7 @@ Names are resolved lazily so ``import diffkit.curate`` imports neither pyarrow n
 
 from __future__ import annotations
 
-import importlib
+from diffkit.lazy import lazy_exports
 
 _EXPORTS = {
     "Stage": "stage",
@@ -56,14 +56,4 @@ _EXPORTS = {
     "build_report": "report",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"diffkit.curate.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'diffkit.curate' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -13,8 +13,7 @@ does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from diffkit.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
@@ -50,17 +49,4 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("evaluate_features",), "evaluate"),
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"diffkit.distill.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'diffkit.distill' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -10,8 +10,7 @@ the names below are imported from their modules on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from diffkit.lazy import lazy_exports
 
 _EXPORTS = {
     "api": (
@@ -65,18 +64,4 @@ _EXPORTS = {
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 
-
-def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'diffkit.quantize' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"diffkit.quantize.{mod}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
-
-
-__all__ = sorted(_WHERE)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _WHERE)
