@@ -71,6 +71,13 @@ def test_error_is_at_most_half_a_step_per_element(bits, granularity, symmetric):
     assert float((err / (q.scale / 2)).max()) > 0.5
 
 
+def test_int4_with_odd_head_dim_pads_one_nibble_and_round_trips_within_half_a_step():
+    x = torch.randn(1, 2, 6, 15, generator=torch.Generator().manual_seed(2))
+    q = quantize_kv(x, 4, "token", symmetric=False)
+    assert q.codes.shape == (1, 2, 6, 8)
+    assert bool(((dequantize_kv(q) - x).abs() <= q.scale / 2 * (1 + 1e-4)).all())
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_symmetric_per_token_is_lossless_on_grid_values(bits):
     qmax = 2 ** (bits - 1) - 1

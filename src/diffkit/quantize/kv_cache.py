@@ -118,14 +118,28 @@ def quantize_kv(
     return QuantizedKV(codes, scale, offset, bits, x.shape[-1], x.dtype)
 
 
-def dequantize_kv(q: QuantizedKV) -> torch.Tensor:
-    """x̂ from :func:`quantize_kv`'s codes, in the input's dtype."""
-    codes = unpack_int4(q.codes, q.head_dim) if q.bits == 4 else q.codes
-    if q.offset is None:
-        x = (codes.float() - 2 ** (q.bits - 1)) * q.scale
+def dequantize_kv(q: QuantizedKV, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x̂ from :func:`quantize_kv`'s codes, in the input's dtype.
+
+    ``out``: an fp32 (..., S, head_dim) tensor (e.g. a slice of a larger buffer) to write x̂ into
+    in place; the codes are widened straight into it, without intermediate tensors.
+    """
+    shape = (*q.codes.shape[:-1], q.head_dim)
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32, device=q.codes.device)
+    if q.bits == 8:
+        out.copy_(q.codes)
+    elif q.head_dim % 2 == 0:  # low nibble -> even channel, high nibble -> odd channel
+        pairs = out.unflatten(-1, (q.head_dim // 2, 2))
+        pairs[..., 0].copy_(q.codes & 0x0F)
+        pairs[..., 1].copy_(q.codes >> 4)
     else:
-        x = codes.float() * q.scale + q.offset
-    return x.to(q.dtype)
+        out.copy_(unpack_int4(q.codes, q.head_dim))
+    if q.offset is None:
+        out.sub_(2 ** (q.bits - 1)).mul_(q.scale)
+    else:
+        out.mul_(q.scale).add_(q.offset)
+    return out.to(q.dtype)
 
 
 def fake_quantize_kv(
@@ -139,7 +153,8 @@ class QuantizedKVCache:
     """Per-block KV cache holding codes; same interface as ``causal_wan.KVCache``.
 
     Each :meth:`append` (one chunk's t = 0 refresh pass) is quantized as its own segment, so
-    per-channel scales never change once written; :meth:`get` dequantizes and concatenates.
+    per-channel scales never change once written; :meth:`get` dequantizes every segment straight
+    into one buffer (only one block's keys/values exist in full precision at a time).
     """
 
     def __init__(self, layers: int, config: KVCacheConfig) -> None:
@@ -156,14 +171,24 @@ class QuantizedKVCache:
     def get(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if not self.keys[i]:
             return None, None
-        return tuple(  # type: ignore[return-value]
-            torch.cat([dequantize_kv(s) for s in segs], dim=-2)
-            for segs in (self.keys[i], self.values[i])
-        )
+        return _dequantize_segments(self.keys[i]), _dequantize_segments(self.values[i])
 
     def nbytes(self) -> int:
         """Bytes held: codes (int4 packed two per byte) + fp32 scales (+ offsets)."""
         return sum(s.nbytes() for segs in self.keys + self.values for s in segs)
+
+
+def _dequantize_segments(segs: list[QuantizedKV]) -> torch.Tensor:
+    """Dequantize appended segments into one (..., S_total, head_dim) tensor, slice by slice."""
+    first = segs[0]
+    tokens = sum(s.codes.shape[-2] for s in segs)
+    buf = torch.empty(*first.codes.shape[:-2], tokens, first.head_dim, device=first.codes.device)
+    start = 0
+    for s in segs:
+        n = s.codes.shape[-2]
+        dequantize_kv(s, out=buf[..., start : start + n, :])
+        start += n
+    return buf.to(first.dtype)
 
 
 def quantize_kv_cache_(model: nn.Module, config: KVCacheConfig) -> nn.Module:
