@@ -110,6 +110,22 @@ def test_cache_bytes_are_codes_plus_scales_with_int4_packed_two_per_byte():
     assert fp.nbytes() / expect[KVCacheConfig(bits=4, granularity="channel")] > 6.5
 
 
+@pytest.mark.parametrize("lengths", [(48, 48, 48), (48, 16, 32)], ids=["equal", "unequal"])
+@pytest.mark.parametrize("cfg", CONFIGS + [KVCacheConfig(bits=4, granularity="channel")])
+def test_cache_returns_each_appended_chunk_fake_quantized_on_its_own(cfg, lengths):
+    g = torch.Generator().manual_seed(5)
+    cache = QuantizedKVCache(2, cfg)
+    ks, vs = [], []
+    for n in lengths:
+        k, v = torch.randn(2, 3, n, 16, generator=g), torch.randn(2, 3, n, 16, generator=g)
+        cache.append(1, k, v)
+        ks.append(fake_quantize_kv(k, cfg.bits, cfg.granularity, cfg.symmetric))
+        vs.append(fake_quantize_kv(v, cfg.bits, cfg.value_groups, cfg.symmetric))
+    k_hat, v_hat = cache.get(1)
+    assert torch.equal(k_hat, torch.cat(ks, 2)) and torch.equal(v_hat, torch.cat(vs, 2))
+    assert cache.get(0) == (None, None)
+
+
 def _reference_attention(chunk_tokens: int, cfg: KVCacheConfig):
     """SelfAttention.forward for a no-cache recomputation that sees earlier chunks' K/V quantized.
 

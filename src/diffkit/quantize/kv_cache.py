@@ -152,43 +152,75 @@ def fake_quantize_kv(
 class QuantizedKVCache:
     """Per-block KV cache holding codes; same interface as ``causal_wan.KVCache``.
 
-    Each :meth:`append` (one chunk's t = 0 refresh pass) is quantized as its own segment, so
-    per-channel scales never change once written; :meth:`get` dequantizes every segment straight
-    into one buffer (only one block's keys/values exist in full precision at a time).
+    Each :meth:`append` (one chunk's t = 0 refresh pass) is quantized on its own, so per-channel
+    scales never change once written, then concatenated to the block's codes and scales (per-token
+    scales along tokens; per-channel ones as one row per chunk). :meth:`get` dequantizes a block in
+    one pass (only one block's keys/values exist in full precision at a time).
     """
 
     def __init__(self, layers: int, config: KVCacheConfig) -> None:
         self.config = config
         self.frames = 0
-        self.keys: list[list[QuantizedKV]] = [[] for _ in range(layers)]
-        self.values: list[list[QuantizedKV]] = [[] for _ in range(layers)]
+        self.keys: list[QuantizedKV | None] = [None] * layers
+        self.values: list[QuantizedKV | None] = [None] * layers
+        self.lengths: list[list[int]] = [[] for _ in range(layers)]  # tokens per appended chunk
 
     def append(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
         c = self.config
-        self.keys[i].append(quantize_kv(k, c.bits, c.granularity, c.symmetric))
-        self.values[i].append(quantize_kv(v, c.bits, c.value_groups, c.symmetric))
+        self.keys[i] = _concat(self.keys[i], quantize_kv(k, c.bits, c.granularity, c.symmetric))
+        self.values[i] = _concat(
+            self.values[i], quantize_kv(v, c.bits, c.value_groups, c.symmetric)
+        )
+        self.lengths[i].append(k.shape[-2])
 
     def get(self, i: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if not self.keys[i]:
+        if self.keys[i] is None:
             return None, None
-        return _dequantize_segments(self.keys[i]), _dequantize_segments(self.values[i])
+        c, n = self.config, self.lengths[i]
+        return _dequantize(self.keys[i], c.granularity, n), _dequantize(
+            self.values[i], c.value_groups, n
+        )
 
     def nbytes(self) -> int:
         """Bytes held: codes (int4 packed two per byte) + fp32 scales (+ offsets)."""
-        return sum(s.nbytes() for segs in self.keys + self.values for s in segs)
+        return sum(q.nbytes() for q in self.keys + self.values if q is not None)
 
 
-def _dequantize_segments(segs: list[QuantizedKV]) -> torch.Tensor:
-    """Dequantize appended segments into one (..., S_total, head_dim) tensor, slice by slice."""
-    first = segs[0]
-    tokens = sum(s.codes.shape[-2] for s in segs)
-    buf = torch.empty(*first.codes.shape[:-2], tokens, first.head_dim, device=first.codes.device)
+def _concat(old: QuantizedKV | None, new: QuantizedKV) -> QuantizedKV:
+    """Append ``new``'s tokens (codes, and scales/offsets: per token or one row per chunk)."""
+    if old is None:
+        return new
+    offset = None if new.offset is None else torch.cat([old.offset, new.offset], -2)
+    return new._replace(
+        codes=torch.cat([old.codes, new.codes], -2),
+        scale=torch.cat([old.scale, new.scale], -2),
+        offset=offset,
+    )
+
+
+def _dequantize(q: QuantizedKV, granularity: KVGranularity, lengths: list[int]) -> torch.Tensor:
+    """Dequantize a block's concatenated codes; per-channel scales hold one row per chunk."""
+    if granularity == "token" or len(lengths) == 1:
+        return dequantize_kv(q)
+    if len(set(lengths)) == 1:  # equal chunks: (..., chunks, L, d) against (..., chunks, 1, d)
+        split = q._replace(
+            codes=q.codes.unflatten(-2, (len(lengths), lengths[0])),
+            scale=q.scale.unsqueeze(-2),
+            offset=None if q.offset is None else q.offset.unsqueeze(-2),
+        )
+        return dequantize_kv(split).flatten(-3, -2)
+    buf = torch.empty(*q.codes.shape[:-1], q.head_dim, device=q.codes.device)
     start = 0
-    for s in segs:
-        n = s.codes.shape[-2]
-        dequantize_kv(s, out=buf[..., start : start + n, :])
+    for j, n in enumerate(lengths):
+        rows = slice(j, j + 1)
+        seg = q._replace(
+            codes=q.codes[..., start : start + n, :],
+            scale=q.scale[..., rows, :],
+            offset=None if q.offset is None else q.offset[..., rows, :],
+        )
+        dequantize_kv(seg, out=buf[..., start : start + n, :])
         start += n
-    return buf.to(first.dtype)
+    return buf.to(q.dtype)
 
 
 def quantize_kv_cache_(model: nn.Module, config: KVCacheConfig) -> nn.Module:
