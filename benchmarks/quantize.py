@@ -324,6 +324,8 @@ KV_CONFIGS = {
         bits=4, granularity="channel", value_granularity="token", symmetric=False),
 }  # fmt: skip
 
+COMBO_KV = "int4 K per-channel, V per-token"
+
 
 def _fill_cache(cache, model, latents, labels):
     """Write a rollout's clean chunks into ``cache`` as rollout's t = 0 refresh passes do."""
@@ -363,6 +365,8 @@ def kv_bench(fp_model, n_videos, seeds, n_chunks, reps):
     cfg = {**fp_model.config, "num_frames": n_chunks * fp_model.config["chunk_frames"]}
     model = copy.deepcopy(fp_model)
     err = {name: [] for name in KV_CONFIGS}
+    combo = {"W8A8 RTN weights, fp32 cache": [], "W8A8 RTN weights + " + COMBO_KV: []}
+    w8, _ = quantized_copy(fp_model, RTNConfig(w_bits=8, a_bits=8), 4, 0)
     fp_power = []
     for seed in seeds:
         labels, noise = calibration_set(n_videos, 300 + seed, cfg)
@@ -376,6 +380,14 @@ def kv_bench(fp_model, n_videos, seeds, n_chunks, reps):
             ch = cfg["chunk_frames"]
             err[name].append([float(d[:, k * ch : (k + 1) * ch].mean()) for k in range(n_chunks)])
             log.info("kv %s seed %d: rollout mse %.3e", name, seed, float(d.mean()))
+        for name, kc in zip(combo, (None, KV_CONFIGS[COMBO_KV]), strict=True):
+            if kc is None:
+                remove_kv_cache_quantization_(w8)
+            else:
+                quantize_kv_cache_(w8, kc)
+            d = (generate(w8, labels, noise).double() - fp.double()).pow(2)
+            ch = cfg["chunk_frames"]
+            combo[name].append([float(d[:, k * ch : (k + 1) * ch].mean()) for k in range(n_chunks)])
     # bytes of the cache after the whole long video (batch 1), and of one 3-frame chunk of a
     # Wan2.1-1.3B-shaped block (12 heads x 128 dims, 1,560 tokens per latent frame); chunks are
     # quantized independently, so the ratio holds for any number of chunks
@@ -410,6 +422,10 @@ def kv_bench(fp_model, n_videos, seeds, n_chunks, reps):
         times[str(batch)] = {k: statistics.median(v) for k, v in t.items()}
         mins[str(batch)] = {k: min(v) for k, v in t.items()}
     fp_pow = statistics.mean(fp_power)
+    with_weights = {
+        name: [statistics.mean(e[k] for e in v) / fp_pow for k in range(n_chunks)]
+        for name, v in combo.items()
+    }
     rows = {}
     for name in KV_CONFIGS:
         per_chunk = [statistics.mean(e[k] for e in err[name]) for k in range(n_chunks)]
@@ -437,6 +453,7 @@ def kv_bench(fp_model, n_videos, seeds, n_chunks, reps):
         "timing_reps": reps,
         "rows": rows,
         "wan_attention": wan_attn,
+        "with_weight_quantization": with_weights,
         "machine": machine_info(),
         "loadavg": [round(v, 2) for v in os.getloadavg()],
     }
@@ -528,6 +545,12 @@ def markdown(r):
                 f"{e[-1]:.2e} | {m['time_ratio'][b1]:.2f} ({m['time_ratio_min'][b1]:.2f}) / "
                 f"{m['time_ratio'][bn]:.2f} ({m['time_ratio_min'][bn]:.2f}) |"
             )
+        ww = kv.get("with_weight_quantization")
+        if ww:
+            lines += ["", "Composed with weight quantization (W8A8 RTN, 4 calibration rollouts), "
+                      "relative MSE to the FP rollout, chunk 1 / middle / last: " + "; ".join(
+                          f"{k} {e[1]:.2e} / {e[len(e) // 2]:.2e} / {e[-1]:.2e}"
+                          for k, e in ww.items()) + "."]  # fmt: skip
         wa = kv.get("wan_attention")
         if wa:
             lines += ["", f"Wan2.1-1.3B-shaped attention read (12 heads x 128, {wa['query_tokens']} "
