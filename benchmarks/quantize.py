@@ -10,7 +10,10 @@ Stages (results are rewritten to benchmarks/results/quantize.json after each one
    with identical noise, FP-referenced Frechet distance on the evaluation network's features,
    per-frame digit accuracy, packed bytes.
 4. End-to-end rollout time: fp32 vs int8 kernel vs simulator.
-5. Int8 / int4 KV cache (an extra): error vs FP and cache bytes.
+5. ``kv``: int8 / int4 KV cache (:mod:`diffkit.quantize.kv_cache`, FP weights) vs the FP cache on a
+   long rollout (10 chunks, 30 latent frames; the model extrapolates past its 12 training frames):
+   cache bytes (and at a Wan2.1-1.3B block's shape), per-chunk MSE to the FP-cache rollout, and
+   rollout time, interleaved.
 6. ``wan``: a Wan-1.3B-shaped 2-block diffusers ``WanTransformer3DModel`` (hidden 1536, 12 heads,
    ffn 8960, text 512 x 4096), 2,048 tokens: fp32, the baseline dtype chosen at run time (bf16
    where the CPU has AMX / AVX512-BF16, else fp32), W8A8 and W4A8 (RTN; their unquantized parts
@@ -47,8 +50,10 @@ from diffkit.core.machine import machine_info, machine_line
 from diffkit.models import causal_wan as cw
 from diffkit.quantize import (
     AdaRoundConfig,
+    KVCacheConfig,
     PercentileConfig,
     QARVDConfig,
+    QuantizedKVCache,
     RTNConfig,
     SmoothQuantConfig,
     kernels,
@@ -56,6 +61,8 @@ from diffkit.quantize import (
     only_chunks,
     packed_bytes,
     quantize_,
+    quantize_kv_cache_,
+    remove_kv_cache_quantization_,
     save_quantized,
     set_backend_,
 )
@@ -305,6 +312,153 @@ def methods(w_bits, a_bits, iters, s_measured):
     }
 
 
+KV_CONFIGS = {
+    "int8 per-token": KVCacheConfig(bits=8),
+    "int8 K per-channel, V per-token": KVCacheConfig(bits=8, granularity="channel",
+                                                      value_granularity="token"),
+    "int4 per-token": KVCacheConfig(bits=4),
+    "int4 per-channel": KVCacheConfig(bits=4, granularity="channel"),
+    "int4 K per-channel, V per-token": KVCacheConfig(bits=4, granularity="channel",
+                                                      value_granularity="token"),
+    "int4 K per-channel, V per-token, asym.": KVCacheConfig(
+        bits=4, granularity="channel", value_granularity="token", symmetric=False),
+}  # fmt: skip
+
+COMBO_KV = "int4 K per-channel, V per-token"
+
+
+def _fill_cache(cache, model, latents, labels):
+    """Write a rollout's clean chunks into ``cache`` as rollout's t = 0 refresh passes do."""
+    ch = model.config["chunk_frames"]
+    for k in range(latents.shape[1] // ch):
+        x = latents[:, k * ch : (k + 1) * ch]
+        model(x, torch.zeros(x.shape[0], ch), labels, cache=cache, write_cache=True)
+    return cache
+
+
+@torch.no_grad()
+def wan_attention_time(chunk, reps, past_chunks=2):
+    """Read + attend at a Wan2.1-1.3B block's shape: one latent frame of queries (1,560 tokens,
+    12 heads x 128) over ``past_chunks`` cached 3-frame chunks, FP cache vs quantized (interleaved)."""
+    q = chunk[:, :, :1560]
+    names = ["fp32", "int8 per-token", "int4 per-channel", "int4 K per-channel, V per-token"]
+    stores = {}
+    for name in names:
+        store = cw.KVCache.empty(1) if name == "fp32" else QuantizedKVCache(1, KV_CONFIGS[name])
+        for _ in range(past_chunks):
+            store.append(0, chunk, chunk)
+        stores[name] = store
+    t = {name: [] for name in names}
+    for _ in range(reps):
+        for name in names:
+            t[name] += _time(lambda: F.scaled_dot_product_attention(q, *stores[name].get(0)), 1)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    low = {k: min(v) for k, v in t.items()}
+    return {"query_tokens": q.shape[2], "cached_tokens": past_chunks * chunk.shape[2],
+            "reps": reps, "seconds": med, "time_ratio": {k: v / med["fp32"] for k, v in med.items()},
+            "time_ratio_min": {k: v / low["fp32"] for k, v in low.items()}}  # fmt: skip
+
+
+@torch.no_grad()
+def kv_bench(fp_model, n_videos, seeds, n_chunks, reps):
+    """Quantized KV cache vs the FP cache: bytes, per-chunk error, rollout time (interleaved)."""
+    cfg = {**fp_model.config, "num_frames": n_chunks * fp_model.config["chunk_frames"]}
+    model = copy.deepcopy(fp_model)
+    err = {name: [] for name in KV_CONFIGS}
+    combo = {"W8A8 RTN weights, fp32 cache": [], "W8A8 RTN weights + " + COMBO_KV: []}
+    w8, _ = quantized_copy(fp_model, RTNConfig(w_bits=8, a_bits=8), 4, 0)
+    fp_power = []
+    for seed in seeds:
+        labels, noise = calibration_set(n_videos, 300 + seed, cfg)
+        remove_kv_cache_quantization_(model)
+        fp = generate(model, labels, noise)
+        fp_power.append(float(fp.double().pow(2).mean()))
+        for name, kc in KV_CONFIGS.items():
+            quantize_kv_cache_(model, kc)
+            q = generate(model, labels, noise)
+            d = (q.double() - fp.double()).pow(2)
+            ch = cfg["chunk_frames"]
+            err[name].append([float(d[:, k * ch : (k + 1) * ch].mean()) for k in range(n_chunks)])
+            log.info("kv %s seed %d: rollout mse %.3e", name, seed, float(d.mean()))
+        for name, kc in zip(combo, (None, KV_CONFIGS[COMBO_KV]), strict=True):
+            if kc is None:
+                remove_kv_cache_quantization_(w8)
+            else:
+                quantize_kv_cache_(w8, kc)
+            d = (generate(w8, labels, noise).double() - fp.double()).pow(2)
+            ch = cfg["chunk_frames"]
+            combo[name].append([float(d[:, k * ch : (k + 1) * ch].mean()) for k in range(n_chunks)])
+    # bytes of the cache after the whole long video (batch 1), and of one 3-frame chunk of a
+    # Wan2.1-1.3B-shaped block (12 heads x 128 dims, 1,560 tokens per latent frame); chunks are
+    # quantized independently, so the ratio holds for any number of chunks
+    labels1, noise1 = calibration_set(1, 0, cfg)
+    remove_kv_cache_quantization_(model)
+    fp1 = generate(model, labels1, noise1)
+    nbytes = {"fp32": _fill_cache(model.new_cache(), model, fp1, labels1).nbytes()}
+    g = torch.Generator().manual_seed(0)
+    wan_bytes = {}
+    wan_chunk = torch.randn(1, 12, 3 * 1560, 128, generator=g)
+    for name, kc in {"fp32": None, **KV_CONFIGS}.items():
+        if kc is not None:
+            nbytes[name] = _fill_cache(QuantizedKVCache(len(model.blocks), kc), model, fp1,
+                                       labels1).nbytes()  # fmt: skip
+        store = cw.KVCache.empty(1) if kc is None else QuantizedKVCache(1, kc)
+        store.append(0, wan_chunk, wan_chunk)
+        wan_bytes[name] = store.nbytes()
+    wan_attn = wan_attention_time(wan_chunk, reps)
+    del wan_chunk
+    # rollout time, interleaved FP cache / each quantized cache, batch 1 and n_videos
+    times, mins = {}, {}
+    for batch in (1, n_videos):
+        labels, noise = calibration_set(batch, 7, cfg)
+        t = {name: [] for name in ("fp32", *KV_CONFIGS)}
+        for _ in range(reps):
+            for name in t:
+                if name == "fp32":
+                    remove_kv_cache_quantization_(model)
+                else:
+                    quantize_kv_cache_(model, KV_CONFIGS[name])
+                t[name] += _time(lambda: generate(model, labels, noise), 1)
+        times[str(batch)] = {k: statistics.median(v) for k, v in t.items()}
+        mins[str(batch)] = {k: min(v) for k, v in t.items()}
+    fp_pow = statistics.mean(fp_power)
+    with_weights = {
+        name: [statistics.mean(e[k] for e in v) / fp_pow for k in range(n_chunks)]
+        for name, v in combo.items()
+    }
+    rows = {}
+    for name in KV_CONFIGS:
+        per_chunk = [statistics.mean(e[k] for e in err[name]) for k in range(n_chunks)]
+        rows[name] = {
+            "config": dataclasses.asdict(KV_CONFIGS[name]),
+            "chunk_mse": per_chunk,
+            "chunk_rel_mse": [v / fp_pow for v in per_chunk],
+            "video_mse_per_seed": [statistics.mean(e) for e in err[name]],
+            "bytes": nbytes[name],
+            "compression": nbytes["fp32"] / nbytes[name],
+            "wan_shape_compression": wan_bytes["fp32"] / wan_bytes[name],
+            "time_ratio": {b: times[b][name] / times[b]["fp32"] for b in times},
+            "time_ratio_min": {b: mins[b][name] / mins[b]["fp32"] for b in mins},
+        }
+    return {
+        "chunks": n_chunks,
+        "frames": cfg["num_frames"],
+        "videos_per_seed": n_videos,
+        "seeds": len(seeds),
+        "fp_latent_power": fp_pow,
+        "bytes_fp32": nbytes["fp32"],
+        "wan_shape_bytes_fp32": wan_bytes["fp32"],
+        "seconds": times,
+        "seconds_min": mins,
+        "timing_reps": reps,
+        "rows": rows,
+        "wan_attention": wan_attn,
+        "with_weight_quantization": with_weights,
+        "machine": machine_info(),
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
 def write(results, plot=True):
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_json(OUT / "quantize.json", results)
@@ -369,18 +523,42 @@ def markdown(r):
                 f"| {t['batch']} | {t['fp32']:.3f} | {t['kernel']:.3f} | {t['simulate']:.3f} |"
             )
         lines.append("")
-    if r.get("kv_cache"):
+    if r.get("kv_cache") and "rows" in r["kv_cache"] and isinstance(r["kv_cache"]["rows"], dict):
         kv = r["kv_cache"]
-        lines += ["## Int8 / int4 KV cache (FP weights), quantized vs FP rollout", "",
-                  "| KV bits | video MSE | Frechet (FP-ref) | cache bytes, 12 frames (4-bit codes held in int8) |",
-                  "|---|---|---|---|"]  # fmt: skip
-        lines.append(f"| 32 (fp32) | 0 | 0 | {kv['bytes_full_video']['32']} |")
-        for bits in (8, 4):
-            rs = [x for x in kv["rows"] if x["kv_bits"] == bits]
+        b1, bn = sorted(kv["seconds"], key=int)[0], sorted(kv["seconds"], key=int)[-1]
+        lines += [f"## Quantized KV cache (FP weights) vs the FP cache, {kv['chunks']}-chunk rollout "
+                  f"({kv['frames']} latent frames; {kv['videos_per_seed']} videos x {kv['seeds']} seeds)", "",
+                  "Errors are distances to the FP-cache rollout with identical noise (the shipped "
+                  "model does not generate digits yet), relative to the FP latents' mean square "
+                  f"({kv['fp_latent_power']:.3f}). Times measured while the machine was shared "
+                  f"(load {kv['loadavg']}), interleaved; fp32 cache: {kv['seconds'][b1]['fp32']:.2f} s "
+                  f"at batch {b1}, {kv['seconds'][bn]['fp32']:.2f} s at batch {bn}.", "",
+                  f"| KV cache | bytes (video, batch 1) | compression | Wan2.1-1.3B-shaped compression "
+                  f"| rel. MSE chunk 1 | chunk {kv['chunks'] // 2} | last chunk | time vs fp32 cache, batch {b1} / {bn}: median (min) of {kv.get('timing_reps')} |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| fp32 | {kv['bytes_fp32']} | 1.00x | 1.00x | 0 | 0 | 0 | 1.00 / 1.00 |"]  # fmt: skip
+        for name, m in kv["rows"].items():
+            e = m["chunk_rel_mse"]
             lines.append(
-                f"| {bits} | {_agg([x['video_mse'] for x in rs])[0]:.3e} | "
-                f"{_agg([x['frechet'] for x in rs])[0]:.3f} | {kv['bytes_full_video'][str(bits)]} |"
+                f"| {name} | {m['bytes']} | {m['compression']:.2f}x | "
+                f"{m['wan_shape_compression']:.2f}x | {e[1]:.2e} | {e[len(e) // 2]:.2e} | "
+                f"{e[-1]:.2e} | {m['time_ratio'][b1]:.2f} ({m['time_ratio_min'][b1]:.2f}) / "
+                f"{m['time_ratio'][bn]:.2f} ({m['time_ratio_min'][bn]:.2f}) |"
             )
+        ww = kv.get("with_weight_quantization")
+        if ww:
+            lines += ["", "Composed with weight quantization (W8A8 RTN, 4 calibration rollouts), "
+                      "relative MSE to the FP rollout, chunk 1 / middle / last: " + "; ".join(
+                          f"{k} {e[1]:.2e} / {e[len(e) // 2]:.2e} / {e[-1]:.2e}"
+                          for k, e in ww.items()) + "."]  # fmt: skip
+        wa = kv.get("wan_attention")
+        if wa:
+            lines += ["", f"Wan2.1-1.3B-shaped attention read (12 heads x 128, {wa['query_tokens']} "
+                      f"query tokens over {wa['cached_tokens']} cached tokens, dequantize + SDPA, "
+                      f"fp32 cache {wa['seconds']['fp32']:.2f} s; same load caveat), time vs the fp32 "
+                      f"cache, median (min) of {wa['reps']}: " + ", ".join(
+                          f"{k} {v:.2f}x ({wa['time_ratio_min'][k]:.2f}x)"
+                          for k, v in wa["time_ratio"].items() if k != "fp32") + "."]  # fmt: skip
         lines.append("")
     if r.get("wan"):
         w = r["wan"]
@@ -585,24 +763,8 @@ def main(argv=None):
                          **{k: statistics.median(v) for k, v in t.items()}})  # fmt: skip
         results["rollout_time"] = rows
     if "kv" in stages:
-        rows = []
-        for seed in seeds:
-            labels, noise = calibration_set(n_videos, 100 + seed, fp_model.config)
-            fp = generate(fp_model, labels, noise)
-            for bits in (8, 4):
-                out = compare_rollouts(fp, generate(fp_model, labels, noise, kv_bits=bits),
-                                       labels, fp_model.config, classifier)  # fmt: skip
-                rows.append({"seed": seed, "kv_bits": bits, "video_mse": out["video_mse"],
-                             "chunk_mse": out["chunk_mse"], "frechet": out["frechet_fp_ref"]})  # fmt: skip
-        caches = {}
-        for bits in (None, 8, 4):
-            cache = cw.KVCache.empty(len(fp_model.blocks), bits)
-            x = torch.zeros(1, fp_model.config["num_frames"], fp_model.config["in_channels"],
-                            fp_model.config["latent_size"], fp_model.config["latent_size"])  # fmt: skip
-            fp_model(x, torch.zeros(1, x.shape[1]), torch.tensor([[0, -1]]), cache=cache,
-                     write_cache=True)  # fmt: skip
-            caches[str(bits or 32)] = cache.nbytes()
-        results["kv_cache"] = {"rows": rows, "bytes_full_video": caches}
+        results["kv_cache"] = kv_bench(fp_model, 2 if quick else 4, seeds,
+                                       8 if quick else 10, 2 if quick else 5)  # fmt: skip
         write(results)
     results["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     write(results)

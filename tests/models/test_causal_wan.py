@@ -81,3 +81,25 @@ def test_int8_kv_cache_is_close_and_four_times_smaller():
     m(x, torch.zeros(1, 3), labels, cache=fp_cache, write_cache=True)
     m(x, torch.zeros(1, 3), labels, cache=q_cache, write_cache=True)
     assert q_cache.nbytes() < 0.35 * fp_cache.nbytes()
+
+
+def test_rollout_uses_the_installed_cache_store():
+    """kv_cache_factory is the hook a method (e.g. the quantized KV cache) plugs its store into."""
+    m = _model()
+    labels = torch.tensor([[6, -1]])
+    noise = cw.rollout_noise(1, TINY, torch.Generator().manual_seed(4))
+    ref = cw.rollout(m, labels, noise)
+    made = []
+
+    class Counting(cw.KVCache):
+        def append(self, i, k, v):
+            made.append(i)
+            super().append(i, k, v)
+
+    m.kv_cache_factory = lambda layers: Counting([None] * layers, [None] * layers)
+    out = cw.rollout(m, labels, noise)
+    assert isinstance(m.new_cache(), Counting)
+    assert made == [0, 1] * 3  # one t = 0 refresh per chunk and block
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    m.kv_cache_factory = None
+    assert type(m.new_cache()) is cw.KVCache

@@ -271,6 +271,14 @@ class CausalWan(nn.Module):
         self.head = Head(dim, c["in_channels"] * p * p)
         self.grid_hw = c["latent_size"] // p
         self.tokens_per_frame = self.grid_hw**2
+        # Pluggable cache store: None -> KVCache; a method (e.g. a quantized KV cache) may install a
+        # callable layers -> object with KVCache's interface (frames, get, append, nbytes).
+        self.kv_cache_factory: Callable[[int], KVCache] | None = None
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for :func:`rollout`, from ``kv_cache_factory`` when one is installed."""
+        factory = getattr(self, "kv_cache_factory", None)
+        return KVCache.empty(len(self.blocks)) if factory is None else factory(len(self.blocks))
 
     # -- pieces
     def embed_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -377,13 +385,19 @@ def rollout(
     latents, e.g. from an FP rollout) rebuilds the cache from the prefix with one t = 0 pass per
     chunk and regenerates only the suffix. ``use_cache=False`` recomputes every call over all
     previous clean frames with the block-causal mask (the reference the cache must equal).
-    ``kv_bits=8`` keeps the KV cache as int8 codes with per-(token, head) scales.
+    ``kv_bits=8`` keeps the KV cache as int8 codes with per-(token, head) scales; otherwise the
+    cache is ``model.new_cache()`` (the store a method installed, e.g. ``quantize_kv_cache_``).
     """
     ch = model.config["chunk_frames"]
     B, n_chunks, steps = noise.shape[:3]
     sig = sigmas_for().tolist()
     ctxf = chunk_context or (lambda k: contextlib.nullcontext())
-    cache = KVCache.empty(len(model.blocks), kv_bits) if use_cache else None
+    if not use_cache:
+        cache = None
+    elif kv_bits is not None:
+        cache = KVCache.empty(len(model.blocks), kv_bits)
+    else:
+        cache = model.new_cache()
     out: list[torch.Tensor] = []
     if start_chunk:
         if prefix is None or prefix.shape[1] < start_chunk * ch:

@@ -39,6 +39,16 @@ _EXPORTS = {
         "measure_chunk_sensitivity",
         "only_chunks",
     ),
+    "kv_cache": (
+        "KVCacheConfig",
+        "QuantizedKVCache",
+        "dequantize_kv",
+        "fake_quantize_kv",
+        "kv_cache_config",
+        "quantize_kv",
+        "quantize_kv_cache_",
+        "remove_kv_cache_quantization_",
+    ),
     "layers": ("QuantLinear",),
     "outliers": (
         "outlier_columns",
