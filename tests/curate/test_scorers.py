@@ -21,6 +21,8 @@ from diffkit.curate.scorers import (
     TextScorer,
     UnderexposedScorer,
     WatermarkScorer,
+    _chain,
+    _neighbours,
     laplacian_variance,
     save_aesthetic_head,
     text_area_share,
@@ -197,3 +199,22 @@ def test_text_and_watermark_through_safety_and_policy():
     pol = Policy(PolicyConfig(max_scores={"score_text": 0.0, "score_watermark": 0.9}))
     res = pol.process(out).column("drop_reason").to_pylist()
     assert res == [None, "text_in_image", "watermark"]
+
+
+def test_chain_kdtree_candidates_equal_all_pairs():
+    # reference: the neighbour predicate on all n^2 pairs, components by union-find
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(0)
+    n = 400
+    h = rng.integers(5, 40, n).astype(float)
+    w = h * rng.uniform(0.2, 3.0, n)
+    x0, y0 = rng.uniform(0, 600, n), rng.uniform(0, 300, n)
+    b = np.stack([x0, y0, x0 + w, y0 + h, np.arange(n)], 1)
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    dense = _neighbours(b, i.ravel(), j.ravel()).reshape(n, n)
+    assert 0 < dense.sum() - n < n * n // 10  # some chains, not everything
+    ref = connected_components(dense, directed=False)[1]
+    got = _chain(b)
+    # same partition (labels may be numbered differently)
+    assert len(set(zip(ref, got))) == len(set(ref)) == len(set(got))
