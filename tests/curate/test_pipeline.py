@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import tarfile
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -217,3 +218,10 @@ def test_dataset_card_and_parquet_dataset(run_dir):
     assert kept.num_rows == summary["kept"]
     for lic, n in Counter(kept.column("license_spdx").to_pylist()).items():
         assert f"| {lic} | {n} |" in card
+    # resolution statistics of the kept rows: 5th / 50th / 95th percentiles recomputed here
+    w = np.asarray(kept.column("width").to_numpy(), float)
+    h = np.asarray(kept.column("height").to_numpy(), float)
+    fmt = lambda x: " / ".join(f"{v:.0f}" if v >= 10 else f"{v:.2f}" for v in np.percentile(x, [5, 50, 95]))  # noqa: E731 # fmt: skip
+    assert "## Resolution (kept rows" in card
+    assert f"- shorter side: {fmt(np.minimum(w, h))} px" in card
+    assert f"- aspect ratio (long / short): {fmt(np.maximum(w, h) / np.minimum(w, h))}" in card

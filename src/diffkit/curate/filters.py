@@ -254,7 +254,8 @@ class PolicyConfig:
         max_scores: ``{column: threshold}``: drop a row when its score is above the threshold
             (e.g. ``score_proxy_marker: 0.5``). The reason is ``watermark`` for columns naming a
             watermark, ``unsafe_text`` for ``score_text_blocklist``, ``exposure`` for
-            ``score_overexposed`` / ``score_underexposed`` and ``nsfw`` otherwise.
+            ``score_overexposed`` / ``score_underexposed``, ``text_in_image`` for
+            ``score_text`` / ``score_ocr`` and ``nsfw`` otherwise.
         min_scores: ``{column: threshold}``: drop when the score is below (reason ``low_<column>``).
         missing: What a configured column absent from the data means: ``error`` (a configuration
             error naming the column) or ``ignore``.
@@ -280,6 +281,8 @@ def _policy_reason(col: str) -> str:
         return "watermark"
     if "text_blocklist" in col:
         return "unsafe_text"
+    if col in ("score_text", "score_ocr"):
+        return "text_in_image"
     return "nsfw"
 
 
