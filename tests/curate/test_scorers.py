@@ -32,6 +32,23 @@ from diffkit.curate.scorers import (
 )
 
 
+def _rows(ims: list[Image.Image]) -> pa.Table:
+    """A Safety stage's input: one kept row per image, PNG bytes inline."""
+    import io
+
+    data = []
+    for im in ims:
+        b = io.BytesIO()
+        im.save(b, "PNG")
+        data.append(b.getvalue())
+    n = len(ims)
+    return pa.table({
+        "row_id": [stable_id("t", str(i)) for i in range(n)], "status": ["keep"] * n,
+        "drop_stage": pa.array([None] * n, pa.string()), "drop_reason": pa.array([None] * n, pa.string()),
+        "image": pa.array(data, pa.binary()), "alt_text": [""] * n,
+    })  # fmt: skip
+
+
 def _checker(size=256, cell=8):
     r = (np.arange(size) // cell) % 2
     return Image.fromarray(((r[:, None] ^ r[None, :]) * 200 + 20).astype(np.uint8)).convert("RGB")
@@ -81,19 +98,7 @@ def test_aesthetic_head_on_clip_embeddings(tiny_clip, tmp_path):
 
 def test_scorers_through_safety_and_policy():
     ims = [_checker(), _checker().filter(ImageFilter.GaussianBlur(4)), Image.new("RGB", (256, 256), (255, 255, 255))]  # fmt: skip
-    import io
-
-    data = []
-    for im in ims:
-        b = io.BytesIO()
-        im.save(b, "PNG")
-        data.append(b.getvalue())
-    n = len(ims)
-    t = pa.table({
-        "row_id": [stable_id("t", str(i)) for i in range(n)], "status": ["keep"] * n,
-        "drop_stage": pa.array([None] * n, pa.string()), "drop_reason": pa.array([None] * n, pa.string()),
-        "image": pa.array(data, pa.binary()), "alt_text": [""] * n,
-    })  # fmt: skip
+    t = _rows(ims)
     st = Safety(SafetyConfig(scorers=("sharpness", "overexposed")))
     st.ensure_setup()
     out = st.process(t)
@@ -175,25 +180,13 @@ def test_watermark_corner_stamp_and_tiled_overlay_vs_clean():
 
 
 def test_text_and_watermark_through_safety_and_policy():
-    import io
-
     clean = _scene()
     ims = [
         clean,
         _stamp(clean, (60, 90), "hello world", fill=(0, 0, 0))[0],
         _tiled(_scene(shapes=False)),
     ]
-    data = []
-    for im in ims:
-        b = io.BytesIO()
-        im.save(b, "PNG")
-        data.append(b.getvalue())
-    n = len(ims)
-    t = pa.table({
-        "row_id": [stable_id("t", str(i)) for i in range(n)], "status": ["keep"] * n,
-        "drop_stage": pa.array([None] * n, pa.string()), "drop_reason": pa.array([None] * n, pa.string()),
-        "image": pa.array(data, pa.binary()), "alt_text": [""] * n,
-    })  # fmt: skip
+    t = _rows(ims)
     st = Safety(SafetyConfig(scorers=("text", "watermark")))
     st.ensure_setup()
     out = st.process(t)
