@@ -42,32 +42,29 @@ DATA_FREE = dataclasses.replace(FPD_CONFIG, gan_weight=0.0, real_positives=0, dr
 
 
 def _teacher_eval(zoo, per_class, seeds, guidance, choice_t, steps=8):
-    labels = torch.arange(10).repeat_interleave(per_class)
-    runs = []
-    for s in seeds:
-        g = torch.Generator().manual_seed(1000 + s)
-        ids = torch.cat([
-            zoo.teacher.sample(zoo.teacher.condition(labels[i : i + 500]), steps, generator=g,
-                               guidance_scale=guidance, choice_temperature=choice_t)
-            for i in range(0, len(labels), 500)
-        ])  # fmt: skip
-        imgs = zoo.tokenizer.decode(zoo.tokenizer.embed(ids)).clamp(-1, 1)
-        runs.append(evaluate_samples(imgs, labels, ids=ids, codebook_size=64))
-    return {k: {"mean": statistics.fmean(r[k] for r in runs),
-                "std": statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0}
-            for k in KEYS}  # fmt: skip
+    def draw(cond, g):
+        return zoo.teacher.sample(cond, steps, generator=g, guidance_scale=guidance,
+                                  choice_temperature=choice_t)  # fmt: skip
+
+    return _eval_runs(zoo, per_class, seeds, draw)
 
 
 def _student_eval(zoo, student, per_class, seeds, mode):
+    return _eval_runs(
+        zoo, per_class, seeds,
+        lambda cond, g: sample_student(zoo.teacher, student, cond, mode=mode, generator=g),
+    )  # fmt: skip
+
+
+def _eval_runs(zoo, per_class, seeds, draw):
+    """Metrics (mean, std over sampling seeds) of ``draw(condition, generator) -> token ids``,
+    sampled in batches of 500, decoded and scored by the evaluation network."""
     labels = torch.arange(10).repeat_interleave(per_class)
     runs = []
     for s in seeds:
         g = torch.Generator().manual_seed(1000 + s)
-        ids = torch.cat([
-            sample_student(zoo.teacher, student, zoo.teacher.condition(labels[i : i + 500]),
-                           mode=mode, generator=g)
-            for i in range(0, len(labels), 500)
-        ])  # fmt: skip
+        ids = torch.cat([draw(zoo.teacher.condition(labels[i : i + 500]), g)
+                         for i in range(0, len(labels), 500)])  # fmt: skip
         imgs = zoo.tokenizer.decode(zoo.tokenizer.embed(ids)).clamp(-1, 1)
         runs.append(evaluate_samples(imgs, labels, ids=ids, codebook_size=64))
     return {k: {"mean": statistics.fmean(r[k] for r in runs),
