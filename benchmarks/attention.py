@@ -35,7 +35,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 from diffkit.attention import RoPeSLRConfig, RoPeSLRParams, ropeslr_attention
 from diffkit.attention.profiler import analytic_flops, counted_flops
 from diffkit.attention.ropeslr import plan_blocks
-from diffkit.core.machine import fast_dtype, machine_info
+from diffkit.core.machine import fast_dtype, machine_info, machine_line
 
 RESULTS = Path(__file__).parent / "results"
 warnings.filterwarnings("ignore")
@@ -57,11 +56,15 @@ def _env() -> dict:
     return {
         "machine": machine_info(),
         "device": "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "loadavg_start": os.getloadavg(),
     }
+
+
+def _machine(env: dict) -> str:
+    """The machine line of a results file (older files carry no record)."""
+    return machine_line(env["machine"]) if "machine" in env else "CPU kind not recorded"
 
 
 def _grid(L: int) -> tuple[int, int, int]:
@@ -611,7 +614,7 @@ def _compiled_table(res: dict) -> None:
         )
     env = res["env"]
     lines.append(
-        f"\n{env['cpu']}, torch {env['torch']}, {env['threads']} thread(s), fp32, median of "
+        f"\n{_machine(env)}; {env['threads']} thread(s), fp32, median of "
         f"{res['reps']}; load average {env['loadavg_start']} -> {env['loadavg_end']}."
     )
     (RESULTS / "attention_compiled.md").write_text("\n".join(lines) + "\n")
@@ -626,6 +629,8 @@ def _plots_and_table(res: dict) -> None:
 
     md = [
         "# RoPeSLR benchmark (`benchmarks/attention.py`)",
+        "",
+        f"Machine: {_machine(res['env'])}.",
         "",
         f"Environment: `{json.dumps(res['env'])}`",
         "",
@@ -722,6 +727,8 @@ def _gpu_table(res: dict) -> None:
     """attention_gpu.md: the CUDA rows of part (a) and the agreement check."""
     md = [
         "# RoPeSLR on the GPU (`benchmarks/attention.py` run on CUDA)",
+        "",
+        f"Machine: {_machine(res['env'])}.",
         "",
         f"Environment: `{json.dumps(res['env'])}`",
         "",
