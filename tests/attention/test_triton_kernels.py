@@ -49,7 +49,12 @@ def test_kernels_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
-    cmd += ["-k", "not test_kernels_under_interpreter and not test_invalid_arguments"]
+    parent_only = (
+        "test_kernels_under_interpreter",
+        "test_invalid_arguments",
+        "test_kernel_compiles",
+    )
+    cmd += ["-k", " and ".join(f"not {name}" for name in parent_only)]
     res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=280)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-2000:]
@@ -202,3 +207,45 @@ def test_invalid_arguments_are_named():
         triton_kernels.block_sparse_triton(q, k, v, idx[:, :, :1], valid[:, :, :1], 64)
     with pytest.raises(ValueError, match="forward-only"):
         triton_kernels.block_sparse_triton(q.requires_grad_(), k, v, idx, valid, 64)
+
+
+def _compile_for_cuda(merge, dtype, head_dim, capability):
+    """Compile the kernel to a CUDA binary ahead of time (no GPU needed: Triton's wheel ships
+    ptxas), with the default tiles the wrapper would launch."""
+    import inspect
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    dt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    bm, bn, warps, stages = triton_kernels.default_tiles(head_dim, 128, dtype)
+    const = dict(D=head_dim, BLOCK_D=head_dim, R=64 if merge else 1, BLOCK_R=64 if merge else 16)
+    const.update(BLOCK=128, BLOCK_M=bm, BLOCK_N=bn, MERGE=merge, DOT_F32=False)
+    const["PRECISION"] = "ieee" if dtype == torch.float32 else "tf32"
+    pointers = dict.fromkeys(["Q", "K", "V", "O", "PHI", "ST", "ZS", "GATE"], "*" + dt)
+    pointers.update(LSE="*fp32", LAM="*fp32", IDX="*i32", CNT="*i32")
+    names = list(inspect.signature(triton_kernels._spike_kernel.fn).parameters)
+    sig = {n: pointers.get(n, "constexpr" if n in const else "i32") for n in names}
+    sig["qk_scale"] = "fp32"
+    src = ASTSource(
+        triton_kernels._spike_kernel,
+        sig,
+        constexprs={(names.index(k),): v for k, v in const.items()},
+    )
+    target = GPUTarget("cuda", capability, 32)
+    return triton.compile(src, target=target, options=dict(num_warps=warps, num_stages=stages))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(INTERPRETED, reason="compiles for CUDA, not for the interpreter")
+@pytest.mark.parametrize(
+    "merge,dtype,head_dim,capability",
+    [(0, torch.bfloat16, 128, 90), (1, torch.bfloat16, 128, 90), (2, torch.bfloat16, 64, 80),
+     (0, torch.float32, 128, 80)],
+)  # fmt: skip
+def test_kernel_compiles_for_cuda(merge, dtype, head_dim, capability):
+    """What the interpreter cannot check: the kernel lowers to a CUDA binary (sm_80 / sm_90)
+    within the GPU's shared memory (Ampere: 163 KiB per block)."""
+    kernel = _compile_for_cuda(merge, dtype, head_dim, capability)
+    assert kernel.asm["cubin"]
+    assert kernel.metadata.shared <= 163 * 1024

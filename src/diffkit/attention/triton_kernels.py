@@ -186,12 +186,19 @@ def _spike_kernel(
     tl.store(LSE + pid_bh * L + offs_m, lse2 / 1.4426950408889634, mask=row_ok)
 
 
-def default_tiles(head_dim: int, block: int) -> tuple[int, int, int, int]:
-    """(block_m, block_n, num_warps, num_stages): FlashAttention-2's Triton tiles for the head
-    dim, capped at the sparsity block (tiles must divide it). Not tuned on a GPU yet."""
-    bm, bn = (128, 64) if head_dim > 64 else (128, 128)
-    bm, bn = min(bm, block), min(bn, block)
-    return bm, bn, 8 if head_dim > 64 else 4, 3
+def default_tiles(
+    head_dim: int, block: int, dtype: torch.dtype = torch.bfloat16
+) -> tuple[int, int, int, int]:
+    """(block_m, block_n, num_warps, num_stages): FlashAttention-2's Triton tiles for 16-bit
+    inputs at this head dim; halved tiles and two stages for fp32 (at d = 128, (128, 64) x 3
+    stages of fp32 needs 225 KiB of shared memory: only just under Hopper's 227 KiB, over
+    Ampere's 163 KiB); capped at the sparsity block (tiles must divide it). Not yet tuned on
+    a GPU."""
+    if dtype == torch.float32:
+        bm, bn, warps, stages = (64, 32, 4, 2) if head_dim > 64 else (64, 64, 4, 2)
+    else:
+        bm, bn, warps, stages = (128, 64, 8, 3) if head_dim > 64 else (128, 128, 4, 3)
+    return min(bm, block), min(bn, block), warps, stages
 
 
 def compact_selection(idx: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +235,7 @@ def _launch(q, k, v, idx, valid, block, scale, tiles, merge=0, extra=None):
     bsz, heads, length, d = q.shape
     n = num_blocks(length, block)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    bm, bn, warps, stages = tiles or default_tiles(d, block)
+    bm, bn, warps, stages = tiles or default_tiles(d, block, q.dtype)
     _check(q, k, v, idx, valid, block, bm, bn)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     blocks, counts = compact_selection(idx, valid)
