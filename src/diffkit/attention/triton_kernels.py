@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from diffkit.attention.background import block_states, complement_states
 from diffkit.attention.layout import num_blocks
 
 _LOG2E = 1.4426950408889634
@@ -224,6 +225,11 @@ def _check(q, k, v, idx, valid, block, block_m, block_n):
     for name, t in (("block_m", block_m), ("block_n", block_n)):
         if t < 16 or t & (t - 1) or block % t:
             raise ValueError(f"{name}={t} must be a power of two >= 16 dividing block={block}")
+    if not q.is_cuda and not triton.knobs.runtime.interpret:
+        raise ValueError(
+            "the Triton kernels need CUDA tensors (on CPU only Triton's interpreter runs them, "
+            "TRITON_INTERPRET=1 set before Triton is imported; tests use it)"
+        )
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError(
             "the Triton spike kernel is forward-only; use backend='reference' (or 'flex' on "
@@ -324,3 +330,35 @@ def fused_spike_merge_triton(
     zs = z_states if z_states.stride(-1) == 1 else z_states.contiguous()
     extra = (phi_q, states, zs, phi_q[..., 0], lam.to(torch.float32).contiguous())
     return _launch(q, k, v, idx, valid, block, scale, tiles, 2, extra)
+
+
+def spike_background_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    block: int,
+    phi_q: torch.Tensor,
+    phi_k: torch.Tensor,
+    *,
+    complement: bool = True,
+    gate: torch.Tensor | None = None,
+    lam: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RoPeSLR's whole attention on tile-major tensors: the complement states S~_I (and z~_I for
+    the mass merge) from :mod:`~diffkit.attention.background`, then one kernel pass for spike,
+    background read-out and merge (``gate``: gated; ``lam``: mass). Returns o (B, H, L, d)."""
+    mass = gate is None
+    states, zs = block_states(phi_k, v, block, need_z=mass)
+    if mass:
+        states = torch.cat([states, zs[..., None]], -1)
+    sel = (idx, valid) if complement else (None, None)
+    s_c = complement_states(states, *sel)
+    if mass:
+        o, _ = fused_spike_merge_triton(
+            q, k, v, idx, valid, block, phi_q, s_c[..., :-1], z_states=s_c[..., -1], lam=lam
+        )
+    else:
+        o, _ = fused_spike_merge_triton(q, k, v, idx, valid, block, phi_q, s_c, gate=gate)
+    return o
