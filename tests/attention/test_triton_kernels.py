@@ -253,6 +253,8 @@ def test_invalid_arguments_are_named():
         triton_kernels.block_sparse_triton(q, k, v, idx, valid, 64, tiles=(64, 48, 4, 1))
     with pytest.raises(ValueError, match="idx / valid"):
         triton_kernels.block_sparse_triton(q, k, v, idx[:, :, :1], valid[:, :, :1], 64)
+    with pytest.raises(ValueError, match="need CUDA tensors"):  # (this process: no interpreter)
+        triton_kernels.block_sparse_triton(q, k, v, idx, valid, 64)
     with pytest.raises(ValueError, match="forward-only"):
         triton_kernels.block_sparse_triton(q.requires_grad_(), k, v, idx, valid, 64)
 

@@ -225,15 +225,15 @@ def _check(q, k, v, idx, valid, block, block_m, block_n):
     for name, t in (("block_m", block_m), ("block_n", block_n)):
         if t < 16 or t & (t - 1) or block % t:
             raise ValueError(f"{name}={t} must be a power of two >= 16 dividing block={block}")
-    if not q.is_cuda and not triton.knobs.runtime.interpret:
-        raise ValueError(
-            "the Triton kernels need CUDA tensors (on CPU only Triton's interpreter runs them, "
-            "TRITON_INTERPRET=1 set before Triton is imported; tests use it)"
-        )
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError(
             "the Triton spike kernel is forward-only; use backend='reference' (or 'flex' on "
             "CUDA) to train"
+        )
+    if not q.is_cuda and not triton.knobs.runtime.interpret:
+        raise ValueError(
+            "the Triton kernels need CUDA tensors (on CPU only Triton's interpreter runs them, "
+            "TRITON_INTERPRET=1 set before Triton is imported; tests use it)"
         )
 
 
