@@ -42,7 +42,7 @@ interpreted = pytest.mark.skipif(
 )
 
 
-def test_kernels_under_interpreter():
+def test_kernels_under_interpreter(request):
     if INTERPRETED:
         pytest.skip("this is the interpreter process")
     root = Path(__file__).resolve().parents[2]
@@ -55,6 +55,7 @@ def test_kernels_under_interpreter():
         "test_kernel_compiles",
     )
     cmd += ["-k", " and ".join(f"not {name}" for name in parent_only)]
+    cmd += ["--runslow"] if request.config.getoption("--runslow") else ["-m", "not slow"]
     res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=280)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     assert " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-2000:]
@@ -244,6 +245,65 @@ def test_ropeslr_attention_triton_backend_matches_reference(variant):
         )  # fmt: skip
     scale = float(ref.abs().max()) + float(v.abs().max())
     assert (out.double() - ref).abs().max() < _fp32_tol(d + 12, 2 * 32 + 5, scale, mult=16.0)
+
+
+@interpreted
+def test_ropeslr_attention_triton_backend_bf16():
+    """bf16 inputs and parameters through the fused path (features, states and gate in bf16,
+    as a bf16 model runs them) against the fp64 reference of the same bf16 values: within the
+    bf16 rounding of o_s, the features and the states (a few u16 of the output's scale)."""
+    from diffkit.attention import RoPeSLRConfig, RoPeSLRParams, ropeslr_attention
+
+    grid, heads, d = (2, 8, 8), 2, 16
+    kw = dict(block_size=32, tile=(2, 4, 4), density=0.5, rank=12)
+    params = RoPeSLRParams(RoPeSLRConfig(**kw), heads, d)
+    with torch.no_grad():
+        params.gate_w.normal_()
+    bf = [t.bfloat16() for t in _inputs(128, H=heads, d=d, seed=21) + _inputs(128, H=heads, d=d)]
+    q, k, v, qp, kp = bf[:5]
+    with torch.no_grad():
+        out = ropeslr_attention(
+            q,
+            k,
+            v,
+            config=RoPeSLRConfig(backend="triton", **kw),
+            params=params.bfloat16(),
+            q_pre=qp,
+            k_pre=kp,
+            grid=grid,
+        )
+        ref = ropeslr_attention(*(t.double() for t in (q, k, v)),
+                                config=RoPeSLRConfig(backend="reference", **kw),
+                                params=params.double(), q_pre=qp.double(), k_pre=kp.double(),
+                                grid=grid)  # fmt: skip
+    assert out.dtype == torch.bfloat16
+    scale = float(ref.abs().max()) + float(v.abs().max())
+    assert (out.double() - ref).abs().max() < 8 * U16 * scale
+
+
+@interpreted
+@pytest.mark.slow  # a diffusers model in the interpreter: ~6 s of CPU, minutes on a busy machine
+def test_wan_transformer_triton_backend_matches_reference(wan_dir):
+    """A tiny diffusers WanTransformer3DModel (saved and reloaded; head dim 12, so the kernel's
+    head-dim masking is exercised) with RoPeSLR on the triton and on the reference backend:
+    the same forward, up to fp32 attention rounding carried through two blocks."""
+    from diffusers import WanTransformer3DModel
+
+    from diffkit.attention import RoPeSLRConfig, apply_ropeslr_
+
+    kw = dict(density=0.5, block_size=32, tile=(2, 4, 4), rank=12)
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 4, 4, 16, 16, generator=g), torch.tensor([700.0, 300.0])
+    c = torch.randn(2, 3, 16, generator=g)
+    outs = {}
+    for backend in ("reference", "triton"):
+        model = WanTransformer3DModel.from_pretrained(wan_dir).eval()
+        torch.manual_seed(0)  # the same new RoPeSLR parameters for both
+        apply_ropeslr_(model, RoPeSLRConfig(backend=backend, **kw))
+        with torch.no_grad():
+            outs[backend] = model(x, t, c, return_dict=False)[0]
+    ref = outs["reference"]
+    assert (outs["triton"] - ref).abs().max() < 1e-4 * float(ref.abs().max())
 
 
 def test_invalid_arguments_are_named():
