@@ -355,7 +355,9 @@ def _compile_for_cuda(merge, dtype, head_dim, capability):
 )  # fmt: skip
 def test_kernel_compiles_for_cuda(merge, dtype, head_dim, capability):
     """What the interpreter cannot check: the kernel lowers to a CUDA binary (sm_80 / sm_90)
-    within the GPU's shared memory (Ampere: 163 KiB per block)."""
+    within the GPU's shared memory (Ampere: 163 KiB per block), with its loads pipelined."""
     kernel = _compile_for_cuda(merge, dtype, head_dim, capability)
     assert kernel.asm["cubin"]
     assert kernel.metadata.shared <= 163 * 1024
+    # the key/value loads are software-pipelined (asynchronous copies into shared memory)
+    assert "async_copy_global_to_local" in kernel.asm["ttgir"]

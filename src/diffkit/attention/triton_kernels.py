@@ -116,35 +116,36 @@ def _spike_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     k_base = K + b * sk_b + h * sk_h
     v_base = V + b * sv_b + h * sv_h
-    for j in range(0, cnt):
-        kb = tl.load(IDX + sel * KMAX + j)
-        for s in range(0, BLOCK, BLOCK_N):
-            offs_n = kb * BLOCK + s + tl.arange(0, BLOCK_N)
-            n_ok = offs_n < L
-            kt = tl.load(
-                k_base + offs_n[None, :] * sk_l + offs_d[:, None],
-                mask=n_ok[None, :] & d_ok[:, None],
-                other=0.0,
-            )  # (BLOCK_D, BLOCK_N)
-            if DOT_F32:
-                kt = kt.to(tl.float32)
-            qk = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # log2 units
-            qk = tl.where(n_ok[None, :], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
-            p = tl.math.exp2(qk - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            vt = tl.load(
-                v_base + offs_n[:, None] * sv_l + offs_d[None, :],
-                mask=n_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )  # (BLOCK_N, BLOCK_D)
-            pv = p.to(vt.dtype)  # probabilities rounded to v's dtype, as the GPU's MMA takes them
-            if DOT_F32:
-                pv, vt = pv.to(tl.float32), vt.to(tl.float32)
-            acc = acc * alpha[:, None] + tl.dot(pv, vt, input_precision=PRECISION)
-            m_i = m_new
+    # one flat loop over (selected block, key tile) pairs, so the compiler pipelines the loads
+    # across blocks (a nested loop of BLOCK / BLOCK_N iterations would be too short to)
+    for it in range(0, cnt * (BLOCK // BLOCK_N)):
+        kb = tl.load(IDX + sel * KMAX + it // (BLOCK // BLOCK_N))
+        offs_n = kb * BLOCK + (it % (BLOCK // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < L
+        kt = tl.load(
+            k_base + offs_n[None, :] * sk_l + offs_d[:, None],
+            mask=n_ok[None, :] & d_ok[:, None],
+            other=0.0,
+        )  # (BLOCK_D, BLOCK_N)
+        if DOT_F32:
+            kt = kt.to(tl.float32)
+        qk = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # log2 units
+        qk = tl.where(n_ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
+        p = tl.math.exp2(qk - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(
+            v_base + offs_n[:, None] * sv_l + offs_d[None, :],
+            mask=n_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )  # (BLOCK_N, BLOCK_D)
+        pv = p.to(vt.dtype)  # probabilities rounded to v's dtype, as the GPU's MMA takes them
+        if DOT_F32:
+            pv, vt = pv.to(tl.float32), vt.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(pv, vt, input_precision=PRECISION)
+        m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     lse2 = m_i + tl.math.log2(l_i)  # log2 of the spike's softmax mass (-inf: no key)
