@@ -61,22 +61,23 @@ def test_kernels_under_interpreter(request):
     assert " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-2000:]
 
 
-def _inputs(L, H=2, d=32, dtype=torch.float32, seed=0):
+def _inputs(L, H=2, d=32, dtype=torch.float32, seed=0, B=1):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(1, H, L, d, generator=g).to(dtype) for _ in range(3)]
+    return [torch.randn(B, H, L, d, generator=g).to(dtype) for _ in range(3)]
 
 
-def _random_selection(L, H, block, kk, seed=0, drop=0.0):
+def _random_selection(L, H, block, kk, seed=0, drop=0.0, B=1):
     """Random distinct key blocks per query block, unsorted, own block always present; with
     ``drop`` > 0 some non-own entries are marked invalid (a top-p style selection)."""
     g = torch.Generator().manual_seed(seed)
     n = num_blocks(L, block)
-    idx = torch.empty(1, H, n, kk, dtype=torch.long)
-    for h in range(H):
-        for i in range(n):
-            others = [j for j in torch.randperm(n, generator=g).tolist() if j != i][: kk - 1]
-            row = torch.tensor([i, *others])
-            idx[0, h, i] = row[torch.randperm(kk, generator=g)]
+    idx = torch.empty(B, H, n, kk, dtype=torch.long)
+    for b in range(B):
+        for h in range(H):
+            for i in range(n):
+                others = [j for j in torch.randperm(n, generator=g).tolist() if j != i][: kk - 1]
+                row = torch.tensor([i, *others])
+                idx[b, h, i] = row[torch.randperm(kk, generator=g)]
     valid = torch.rand(idx.shape, generator=g) >= drop
     valid |= idx == torch.arange(n)[None, None, :, None]
     return idx, valid
@@ -88,17 +89,20 @@ def _fp32_tol(d, keys, vmax, mult=4.0):
 
 @interpreted
 @pytest.mark.parametrize(
-    "L,block,tiles,drop",
+    "L,block,tiles,drop,batch",
     [
-        (256, 64, (32, 16, 4, 1), 0.0),  # block split into 2 x 4 kernel tiles
-        (250, 64, (64, 64, 4, 1), 0.3),  # ragged tail block + invalid entries
-        (200, 32, (32, 32, 4, 1), 0.0),  # one tile per block, ragged
+        (256, 64, (32, 16, 4, 1), 0.0, 1),  # block split into 2 x 4 kernel tiles
+        (250, 64, (64, 64, 4, 1), 0.3, 1),  # ragged tail block + invalid entries
+        (200, 32, (32, 32, 4, 1), 0.0, 2),  # one tile per block, ragged, batch 2, strided q/k/v
     ],
 )
-def test_spike_matches_reference_fp32(L, block, tiles, drop):
-    q, k, v = _inputs(L)
+def test_spike_matches_reference_fp32(L, block, tiles, drop, batch):
+    q, k, v = _inputs(L, B=batch)
+    if batch > 1:  # (B, L, H, d) memory seen as (B, H, L, d), as diffusers' processors pass it
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+        assert not q.is_contiguous()
     kk = 3
-    idx, valid = _random_selection(L, 2, block, kk, seed=L, drop=drop)
+    idx, valid = _random_selection(L, 2, block, kk, seed=L, drop=drop, B=batch)
     o, lse = triton_kernels.block_sparse_triton(q, k, v, idx, valid, block, tiles=tiles)
     o_ref, lse_ref = block_sparse_reference(q.double(), k.double(), v.double(), idx, valid, block)
     assert o.dtype == torch.float32 and lse.dtype == torch.float32
