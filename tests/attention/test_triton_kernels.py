@@ -317,6 +317,10 @@ def test_invalid_arguments_are_named():
         triton_kernels.block_sparse_triton(q, k, v, idx, valid, 64, tiles=(64, 48, 4, 1))
     with pytest.raises(ValueError, match="idx / valid"):
         triton_kernels.block_sparse_triton(q, k, v, idx[:, :, :1], valid[:, :, :1], 64)
+    big = q.expand(2**22, -1, -1, -1)  # a view: 2^31 elements, none allocated
+    big_sel = (idx.expand(2**22, -1, -1, -1), valid.expand(2**22, -1, -1, -1))
+    with pytest.raises(ValueError, match="32-bit"):
+        triton_kernels.block_sparse_triton(big, big, big, *big_sel, 64)
     with pytest.raises(ValueError, match="need CUDA tensors"):  # (this process: no interpreter)
         triton_kernels.block_sparse_triton(q, k, v, idx, valid, 64)
     with pytest.raises(ValueError, match="forward-only"):

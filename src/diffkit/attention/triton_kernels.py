@@ -223,6 +223,10 @@ def _check(q, k, v, idx, valid, block, block_m, block_n):
         raise ValueError(
             f"idx / valid must be (B, H, n={n}, k), got {tuple(idx.shape)}, {tuple(valid.shape)}"
         )
+    if max(q.numel(), k.numel(), v.numel()) >= 2**31:
+        raise ValueError(
+            f"q, k, v of {q.numel()} elements: the kernel's offsets are 32-bit; split the batch"
+        )
     for name, t in (("block_m", block_m), ("block_n", block_n)):
         if t < 16 or t & (t - 1) or block % t:
             raise ValueError(f"{name}={t} must be a power of two >= 16 dividing block={block}")
