@@ -19,7 +19,7 @@ RECIPES = sorted((RECIPES_DIR / "attention").glob("*.yaml"))
         ({"density": 1.5}, "density=1.5"),
         ({"block_size": 0}, "block_size=0"),
         ({"merge": "mass"}, "feature_map='elu1'"),
-        ({"backend": "triton"}, "backend='triton'.*reference, flex, auto"),
+        ({"backend": "cuda"}, "backend='cuda'.*reference, flex, triton, auto"),
         ({"rank": 7}, "rank=7"),
         ({"mass_lse": "approx"}, "mass_lse=.approx.*exact, estimate"),
     ],

@@ -205,14 +205,24 @@ AUTO_FLEX_MIN_TOKENS = 2048
 
 
 def resolve_backend(config: RoPeSLRConfig, q: torch.Tensor) -> str:
-    """The backend a call runs: ``config.backend``, or for "auto" flex where it is the faster
-    one and no gradient is needed (CUDA; CPU from :data:`AUTO_FLEX_MIN_TOKENS` tokens), else the
-    reference backend (training, short sequences, the tests' tiny models)."""
+    """The backend a call runs: ``config.backend``, or for "auto" without a gradient: on CUDA
+    the fused Triton kernel (flex inside torch.compile, or without Triton), on CPU flex from
+    :data:`AUTO_FLEX_MIN_TOKENS` tokens; else the reference backend (training, short
+    sequences, the tests' tiny models)."""
     if config.backend != "auto":
         return config.backend
     if torch.is_grad_enabled():
         return "reference"
-    return "flex" if q.is_cuda or q.shape[2] >= AUTO_FLEX_MIN_TOKENS else "reference"
+    if q.is_cuda:
+        return "triton" if _has_triton() and not torch.compiler.is_compiling() else "flex"
+    return "flex" if q.shape[2] >= AUTO_FLEX_MIN_TOKENS else "reference"
+
+
+@functools.cache
+def _has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def spike(
@@ -230,6 +240,10 @@ def spike(
     that read-out is not finite).
     """
     backend = resolve_backend(config, q)
+    if backend == "triton":
+        from diffkit.attention.triton_kernels import block_sparse_triton
+
+        return block_sparse_triton(q, k, v, plan.idx, plan.valid, config.block_size)
     if backend == "flex":
         if torch.is_grad_enabled() and q.requires_grad and not q.is_cuda:
             raise ValueError(
@@ -316,6 +330,9 @@ def ropeslr_attention(
     use_bg = config.background and params is not None
     gated = config.merge == "gated"
     need_lse = sink_k is not None or (use_bg and not gated)
+    fused = use_bg and sink_k is None and (gated or config.mass_lse == "exact")
+    if fused and resolve_backend(config, q) == "triton":  # one kernel: spike, background, merge
+        return plan.untiled(_ropeslr_triton(q, k, v, plan, config, params, q_pre, k_pre))
     if need_lse and sink_k is None and config.mass_lse == "estimate":
         # mass merge with the estimated lse: the spike runs without one (the gated path's cost)
         o_s, lse = spike_estimated(q, k, v, plan, config)
@@ -347,3 +364,18 @@ def ropeslr_attention(
             inplace = not (o_s.requires_grad or num.requires_grad or lam.requires_grad)
             out = merge_mass(o_s, lse, num, den, lam, inplace=inplace)
     return plan.untiled(out)
+
+
+def _ropeslr_triton(q, k, v, plan, config, params, q_pre, k_pre) -> torch.Tensor:
+    """Spike, background read-out and merge in one Triton kernel pass (tile-major in and out)."""
+    from diffkit.attention.triton_kernels import spike_background_triton
+
+    if q_pre is None or k_pre is None:
+        raise ValueError("the background path needs the pre-RoPE q_pre and k_pre")
+    gated = config.merge == "gated"
+    phi_q, phi_k, gate = background_features(params, q_pre, k_pre, plan, need_gate=gated)
+    lam = None if gated else params.log_lambda.exp()
+    sel = (plan.idx, plan.valid, config.block_size)
+    return spike_background_triton(
+        q, k, v, *sel, phi_q, phi_k, complement=config.complement, gate=gate, lam=lam
+    )
