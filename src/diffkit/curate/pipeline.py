@@ -20,6 +20,7 @@ either a complete shard or none.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,6 +45,14 @@ from diffkit.curate.filters import (
 )
 from diffkit.curate.images import blob_ref, file_ref
 from diffkit.curate.ingest import Ingest, IngestConfig
+from diffkit.curate.locations import (
+    STAGED_INPUT,
+    is_remote,
+    local_path,
+    local_run_dir,
+    publish,
+    stage,
+)
 from diffkit.curate.schema import PIPELINE_VERSION, is_error_reason, pa
 from diffkit.curate.semdedup import SemDedup, SemDedupConfig
 from diffkit.curate.sources import InputConfig, read_input
@@ -305,17 +314,35 @@ class Pipeline:
         retry_failed: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
         keep_work: bool = False,
+        local_dir: str | Path | None = None,
     ) -> dict:
         """Run (or resume) the pipeline; returns the run summary written to ``stats.json``.
 
         ``out_dir/work`` (intermediate shards) is removed after a run without failed rows unless
-        ``keep_work``; with failed rows it stays so that ``retry_failed`` reuses it."""
+        ``keep_work``; with failed rows it stays so that ``retry_failed`` reuses it.
+        ``input_path``, ``out_dir`` and the metadata table may be fsspec URLs (``memory://``,
+        ``s3://``...): see :mod:`diffkit.curate.locations`; ``local_dir`` is then the local run
+        folder (default: a cache folder named after ``out_dir``)."""
         from diffkit.curate.executors import LocalExecutor
 
+        if is_remote(out_dir):
+            local = Path(local_dir) if local_dir else local_run_dir(str(out_dir))
+            summary = self.run(
+                input_path, local, executor, retry_failed=retry_failed, progress=progress,
+                keep_work=keep_work,
+            )  # fmt: skip
+            publish(local, str(out_dir))
+            return summary
         executor = executor or LocalExecutor()
-        out = Path(out_dir)
+        out = local_path(out_dir)
         in_cfg = self.config.input if self.config is not None else InputConfig()
-        table = read_input(input_path, in_cfg)  # configuration errors surface here
+        in_local = local_path(input_path) if not is_remote(input_path) else None
+        if in_local is None:
+            in_local = stage(str(input_path), out.joinpath(*STAGED_INPUT))
+        if in_cfg.metadata and is_remote(in_cfg.metadata):
+            meta = stage(in_cfg.metadata, out.joinpath(*STAGED_INPUT, "_metadata"))
+            in_cfg = dataclasses.replace(in_cfg, metadata=str(meta))
+        table = read_input(in_local, in_cfg)  # configuration errors surface here
         out.mkdir(parents=True, exist_ok=True)
         prev = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
         attempt = int(prev.get("attempt", 0)) + (1 if retry_failed else 0)
