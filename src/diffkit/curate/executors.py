@@ -255,6 +255,9 @@ class _ChainWorker:
     def run(self, steps, chain, ctx):
         return execute_chain(steps, chain, ctx)
 
+    def pid(self) -> int:
+        return os.getpid()
+
 
 class RayExecutor:
     """Ray executor (the ``[ray]`` extra): one pool of long-lived actors streams every shard
