@@ -258,6 +258,10 @@ class _ChainWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def cpu_s(self) -> float:
+        """CPU seconds this actor process has used (for benchmarks)."""
+        return time.process_time()
+
 
 class RayExecutor:
     """Ray executor (the ``[ray]`` extra): one pool of long-lived actors streams every shard
