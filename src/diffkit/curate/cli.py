@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 app = typer.Typer(
-    help="MONET-style image-text curation: local by default, Ray Data at scale.",
+    help="MONET-style image-text curation: local by default, Ray at scale.",
     no_args_is_help=True,
 )
 
