@@ -211,6 +211,18 @@ def _actor_cpu(ex) -> list[float]:
 
 
 def ray_vs_local(n_base: int, repeats: int) -> dict:
+    """Section ``ray`` (see ``_ray_vs_local``) in a temporary folder removed in any case."""
+    import ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="curate-raybench-"))
+    try:
+        return _ray_vs_local(tmp, n_base, repeats)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ray_vs_local(tmp: Path, n_base: int, repeats: int) -> dict:
     """LocalExecutor (one process) vs RayExecutor (2 CPUs, long-lived actors) on the shipped
     recipe, interleaved ``repeats`` times on the same corpus, after one untimed warm-up run of
     each on a small corpus. ``ray.init`` and the actor start are timed apart (the pool is
@@ -221,7 +233,6 @@ def ray_vs_local(n_base: int, repeats: int) -> dict:
     from diffkit.curate.executors import LocalExecutor, RayExecutor
     from diffkit.curate.pipeline import Pipeline
 
-    tmp = Path(tempfile.mkdtemp(prefix="curate-ray-"))
     corpus = tmp / "corpus"
     t0 = time.perf_counter()
     info = make_corpus(corpus, CorpusConfig(n_base=n_base, seed=0))
@@ -272,8 +283,6 @@ def ray_vs_local(n_base: int, repeats: int) -> dict:
             print(f"ray: {name} rep {rep}: {wall:.1f} s ({info['rows'] / wall:.1f} img/s), "
                   f"load {load0:.1f}, sets identical so far: {identical}", flush=True)  # fmt: skip
     ray_ex.close()
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
     med = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
     est = {k: statistics.median(r["cpu_bound_wall_s"] for r in v) for k, v in runs.items()}
     return {
