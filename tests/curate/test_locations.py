@@ -88,3 +88,21 @@ def test_memory_input_and_output_match_local(corpus, tmp_path, small_config):
         assert json.load(fh)["kept"] == local["kept"]
     assert not fs.exists(f"{root}/work")  # intermediate shards stay local
     assert not (tmp_path / "run" / "work").exists()  # a clean run removes work/ (and the staging)
+
+
+def test_cli_memory_out_publishes_outputs_and_report(corpus, tmp_path, monkeypatch, recipe):
+    from diffkit.cli import main
+
+    monkeypatch.setenv("DIFFKIT_CACHE", str(tmp_path / "cache"))
+    url = f"memory://cli-{uuid.uuid4().hex}"
+    args = ["curate", "run", "--config", str(recipe), "--input", f"file://{corpus}", "--out", url,
+            "--set", f"stages={STAGES}", "--set", "shard_size=40"]  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 0
+    fs = fsspec.filesystem("memory")
+    root = url.split("://", 1)[1]
+    assert fs.isfile(f"{root}/manifest.json") and fs.isfile(f"{root}/report/report.html")
+    assert not fs.exists(f"{root}/work")
+    run_dir = local_run_dir(url, tmp_path / "cache" / "curate")
+    assert (run_dir / "manifest.json").is_file() and not (run_dir / "work").exists()
