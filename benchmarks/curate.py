@@ -159,21 +159,24 @@ def throughput(n_base: int, repeats: int) -> dict:
     ray_init_s = time.perf_counter() - t0
     runs = {"local_1proc": [], "local_2proc": [], "ray_2cpu": []}
     per_stage = {k: [] for k in runs}
+    ray_ex = RayExecutor(num_cpus=2)  # one long-lived actor pool for every repeat
     for rep in range(repeats):
         for name in runs:
             ex = {"local_1proc": lambda: LocalExecutor(1), "local_2proc": lambda: LocalExecutor(2),
-                  "ray_2cpu": lambda: RayExecutor(num_cpus=2)}[name]()  # fmt: skip
+                  "ray_2cpu": lambda: ray_ex}[name]()  # fmt: skip
             out = tmp / f"{name}{rep}"
             t0 = time.perf_counter()
             s = Pipeline.from_config(cfg).run(corpus, out, ex)
             runs[name].append(time.perf_counter() - t0)
             per_stage[name].append({st["stage"]: st["wall_s"] for st in s["stages"]})
-            ex.close()
+            if ex is not ray_ex:
+                ex.close()
             shutil.rmtree(out, ignore_errors=True)
             print(
                 f"throughput {name} rep {rep}: {info['rows'] / runs[name][-1]:.1f} img/s",
                 flush=True,
             )
+    ray_ex.close()
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
     res = {

@@ -163,7 +163,9 @@ def _check_columns(stages: list[Stage]) -> None:
 
 @dataclass
 class StageRun:
-    """What the driver records about one stage in one run."""
+    """What the driver records about one stage in one run. ``wall_s`` is the stage's task
+    seconds summed over workers (set-up and reading included) plus its driver-side reduce; the
+    elapsed time of each segment is in the summary's ``segments``."""
 
     name: str
     fingerprint: str
