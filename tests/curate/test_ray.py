@@ -67,3 +67,14 @@ def _actor_pids(ex):
     import ray
 
     return ray.get([a.pid.remote() for a in ex._actors])
+
+
+@pytest.mark.ray
+def test_ray_gpu_need_beyond_the_cluster_is_an_error(ray_session):
+    # actors that ask for more GPUs than the cluster has would wait forever
+    ex = RayExecutor(num_cpus=2, gpus_per_worker=0.5)
+    with pytest.raises(ValueError, match="GPU per actor"):
+        ex.start([])
+    assert ex._actors == []
+    with pytest.raises(ValueError, match="workers"):
+        RayExecutor(workers=-1)

@@ -270,7 +270,8 @@ class RayExecutor:
     Args:
         num_cpus: CPUs for a locally started Ray (ignored when connecting to ``address``).
         address: Ray cluster address ('' = start or reuse a local instance).
-        workers: Actors in the pool (0 = one per CPU of the cluster).
+        workers: Actors in the pool (0 = one per CPU of the cluster); with GPUs at most as many
+            as the cluster's GPUs can hold at ``gpus_per_worker`` each.
         gpus_per_worker: GPUs each actor holds (None = the largest ``resources.gpus`` of the
             pipeline's stages; fractions allowed, as in Ray's ``num_gpus``).
     """
@@ -320,7 +321,16 @@ class RayExecutor:
         if self._actors and self._actor_gpus == gpus:
             return
         self.close()
-        n = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        res = ray.cluster_resources()
+        n = self.workers or max(1, int(res.get("CPU", 1)))
+        if gpus > 0:  # more actors than the GPUs can hold would wait forever
+            fit = int(res.get("GPU", 0) / gpus + 1e-9)
+            if fit < 1:
+                raise ValueError(
+                    f"the stages ask for {gpus} GPU per actor; the Ray cluster has "
+                    f"{res.get('GPU', 0)} GPUs (set the stages' `gpus` to 0 or add GPUs)"
+                )
+            n = min(n, fit)
         cls = ray.remote(num_cpus=1, num_gpus=gpus)(_ChainWorker)
         self._actors = [cls.remote() for _ in range(n)]
         self._actor_gpus = gpus
