@@ -78,3 +78,28 @@ def test_ray_gpu_need_beyond_the_cluster_is_an_error(ray_session):
     assert ex._actors == []
     with pytest.raises(ValueError, match="workers"):
         RayExecutor(workers=-1)
+
+
+@pytest.mark.ray
+def test_ray_resumes_a_local_run_mid_segment(ray_session, corpus, tmp_path, small_config):
+    # a local run interrupted inside a segment (one shard lacks pHash apply and everything
+    # after it) is finished by Ray: chains start at each shard's first missing step
+    stages = (
+        "[ingest, prefilter, exact_dedup, embed, safety, policy, phash_dedup, recaption, write]"
+    )
+    cfg = small_config(**{"stages": stages, "shard_size": 40})
+    out = tmp_path / "run"
+    Pipeline.from_config(cfg).run(corpus, out, keep_work=True)
+    manifest = (out / "manifest.json").read_bytes()
+    work = out / "work"
+    for pattern in ("*_phash_dedup/*/completions/00001", "*_recaption/*/completions/00001",
+                    "*_write/*/completions/*"):  # fmt: skip
+        for m in work.glob(pattern):
+            m.unlink()
+    (out / "manifest.json").unlink()
+    ex = RayExecutor(num_cpus=2)
+    s = Pipeline.from_config(cfg).run(corpus, out, ex)
+    ex.close()
+    ran = {st["stage"]: st["shards_run"] for st in s["stages"]}
+    assert ran["ingest"] == ran["embed"] == 0 and ran["phash_dedup"] == ran["recaption"] == 1
+    assert (out / "manifest.json").read_bytes() == manifest
