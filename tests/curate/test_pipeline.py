@@ -35,6 +35,22 @@ def test_every_row_accounted_for(run_dir, corpus):
         assert b["rows_in"] == a["kept"]
 
 
+def test_barriers_only_at_global_stages(run_dir):
+    """Per-row stages run as one chain per shard; a segment ends only where every shard is
+    needed: a global stage's keys (its reduce), or the duplicate clusters before the writer."""
+    _, summary = run_dir
+    assert [seg["steps"] for seg in summary["segments"]] == [
+        ["ingest:map", "prefilter:map", "exact_dedup:keys"],
+        ["exact_dedup:apply", "governance:map", "embed:map", "safety:map", "policy:map",
+         "phash_dedup:keys"],
+        ["phash_dedup:apply", "emb_dedup:keys"],
+        ["emb_dedup:apply", "recaption:map"],
+        ["write:sink"],
+    ]  # fmt: skip
+    n_shards = summary["stages"][0]["shards_run"]
+    assert n_shards > 1 and all(seg["shard_chains"] == n_shards for seg in summary["segments"])
+
+
 def test_planted_rows_get_their_reasons(run_dir, corpus):
     out, _ = run_dir
     got = {r["source_key"]: r for r in load_outputs(out).to_pylist()}
