@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -73,18 +72,33 @@ def _eval_runs(zoo, per_class, seeds, draw):
             for k in KEYS}  # fmt: skip
 
 
-def _train_job(seed, steps, per_class, eval_seeds, partial_dir):
+def _cached(work: Path, key: str, fn):
+    """``fn()``, or its result from an earlier (cut-short) run of the same work folder."""
+    f = work / "cache.json"
+    cache = json.loads(f.read_text()) if f.is_file() else {}
+    if key not in cache:
+        cache[key] = fn()
+        cache = {**(json.loads(f.read_text()) if f.is_file() else {}), key: cache[key]}
+        f.write_text(json.dumps(cache, indent=2) + "\n")
+    return cache[key]
+
+
+def _train_job(seed, steps, per_class, eval_seeds, work):
+    """Train (resuming from the seed's latest checkpoint if a run was cut short) and evaluate."""
     torch.set_num_threads(1)
+    done = Path(work, f"seed{seed}.json")
+    if done.is_file():
+        return json.loads(done.read_text())
     zoo = load_digits_zoo()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        train = dataclasses.replace(TRAIN, steps=steps, seed=seed)
-        student, _ = distill_digits(DATA_FREE, train, tmp, zoo=zoo)
+    train = dataclasses.replace(TRAIN, steps=steps, seed=seed, checkpoint_every=25)
+    student, _ = distill_digits(DATA_FREE, train, Path(work, f"seed{seed}"), zoo=zoo)
     train_s = time.perf_counter() - t0
     m = _student_eval(zoo, student, per_class, range(eval_seeds), DATA_FREE.sample_mode)
-    torch.save(student.state_dict(), Path(tempfile.gettempdir()) / f"datafree_fpd_{seed}.pt")
-    out = {"metrics": m, "train_seconds": train_s, "loadavg_end": list(os.getloadavg())}
-    Path(partial_dir, f"seed{seed}.json").write_text(json.dumps(out, indent=2) + "\n")
+    torch.save(student.state_dict(), Path(work, f"student{seed}.pt"))
+    out = {"metrics": m, "train_seconds_last_invocation": train_s,
+           "loadavg_end": list(os.getloadavg())}  # fmt: skip
+    done.write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 
@@ -107,48 +121,52 @@ def main() -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="processes; training uses workers - 1")
     p.add_argument(
-        "--partial-dir",
-        default=str(Path(tempfile.gettempdir()) / "distill_datafree_partial"),
-        help="per-seed results and the sweep, written as they finish",
+        "--work-dir",
+        default="out/distill_datafree",
+        help="checkpoints and finished parts; a rerun with the same folder resumes",
     )
     p.add_argument("--out", default=str(RESULTS / "distill_datafree.json"))
     args = p.parse_args()
     torch.set_num_threads(1)
     t_start, load0 = time.perf_counter(), os.getloadavg()
     zoo = load_digits_zoo()
-    partial = Path(args.partial_dir)
-    partial.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
     import multiprocessing as mp
 
     with ProcessPoolExecutor(max(1, args.workers - 1), mp_context=mp.get_context("spawn")) as ex:
-        futures = {s: ex.submit(_train_job, s, args.steps, args.per_class, args.eval_seeds, partial)
+        futures = {s: ex.submit(_train_job, s, args.steps, args.per_class, args.eval_seeds, work)
                    for s in args.train_seeds}  # fmt: skip
+        n_sweep, n_final = (
+            (args.sweep_per_class, args.sweep_seeds),
+            (args.per_class, args.eval_seeds),
+        )
+
+        def teacher(cfg_scale, ct, n, steps=8):  # cached: a rerun resumes the sweep
+            key = f"teacher/cfg{cfg_scale:g}/ct{ct:g}/steps{steps}/{n[0]}x{n[1]}"
+            return _cached(work, key, lambda: _teacher_eval(zoo, n[0], range(n[1]), cfg_scale, ct,
+                                                            steps=steps))  # fmt: skip
+
         sweep = []
         for cfg_scale in args.guidance:
             for ct in args.choice_temperatures:
-                m = _teacher_eval(zoo, args.sweep_per_class, range(args.sweep_seeds), cfg_scale, ct)
+                m = teacher(cfg_scale, ct, n_sweep)
                 sweep.append({"guidance": cfg_scale, "choice_temperature": ct, **m})
                 print("teacher-8", cfg_scale, ct, round(m["kid"]["mean"], 2),
                       round(m["class_acc"]["mean"], 4), flush=True)  # fmt: skip
         best = min(sweep, key=lambda r: r["kid"]["mean"])
         steps_sweep = []
         for n in args.teacher_steps:
-            m = _teacher_eval(zoo, args.sweep_per_class, range(args.sweep_seeds), best["guidance"],
-                              best["choice_temperature"], steps=n)  # fmt: skip
+            m = teacher(best["guidance"], best["choice_temperature"], n_sweep, steps=n)
             steps_sweep.append({"steps": n, **m})
             print("teacher steps", n, round(m["kid"]["mean"], 2), flush=True)
-        (partial / "teacher_sweep.json").write_text(
-            json.dumps({"sweep": sweep, "steps_sweep": steps_sweep}, indent=2) + "\n"
-        )
-        tuned = _teacher_eval(zoo, args.per_class, range(args.eval_seeds), best["guidance"],
-                              best["choice_temperature"])  # fmt: skip
-        default = _teacher_eval(zoo, args.per_class, range(args.eval_seeds), 2.0, 2.0)
+        tuned = teacher(best["guidance"], best["choice_temperature"], n_final)
+        default = teacher(2.0, 2.0, n_final)
         results = {s: f.result() for s, f in futures.items()}
     fpd = merge([r["metrics"] for r in results.values()])
     # interleaved timing: tuned teacher-8 vs the seed-0 student, 1000 samples, median of 3
     student = zoo.teacher.make_student().eval()
-    student.load_state_dict(torch.load(Path(tempfile.gettempdir()) /
-                                       f"datafree_fpd_{args.train_seeds[0]}.pt"))  # fmt: skip
+    student.load_state_dict(torch.load(work / f"student{args.train_seeds[0]}.pt"))
     labels = torch.arange(10).repeat_interleave(100)
     tt, ts = [], []
     for r in range(3):
