@@ -153,13 +153,31 @@ def linear_packed(
     bias: torch.Tensor | None,
     backend: Backend,
     out_dtype: torch.dtype = torch.float32,
+    *,
+    gelu: str | None = None,
+    out_q: tuple[float, int, int] | None = None,
 ) -> torch.Tensor:
-    """``(x_q - x_zero) x_scale @ (w * w_scale)^T + bias`` for x_q uint8 (M, K), in ``out_dtype``."""
+    """``(x_q - x_zero) x_scale @ (w * w_scale)^T + bias`` for x_q uint8 (M, K), in ``out_dtype``.
+
+    ``gelu`` ("none" or "tanh", F.gelu's ``approximate``) applies GELU to that result; ``out_q``
+    (scale, zero point, qmax) returns instead the uint8 codes ``clamp(round(y / scale) + zero, 0,
+    qmax)`` of the result, i.e. the next layer's quantized input. oneDNN does both inside the GEMM
+    (post-op and output quantization), so the fp32 result is never written to memory; the other
+    backends compute the same in fp32 after the GEMM (the reference the fused kernel is tested
+    against).
+    """
     if backend == "onednn":
-        return torch.ops.onednn.qlinear_pointwise(
+        post, algo = ("gelu", gelu) if gelu is not None else ("none", "")
+        o_scale, o_zero, o_dtype = 1.0, 0, out_dtype
+        if out_q is not None:
+            o_scale, o_zero, o_dtype = float(out_q[0]), int(out_q[1]), torch.uint8
+        y = torch.ops.onednn.qlinear_pointwise(
             x_q, float(x_scale), int(x_zero), w.weight, w.scale, w.zeros, bias,
-            1.0, 0, out_dtype, "none", [None], "",
+            o_scale, o_zero, o_dtype, post, [None], algo,
         )  # fmt: skip
+        if out_q is not None and out_q[2] < 255:  # 7-bit codes: oneDNN saturates at 255
+            y = y.clamp_(max=out_q[2])
+        return y
     if backend == "cuda":
         xs = (x_q.to(torch.int16) - 128).to(torch.int8)  # shift codes into int8
         M = xs.shape[0]
@@ -170,8 +188,12 @@ def linear_packed(
         acc = acc + (128 - int(x_zero)) * w.colsum
         out = acc.float() * (float(x_scale) * w.scale)
         out = out + bias if bias is not None else out
-        return out.to(out_dtype)
-    out = F.linear((x_q.float() - x_zero) * x_scale, w.weight, bias)
+    else:
+        out = F.linear((x_q.float() - x_zero) * x_scale, w.weight, bias)
+    if gelu is not None:
+        out = F.gelu(out, approximate=gelu)
+    if out_q is not None:
+        return quantize_act(out, *out_q)
     return out.to(out_dtype)
 
 
