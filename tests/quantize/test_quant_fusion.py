@@ -207,3 +207,14 @@ def test_fuse_is_idempotent_and_leaves_unquantized_mlps_alone():
     assert fusionlib.fuse_mlps_(model) == 0 and model.ffn is seq
     q = quantized(RTNConfig(w_bits=8, a_bits=8))
     assert fusionlib.fuse_mlps_(q) == 0  # already fused at convert
+
+
+@pytest.mark.slow
+def test_torch_compile_runs_around_the_fused_mlp():
+    q = quantized(RTNConfig(w_bits=8, a_bits=8))
+    ffn = q.blocks[0].ffn
+    x = torch.randn(2, 40, ffn.up.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = ffn(x)
+        compiled = torch.compile(ffn)(x)
+    torch.testing.assert_close(compiled, eager, atol=1e-5 * float(eager.abs().max()), rtol=0)

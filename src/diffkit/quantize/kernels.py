@@ -111,6 +111,8 @@ def quantize_act(
     which can differ from ``x / scale`` by one code at exact ties; the simulator and the kernel
     call this function with the same arguments, so they see the same integers.
     """
+    if torch.compiler.is_compiling():  # traced into a compiled model: inductor fuses the formula
+        return torch.clamp(torch.round(x.float() * (1.0 / scale)) + zero, 0, qmax).to(torch.uint8)
     if compiled:
         t = functools.partial(torch.tensor, dtype=torch.float32, device=x.device)
         return _compiled_act_codes()(x, t(1.0 / scale), t(float(zero)), int(qmax))
