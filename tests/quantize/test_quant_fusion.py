@@ -218,3 +218,19 @@ def test_torch_compile_runs_around_the_fused_mlp():
         eager = ffn(x)
         compiled = torch.compile(ffn)(x)
     torch.testing.assert_close(compiled, eager, atol=1e-5 * float(eager.abs().max()), rtol=0)
+
+
+@pytest.mark.gpu
+def test_cuda_fused_mlp_matches_the_simulator(wan_dir):
+    # the CUDA backend (torch._int_mm) runs GELU and the output quantizer after its GEMM in fp32:
+    # the same arithmetic as the simulator, up to accumulation order
+    from diffkit.quantize import set_backend_
+
+    model = _quantized_wan(wan_dir).cuda()
+    inputs = tuple(t.cuda() for t in _wan_inputs(0))
+    set_backend_(model, "simulate")
+    sim = _run(model, inputs)
+    set_backend_(model, "cuda")
+    assert model.blocks[0].ffn.can_fuse(torch.randn(2, model.blocks[0].ffn.up.in_features).cuda())
+    fused = _run(model, inputs)
+    assert _rel(fused, sim) < 1e-3
