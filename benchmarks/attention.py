@@ -52,6 +52,9 @@ RESULTS = Path(__file__).parent / "results"
 warnings.filterwarnings("ignore")
 
 
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def _env() -> dict:
     return {
         "machine": machine_info(),
@@ -59,6 +62,8 @@ def _env() -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "loadavg_start": os.getloadavg(),
+        # set to emulate another CPU kind (e.g. AVX2 on an AMX machine): recorded with the run
+        "isa_env": {k: os.environ[k] for k in ISA_ENV if k in os.environ},
     }
 
 
@@ -662,6 +667,16 @@ def _tagged_speed(res: dict, tag: str) -> None:
         "",
         f"Machine: {_machine(res['env'])}.",
         "",
+        *(
+            [
+                f"**Emulated CPU kind**: run with `{res['env']['isa_env']}` on this machine, so "
+                "PyTorch and oneDNN use only those instructions; not a measurement of a real "
+                "machine of that kind.",
+                "",
+            ]
+            if res["env"].get("isa_env")
+            else []
+        ),
         f"Environment: `{json.dumps(res['env'])}`",
         "",
         *_speed_md(res["speed"]),
