@@ -6,9 +6,12 @@ flash-attention kernel (the kernel behind ``scaled_dot_product_attention``, whic
 the per-row log-sum-exp). Every query block is one batch entry of that kernel, so the FLOPs are
 exactly those of the sparse ideal, 4 L (k block) d, and the only extra work is the copy of the
 selected key/value blocks (small against the attention: ~10 % of its time at k = 13, d = 64).
-Query blocks go through in chunks of one per thread, so the gathered copies stay in cache and
-memory is bounded (measured at 16K tokens, 1 thread: one block per call is as fast as or faster
-than 4 or 16, by up to 20 %, in fp32 and bf16).
+Query blocks go through in chunks, so memory stays bounded: with one thread, one block per
+call (its gathered copy stays in cache: measured at 16K tokens, as fast as or up to 20 % faster
+than 4 or 16 blocks per call); with several threads, as many blocks as fit in
+:data:`CHUNK_BYTES`, because every call is a parallel region whose threads must all meet at its
+end, which costs little on idle cores but a great deal on shared ones (2 threads on the loaded
+2-core VM, 16K tokens, d = 64: 2 blocks per call 0.5x SDPA's speed, 128 blocks per call 3.9x).
 
 The ragged last key block and invalid selection entries (top-p) are masked with an additive
 -inf mask, only in the chunks that contain one. Same numbers as
@@ -25,6 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from diffkit.attention.layout import num_blocks
+
+#: Gathered key + value bytes per kernel call when torch runs several threads.
+CHUNK_BYTES = 64 << 20
 
 
 def _flash(q, k, v, mask, scale):
@@ -48,7 +54,8 @@ def block_sparse_gathered(
 
     q, k, v (B, H, L, d) on CPU (tile-major order); idx / valid (B, H, n, k) the selection.
     Returns ``o`` (B, H, L, d) in q's dtype and ``lse`` (B, H, L) in fp32 (fp64 for fp64 input),
-    natural-log units. ``chunk`` = query blocks per kernel call (None: one per torch thread).
+    natural-log units. ``chunk`` = query blocks per kernel call (None: 1 with one torch thread,
+    else as many as fit in :data:`CHUNK_BYTES`).
     """
     if q.is_cuda:
         raise ValueError("the gather backend runs on CPU; use backend='flex' on CUDA")
@@ -73,7 +80,9 @@ def block_sparse_gathered(
         masked = key_ok.reshape(rows, kk * block)
         needs_mask = (~masked.all(-1)).tolist()  # per query block, read once
     if chunk is None:
-        chunk = max(1, torch.get_num_threads())
+        chunk = 1
+        if torch.get_num_threads() > 1:
+            chunk = max(1, CHUNK_BYTES // (2 * kk * block * d * q.element_size()))
     o = torch.empty(rows, block, d, dtype=q.dtype)
     lse = torch.empty(
         rows, block, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32
