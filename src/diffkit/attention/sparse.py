@@ -397,7 +397,8 @@ def estimate_lse(
         stats = torch.cat([m_s, v_s], -1)  # (B, H, n, 2d)
         x = torch.empty(*qb.shape[:-1], 2 * d, dtype=work, device=qb.device)
         x[..., :d] = qb
-        torch.mul(x[..., :d], x[..., :d], out=x[..., d:])
+        x[..., d:] = qb
+        x[..., d:].mul_(x[..., :d])  # (no out= into a view: torch.compile cannot trace it)
         zt = gather_blocks(stats, idx) @ x.transpose(-1, -2)  # (B, H, n, k, b)
         lse = torch.logsumexp(zt.add_(bias[..., None]), -2)  # (B, H, n, b)
     return lse.flatten(2, 3)[:, :, :length]
