@@ -21,6 +21,7 @@ from diffkit.attention.background import (
     merge_mass_readout,
 )
 from diffkit.attention.config import RoPeSLRConfig
+from diffkit.attention.gathered import block_sparse_gathered
 from diffkit.attention.layout import (
     block_scores,
     block_tiles,
@@ -197,25 +198,30 @@ def background_features(
     return phi_q, phi_k, plan.tiled(params.gate(q_pre)) if need_gate else None
 
 
-#: ``backend="auto"`` uses compiled flex on CPU from this many tokens (without autograd). Measured
-#: on the shared 2-core VM (fp32, d = 64, density 0.1, block 128, mass merge with estimated lse,
-#: interleaved): flex/reference = 0.6x at 1,024 tokens (one selected block: flex's fixed cost
-#: dominates), 1.9x at 2,048 and 4,096, 2.5x at 8,192, 2.0x at 16,384.
+#: ``backend="auto"`` uses the gather backend on CPU from this many tokens (without autograd).
+#: Measured on the shared 2-core AVX-512 + AMX VM (fp32, density 0.1, mass merge with estimated
+#: lse, 1 thread, interleaved): gather / reference = 2.3x faster at 256 tokens, 1.5-2.1x at
+#: 512-1,024, 3.2-4.4x at 2,048 (docs/attention.md, "Backends").
+AUTO_GATHER_MIN_TOKENS = 256
+#: Inside torch.compile / torch.export (the gather backend reads data-dependent masks in eager
+#: Python), "auto" uses compiled flex on CPU from this many tokens, else the reference backend.
 AUTO_FLEX_MIN_TOKENS = 2048
 
 
 def resolve_backend(config: RoPeSLRConfig, q: torch.Tensor) -> str:
     """The backend a call runs: ``config.backend``, or for "auto" without a gradient: on CUDA
-    the fused Triton kernel (flex inside torch.compile, or without Triton), on CPU flex from
-    :data:`AUTO_FLEX_MIN_TOKENS` tokens; else the reference backend (training, short
-    sequences, the tests' tiny models)."""
+    the fused Triton kernel (flex inside torch.compile, or without Triton); on CPU gather from
+    :data:`AUTO_GATHER_MIN_TOKENS` tokens, or under torch.compile flex from
+    :data:`AUTO_FLEX_MIN_TOKENS`; else the reference backend (training, short sequences)."""
     if config.backend != "auto":
         return config.backend
     if torch.is_grad_enabled():
         return "reference"
     if q.is_cuda:
         return "triton" if _has_triton() and not torch.compiler.is_compiling() else "flex"
-    return "flex" if q.shape[2] >= AUTO_FLEX_MIN_TOKENS else "reference"
+    if torch.compiler.is_compiling():
+        return "flex" if q.shape[2] >= AUTO_FLEX_MIN_TOKENS else "reference"
+    return "gather" if q.shape[2] >= AUTO_GATHER_MIN_TOKENS else "reference"
 
 
 @functools.cache
@@ -244,6 +250,10 @@ def spike(
         from diffkit.attention.triton_kernels import block_sparse_triton
 
         return block_sparse_triton(q, k, v, plan.idx, plan.valid, config.block_size)
+    if backend == "gather":
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            raise ValueError("backend='gather' is forward-only; use backend='reference' to train")
+        return block_sparse_gathered(q, k, v, plan.idx, plan.valid, config.block_size)
     if backend == "flex":
         if torch.is_grad_enabled() and q.requires_grad and not q.is_cuda:
             raise ValueError(
