@@ -242,6 +242,71 @@ def lookup_scaling(max_n: int, k: int, brute_max: int = 30_000, budget_s: float 
     return {"max_distance": k, "rows": rows}
 
 
+def scale_worker(n: int, seed: int = 0) -> dict:
+    """One pHash dedup reduce at ``n`` synthetic rows, in this (fresh) process: random 64-bit pHash
+    and dHash values, 1 % planted near pairs (pHash within the shipped radius, dHash within the
+    verify radius), all rows above the degenerate-entropy floor; runs ``phash_clusters`` with the
+    shipped PhashDedupConfig (faiss lookup, k = 12, dHash verify 8) and reports wall time and the
+    process' peak RSS."""
+    import resource
+
+    from diffkit.curate.dedup import PhashDedupConfig, phash_clusters
+
+    cfg = PhashDedupConfig()
+    rng = np.random.default_rng(seed)
+
+    def rand64(m):
+        return rng.integers(0, 2**63, m, dtype=np.int64).astype(np.uint64) << np.uint64(1) | (
+            rng.integers(0, 2, m).astype(np.uint64)
+        )
+
+    def flips(m, k):
+        out = np.zeros(m, np.uint64)
+        for t in range(m):
+            for b in rng.choice(64, size=int(rng.integers(0, k + 1)), replace=False):
+                out[t] |= np.uint64(1 << int(b))
+        return out
+
+    ph, dh = rand64(n), rand64(n)
+    m = n // 100
+    src, dst = rng.choice(n, size=(2, m), replace=False)
+    ph[dst] = ph[src] ^ flips(m, cfg.max_distance)
+    dh[dst] = dh[src] ^ flips(m, cfg.verify_dhash_distance)
+    ent = np.full(n, 5.0)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    roots = phash_clusters(ph, ent, cfg, dh)
+    wall = time.perf_counter() - t0
+    return {
+        "n": n, "planted": int(m), "wall_s": round(wall, 2),
+        "merged_rows": int((roots != np.arange(n)).sum()),
+        "planted_found": float(np.mean(roots[src] == roots[dst])),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_mb": round(rss0 / 1024, 1), "load": [round(x, 2) for x in os.getloadavg()],
+    }  # fmt: skip
+
+
+def scale(sizes=(100_000, 300_000, 1_000_000), timeout_s: float = 900.0, prev=None) -> dict:
+    """``scale_worker`` in a fresh, nice'd subprocess per size (so peak RSS is that size's own),
+    each stopped after ``timeout_s`` (recorded as not finished). Rows of ``prev`` (an earlier
+    result) at other sizes are kept."""
+    import subprocess
+    import sys
+
+    rows = {r["n"]: r for r in (prev or {}).get("rows", [])}
+    for n in sizes:
+        cmd = ["nice", "-n", "5", sys.executable, __file__, "--scale-worker", str(n)]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout_s)
+            rows[n] = json.loads(p.stdout.strip().splitlines()[-1])
+        except subprocess.TimeoutExpired:
+            rows[n] = {"n": n, "skipped": f"did not finish in {timeout_s:.0f} s"}
+            rows[n]["load"] = [round(x, 2) for x in os.getloadavg()]
+        rows[n]["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        print(f"scale: {rows[n]}", flush=True)
+    return {"rows": [rows[k] for k in sorted(rows)], "machine": machine_line()}
+
+
 def _stamp(img, xy, text, fill, alpha=1.0):
     from PIL import Image, ImageDraw
 
@@ -464,6 +529,21 @@ def markdown(res: dict) -> str:
             f"| {r['n']} | {r.get('pairs', '-')} | {r.get('faiss_s', '-')} | {r.get('bands_s', '-')} | "
             f"{r.get('brute_s', '-')} | {r.get('identical', '-')} | {r.get('identical_brute', '-')} |"
         )
+    if "scale" in res:
+        sc = res["scale"]
+        lines += ["", f"## pHash dedup at scale (one process, one thread, the shipped PhashDedupConfig: faiss lookup k <= 12 + dHash verify <= 8 + union-find; random hashes + 1 % planted near pairs; {sc['machine']})", "",
+                  "| N rows | wall s | peak RSS MB | planted pairs found | rows merged | load (1/5/15 min) at end | measured |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in sc["rows"]:
+            if "skipped" in r:
+                lines.append(
+                    f"| {r['n']} | {r['skipped']} | - | - | - | {r.get('load', '-')} | {r.get('measured', '-')} |"
+                )
+            else:
+                lines.append(
+                    f"| {r['n']} | {r['wall_s']} | {r['peak_rss_mb']} | {r['planted_found']:.3f} | "
+                    f"{r['merged_rows']} | {r['load']} | {r.get('measured', '2026-12-07')} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -476,11 +556,17 @@ def main() -> None:
     ap.add_argument(
         "--lookup-k", type=int, default=None, help="radius (default: the shipped max_distance)"
     )
+    ap.add_argument("--scale-worker", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--scale-sizes", default="100000,300000,1000000")
+    ap.add_argument("--scale-timeout", type=float, default=900.0, help="seconds per size")
     ap.add_argument(
         "--sections", default="dedup,lookup,throughput,scorers",
         help="comma list; sections not run keep their previous results from curate.json",
     )  # fmt: skip
     args = ap.parse_args()
+    if args.scale_worker:
+        print(json.dumps(scale_worker(args.scale_worker)))
+        return
     from diffkit.curate.dedup import PhashDedupConfig
 
     k = PhashDedupConfig().max_distance if args.lookup_k is None else args.lookup_k
@@ -509,6 +595,9 @@ def main() -> None:
         res["lookup"] = lookup_scaling(args.max_n, k) | {
             "machine": f"{machine}, measured {time.strftime('%Y-%m-%d')}, load {os.getloadavg()[0]:.1f}"
         }
+    if "scale" in sections:
+        sizes = [int(x) for x in args.scale_sizes.split(",")]
+        res["scale"] = scale(sizes, args.scale_timeout, res.get("scale"))
     if "throughput" in sections:
         res["throughput"] = throughput(args.tp_n_base, args.repeats)
     res["load_end"] = [round(x, 2) for x in os.getloadavg()]
