@@ -168,7 +168,7 @@ def ncc_grid(ing, corpus) -> list[dict]:
 
     base = _cfg().phash_dedup
     out = []
-    for k in NCC_RADII:
+    for k in [int(x) for x in os.environ.get("CURATE_NCC_RADII", "").split(",") if x] or NCC_RADII:
         c = PhashDedupConfig(**{**base.__dict__, "max_distance": k, "verify_ncc": 0.0})
         t0 = time.perf_counter()
         ms = ncc_sweep(ing, corpus, c, NCC_TAUS)
@@ -180,11 +180,22 @@ def ncc_grid(ing, corpus) -> list[dict]:
     return out
 
 
-def ncc_choice(grid: list[dict]) -> dict | None:
-    """Calibration rule: among points with pairwise precision >= 0.99 and no hard-negative
-    merge, the highest worst target recall (crops <= 10 %, gamma, contrast, brightness), then
-    the highest pairwise recall, then the smaller radius and higher threshold."""
-    ok = [m for m in grid if m["precision"] >= 0.99 and m["hn_merges"] == 0]
+def ncc_choice(grids: list[list[dict]]) -> dict | None:
+    """Choice rule over every seed's grid at once (worst seed counts): among points with
+    pairwise precision >= 0.99 and no hard-negative merge on every seed, the highest worst
+    target recall (crops <= 10 %, gamma, contrast, brightness), then the highest pairwise recall,
+    then the smaller radius and the higher threshold. Returns the worst-seed figures."""
+    keys = ("crop<=10%", "gamma", "contrast", "brightness", "precision", "recall")
+    pts: dict = {}
+    for g in grids:
+        for m in g:
+            pts.setdefault((m["max_distance"], m["verify_ncc"]), []).append(m)
+    agg = [
+        {"max_distance": k, "verify_ncc": t, "hn_merges": max(m["hn_merges"] for m in ms),
+         **{x: min(m[x] for m in ms) for x in keys}}
+        for (k, t), ms in pts.items() if len(ms) == len(grids)
+    ]  # fmt: skip
+    ok = [m for m in agg if m["precision"] >= 0.99 and m["hn_merges"] == 0]
     key = lambda m: (min(m["crop<=10%"], m["gamma"], m["contrast"], m["brightness"]),  # noqa: E731
                      m["recall"], -m["max_distance"], m["verify_ncc"])  # fmt: skip
     return max(ok, key=key) if ok else None
@@ -297,10 +308,10 @@ def lookup_scaling(max_n: int, k: int, brute_max: int = 30_000, budget_s: float 
 
 def scale_worker(n: int, seed: int = 0) -> dict:
     """One pHash dedup reduce at ``n`` synthetic rows, in this (fresh) process: random 64-bit pHash
-    and dHash values, 1 % planted near pairs (pHash within the shipped radius, dHash within the
+    and dHash values, 1 % planted near pairs (pHash within the default radius, dHash within the
     verify radius), all rows above the degenerate-entropy floor; runs ``phash_clusters`` with the
-    shipped PhashDedupConfig (faiss lookup, k = 12, dHash verify 8) and reports wall time and the
-    process' peak RSS."""
+    class-default PhashDedupConfig (faiss lookup, k = 12, dHash verify 8; no NCC check) and
+    reports wall time and the process' peak RSS."""
     import resource
 
     from diffkit.curate.dedup import PhashDedupConfig, phash_clusters
@@ -530,14 +541,15 @@ def _ncc_markdown(d: dict) -> list[str]:
 
     ship = load_config(RECIPE, []).phash_dedup
     first = next(iter(seeds.values()))["ncc_sweep"]
-    ch = ncc_choice(first)
+    ch = ncc_choice([v["ncc_sweep"] for v in seeds.values()])
     f = lambda x: f"{x:.3f}"  # noqa: E731
     lines = ["", "## Crop-robust near-dups: crop-window candidates + aligned-thumbnail NCC verification (pHash stage alone)", "",
              f"Candidates: full pHash within k, plus a 0.95 / 0.9 crop window of one row within {ship.crop_max_distance} of "
              f"another row's pHash; kept if the best NCC of their 32x32 thumbnails over aligned windows (scales "
              f"{list(ship.ncc_scales)}) is >= tau. Shipped: k = {ship.max_distance}, tau = {ship.verify_ncc}. "
-             + (f"Calibrated on seed {next(iter(seeds))} (precision >= 0.99, no hard-negative merge, then the highest worst "
-                f"target recall): k = {ch['max_distance']}, tau = {ch['verify_ncc']}." if ch else "No grid point met precision >= 0.99 with no hard-negative merge."),
+             + (f"Chosen over seeds {', '.join(seeds)} together, worst seed counting (precision >= 0.99 and no hard-negative "
+                f"merge on every seed, then the highest worst target recall): k = {ch['max_distance']}, tau = {ch['verify_ncc']}; "
+                "no seed is held out." if ch else "No grid point met precision >= 0.99 with no hard-negative merge on every seed."),
              "", "| seed | candidates | crops <= 10 % R | gamma R | contrast R | brightness R | pairwise P | pairwise R | hard-neg merges |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for seed, v in seeds.items():
@@ -547,6 +559,16 @@ def _ncc_markdown(d: dict) -> list[str]:
             continue
         lines.append(f"| {seed} | {m['candidates']} | {f(m['crop<=10%'])} | {f(m['gamma'])} | {f(m['contrast'])} | "
                      f"{f(m['brightness'])} | {f(m['precision'])} | {f(m['recall'])} | {m['hn_merges']} |")  # fmt: skip
+    for seed, v in list(seeds.items())[1:]:
+        lines += [
+            "",
+            f"Grid on seed {seed}:",
+            "",
+            "| k | tau | crops <= 10 % R | P | HN merges |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {m['max_distance']} | {m['verify_ncc']} | {f(m['crop<=10%'])} | {f(m['precision'])} | {m['hn_merges']} |"
+                  for m in v["ncc_sweep"]]  # fmt: skip
     lines += ["", f"Grid on seed {next(iter(seeds))} (k x tau; sweep time per k in the JSON):", "",
               "| k | tau | candidates | crops <= 10 % R | gamma R | contrast R | brightness R | P | R | HN merges |",
               "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -621,7 +643,7 @@ def markdown(res: dict) -> str:
         )
     if "scale" in res:
         sc = res["scale"]
-        lines += ["", f"## pHash dedup at scale (one process, one thread, the shipped PhashDedupConfig: faiss lookup k <= 12 + dHash verify <= 8 + union-find; random hashes + 1 % planted near pairs; {sc['machine']})", "",
+        lines += ["", f"## pHash dedup at scale (one process, one thread, the class-default PhashDedupConfig: faiss lookup k <= 12 + dHash verify <= 8 + union-find, no NCC check; random hashes + 1 % planted near pairs; {sc['machine']})", "",
                   "| N rows | wall s | peak RSS MB | planted pairs found | rows merged | load (1/5/15 min) at end | measured |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in sc["rows"]:

@@ -337,14 +337,14 @@ class PhashDedupConfig:
         crop_max_distance: Crop-robust search: a row ``j`` is also a candidate duplicate of row
             ``i`` when the pHash of one of ``i``'s sub-windows (``phash_crops``, see
             IngestConfig.crop_scales) is within this distance of ``j``'s full pHash; -1 disables.
-            Off by default: measured with scales (0.95, 0.9) and 10/8 it raised full-pipeline
-            recall (0.72 -> 0.85) and crop <= 10 % recall (to 0.78-0.94) but cut pairwise
-            precision to 0.98/0.94/0.85 on three seeds
-            (benchmarks/results/curate_crops_experiment.md).
+            Off here; the local recipe sets 16 with ``verify_ncc`` (with the dHash check alone it
+            cost precision: 0.98/0.94/0.85 on three seeds,
+            benchmarks/results/curate_crops_experiment.md).
         crop_verify_dhash_distance: ... verified by the same window's dHash against ``j``'s.
         verify_ncc: Aligned-thumbnail verification (:func:`diffkit.curate.align.aligned_ncc`):
             every candidate pair (full-hash and crop-window) is merged only if the best NCC of
-            the two ``thumb`` columns over the aligned windows is at least this; -1 disables.
+            the two ``thumb`` columns over the aligned windows is at least this; -1 disables
+            (here; the local recipe ships 0.9, calibrated in benchmarks/results/curate.md).
         ncc_scales: Window scales (share of each side) searched by the NCC verification.
         ncc_step: Offset grid of the NCC windows (share of the side).
         ncc_rank: Rank-transform the thumbnails first (invariant to gamma and any tone curve).
