@@ -13,6 +13,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from diffkit.core.machine import machine_line
+
 # two-sided 95 % Student-t quantiles by degrees of freedom (df >= 30 uses the normal 1.96)
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060}  # fmt: skip
@@ -261,9 +263,9 @@ def generated_block(results: dict, rows: list[dict], cl: list[dict]) -> str:
         "",
         f"At LR {lr:g} (the LR with the most seeds among those where every arm ran):",
         "",
-        "| arm | beta | reward gain | drift | held-out implicit acc | beta·std(m) end | "
+        "| arm | seeds | beta | reward gain | drift | held-out implicit acc | beta·std(m) end | "
         "mean weight end (0-1) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["lr"] != lr:
@@ -271,11 +273,9 @@ def generated_block(results: dict, rows: list[dict], cl: list[dict]) -> str:
         bs = r["train_beta_margin_std"]
         w = r["train_weight_norm"]
         lines.append(
-            f"| {r['arm']} | {r['beta']:.3g} | {_pm(r['reward_gain'])} | {_pm(r['drift'])} | "
-            f"{r['heldout_implicit_acc'][0]:.3f} | {bs[0]:.2f} | {w[0]:.3f} |"
-            if bs and w
-            else f"| {r['arm']} | {r['beta']:.3g} | {_pm(r['reward_gain'])} | "
-            f"{_pm(r['drift'])} | {r['heldout_implicit_acc'][0]:.3f} | - | - |"
+            f"| {r['arm']} | {r['seeds']} | {r['beta']:.3g} | {_pm(r['reward_gain'])} | "
+            f"{_pm(r['drift'])} | {r['heldout_implicit_acc'][0]:.3f} | "
+            + (f"{bs[0]:.2f} | {w[0]:.3f} |" if bs and w else "- | - |")
         )
     lines.append(END)
     return "\n".join(lines)
@@ -331,8 +331,7 @@ def full_markdown(results: dict, rows: list[dict], cl: list[dict]) -> str:
         f"Config: {config_line(results)}.",
         f"Grid: `{json.dumps(s['grid'])}`.",
         f"Betas per LR and reference: `{json.dumps(s['betas'])}`.",
-        f"Machine: {s['machine'].get('cpu_capability', '?')} CPU, torch "
-        f"{s['machine'].get('torch', '?')}; 1 thread; training time per run "
+        f"Machine: {_machine(s['machine'])}; training time per run "
         f"{min(secs, default=0):.0f}-{max(secs, default=0):.0f} s, 1-min load average at run "
         f"start {min((x[0] for x in loads), default=0):.1f}-"
         f"{max((x[0] for x in loads), default=0):.1f} (measured while the machine was shared).",
@@ -363,6 +362,13 @@ def full_markdown(results: dict, rows: list[dict], cl: list[dict]) -> str:
     lines += ["", "## Peak RSS per reference strategy (one fresh process each)", ""]
     lines += memory_table(results["memory"])
     return "\n".join(lines) + "\n"
+
+
+def _machine(info: dict) -> str:
+    try:
+        return machine_line(info)
+    except KeyError:
+        return "machine record incomplete"
 
 
 def _arm_style(arm: str):

@@ -31,14 +31,14 @@ def test_calibrated_beta_puts_beta_times_median_std_on_target():
 
 
 def test_run_order_covers_the_grid_once_one_complete_lr_first():
-    grid = {"lrs": [1e-4, 3e-4, 1e-3, 3e-3], "seeds": 5}
+    grid = {"lrs": [3e-5, 1e-4, 3e-4, 1e-3], "seeds": 5}
     order = bench.run_order(grid)
     n_arms = len(bench.ARMS)
     assert len(order) == len(set(order)) == 4 * 5 * n_arms
     core = order[: 3 * len(bench.CORE_ARMS)]
     assert {(a, s) for a, _, s in core} == {(a, s) for a in bench.CORE_ARMS for s in range(3)}
     first = order[: 3 * n_arms]
-    assert {lr for _, lr, _ in first} == {1e-3}
+    assert {lr for _, lr, _ in first} == {1e-4}
     assert {(a, s) for a, _, s in first} == {(a, s) for a in bench.ARMS for s in range(3)}
     three_lrs = bench.run_order({"lrs": [1e-4, 1e-3, 1e-2], "seeds": 3})
     assert len(three_lrs) == len(set(three_lrs)) == 3 * 3 * n_arms
