@@ -38,7 +38,7 @@ def test_run_order_covers_the_grid_once_one_complete_lr_first():
     core = order[: 3 * len(bench.CORE_ARMS)]
     assert {(a, s) for a, _, s in core} == {(a, s) for a in bench.CORE_ARMS for s in range(3)}
     first = order[: 3 * n_arms]
-    assert {lr for _, lr, _ in first} == {1e-4}
+    assert {lr for _, lr, _ in first} == {3e-5}
     assert {(a, s) for a, _, s in first} == {(a, s) for a in bench.ARMS for s in range(3)}
     three_lrs = bench.run_order({"lrs": [1e-4, 1e-3, 1e-2], "seeds": 3})
     assert len(three_lrs) == len(set(three_lrs)) == 3 * 3 * n_arms
@@ -149,6 +149,17 @@ def test_claim_verdicts_follow_the_numbers(tmp_path):
     # arms that did not run are reported as untested, not as a verdict
     untested = [c for k, c in cl.items() if "EMA 0.99 vs frozen, linear" in k][0]
     assert untested["verdict"].startswith("not tested")
+
+
+def test_single_seed_gives_point_estimates_not_verdicts(tmp_path):
+    results = rep.collect(_results(tmp_path))
+    results["runs"] = [r for r in results["runs"] if r["seed"] == 0]
+    cl = rep.claims(results, rep.summarize(results))
+    assert all(c["verdict"].startswith(("untested, 1 seed", "not tested")) for c in cl), [
+        c["verdict"] for c in cl
+    ]
+    matched = [c for c in cl if "Diffusion-DPO (frozen)" in c["claim"]][0]
+    assert "linear+ema0.99 higher at 1 of 1" in matched["verdict"]
 
 
 def test_claim_verdict_not_distinguishable_on_equal_arms(tmp_path):
