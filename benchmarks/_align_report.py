@@ -316,18 +316,20 @@ def replace_block(text: str, block: str, begin: str = BEGIN, end: str = END) -> 
 def memory_table(mem: dict | None) -> list[str]:
     if not mem:
         return ["(memory probe not run)"]
+    plain = next((m for m in mem["rows"] if m["strategy"] == "plain" and "error" not in m), None)
     lines = [
         "| strategy | parameters (M) | trainable (M) | RSS after model (MB) | peak RSS (MB) | "
-        "training (MB) |",
-        "|---|---|---|---|---|---|",
+        "training (MB) | training vs plain (MB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in mem["rows"]:
         if "error" in m:
-            lines.append(f"| {m['strategy']} | error | | | | |")
+            lines.append(f"| {m['strategy']} | error | | | | | |")
             continue
+        extra = f"{m['training_MB'] - plain['training_MB']:+.1f}" if plain else ""
         lines.append(
             f"| {m['strategy']} | {m['params_M']} | {m['trainable_M']} | "
-            f"{m['rss_after_model_MB']} | {m['peak_rss_MB']} | {m['training_MB']} |"
+            f"{m['rss_after_model_MB']} | {m['peak_rss_MB']} | {m['training_MB']} | {extra} |"
         )
     return lines
 

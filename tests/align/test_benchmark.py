@@ -191,3 +191,18 @@ def test_generated_block_is_the_same_in_readme_and_docs(tmp_path):
     assert (tmp_path / "align.md").exists() and (tmp_path / "align_pareto.png").exists()
     with pytest.raises(ValueError, match="markers"):
         rep.replace_block("no markers here", block)
+
+
+def test_memory_table_reports_each_strategy_against_plain():
+    row = {"params_M": 12.85, "trainable_M": 12.8, "rss_after_model_MB": 575.0}
+    mem = {
+        "rows": [
+            {"strategy": "plain", **row, "peak_rss_MB": 779.0, "training_MB": 204.0},
+            {"strategy": "frozen", **row, "peak_rss_MB": 832.0, "training_MB": 257.0},
+            {"strategy": "ema", "error": "boom"},
+        ]
+    }
+    lines = rep.memory_table(mem)
+    assert lines[2].endswith("| 204.0 | +0.0 |") and lines[3].endswith("| 257.0 | +53.0 |")
+    assert "error" in lines[4]
+    assert rep.memory_table(None) == ["(memory probe not run)"]
