@@ -95,7 +95,8 @@ def build(section, ctx) -> None:
         "Linear-DPO aligned samples, same noise",
     )
     section.text(
-        "Full comparison of {sigmoid, linear} x {frozen, EMA} on both zoo models, with an LR "
-        "sweep, seeds and a null control: `python benchmarks/align.py` "
-        "(results in benchmarks/results/align.md)."
+        "Full comparison of {sigmoid, linear} x {frozen, EMA 0.9/0.99/0.999} on a tiny 8x8 UNet "
+        "with a learnable ink reward, 4 learning rates, 5 seeds and null, linear_pure and "
+        "flipped-label controls: `python benchmarks/align.py` (prepare, run, memory, report; "
+        "results in benchmarks/results/align.md)."
     )
