@@ -31,6 +31,8 @@ class MovingDigitsConfig:
         grid: positions and per-axis speeds are multiples of ``grid`` pixels (1: any pixel). With
             ``grid`` equal to a model's patch size every frame is an exact shift of the sprite on
             the token grid, so a patch tokenizer sees the same tokens wherever the digit is.
+        start: "random" (first position uniform in the canvas) or "centre" (every digit starts
+            in the middle of the canvas and leaves it with its random velocity).
     """
 
     num_frames: int = 12
@@ -41,6 +43,7 @@ class MovingDigitsConfig:
     max_speed: float = 3.0
     split: Split = "train"
     grid: int = 1
+    start: str = "random"
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -55,6 +58,10 @@ class MovingDigitsConfig:
             raise ValueError(
                 f"MovingDigitsConfig needs 0 <= min_speed <= max_speed, got min_speed={self.min_speed}, "
                 f"max_speed={self.max_speed}"
+            )
+        if self.start not in ("random", "centre"):
+            raise ValueError(
+                f"MovingDigitsConfig.start must be 'random' or 'centre', got {self.start!r}"
             )
         if self.grid < 1 or (self.size - self.digit_size) % self.grid:
             raise ValueError(
@@ -115,6 +122,8 @@ def make_moving_digits(
     pos = torch.rand(n, 2, 2, generator=g) * limit
     speed = cfg.min_speed + torch.rand(n, 2, 2, generator=g) * (cfg.max_speed - cfg.min_speed)
     sign = torch.where(torch.rand(n, 2, 2, generator=g) < 0.5, -1.0, 1.0)
+    if cfg.start == "centre":
+        pos = torch.full_like(pos, limit / 2)
     if cfg.grid > 1:  # snap to the grid after the same draws, so grid=1 data is unchanged
         pos = (pos / cfg.grid).round() * cfg.grid
         speed = (speed / cfg.grid).round().clamp(min=1) * cfg.grid
