@@ -45,11 +45,14 @@ import torch.nn.functional as F
 
 from diffkit.attention import RoPeSLRConfig, RoPeSLRParams, ropeslr_attention
 from diffkit.attention.profiler import analytic_flops, counted_flops
-from diffkit.attention.ropeslr import plan_blocks
+from diffkit.attention.ropeslr import plan_blocks, resolve_backend
 from diffkit.core.machine import fast_dtype, machine_info, machine_line
 
 RESULTS = Path(__file__).parent / "results"
 warnings.filterwarnings("ignore")
+
+
+ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def _env() -> dict:
@@ -59,6 +62,8 @@ def _env() -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "loadavg_start": os.getloadavg(),
+        # set to emulate another CPU kind (e.g. AVX2 on an AMX machine): recorded with the run
+        "isa_env": {k: os.environ[k] for k in ISA_ENV if k in os.environ},
     }
 
 
@@ -96,9 +101,13 @@ def part_a(
     dtype="fp32",
     on_rows=None,
     time_budget=None,
+    backend="auto",
+    skip_cpu=((32768, 128),),
 ) -> list[dict]:
     """Rows of timings; methods that fail are reported (``on_rows(rows, errors)``) and skipped.
-    ``time_budget`` (s): start no new (L, d) configuration after it has passed."""
+    ``time_budget`` (s): start no new (L, d) configuration after it has passed. ``backend``: the
+    RoPeSLR backend timed (auto: gather on CPU, flex on CUDA); ``skip_cpu``: (L, d) pairs not
+    run on CPU (the slowest SDPA calls)."""
     rows, errors = [], []
     dt = DTYPES[dtype]
     t_start = time.perf_counter()
@@ -107,7 +116,7 @@ def part_a(
             if time_budget and time.perf_counter() - t_start > time_budget:
                 print(json.dumps({"skipped": {"L": L, "d": d, "reason": "time budget"}}))
                 continue
-            if L == 32768 and d == 128 and device == "cpu":
+            if (L, d) in skip_cpu and device == "cpu":
                 continue  # see the reduction note in the results
             grid = _grid(L)
             g = torch.Generator(device=device).manual_seed(0)
@@ -119,7 +128,7 @@ def part_a(
                     density=rho,
                     block_size=block,
                     tile=tile,
-                    backend="flex",
+                    backend=backend,
                     rank=0,
                     rank_ref_tokens=L,
                 )
@@ -180,6 +189,8 @@ def part_a(
                             torch.cuda.synchronize()
                         times[name].append(time.perf_counter() - t0)
             base = statistics.median(times["sdpa"])
+            with torch.no_grad():
+                ran_backend = resolve_backend(cfgs[rho_m], q)
             n = -(-L // block)
             for name in fns:
                 rho = None if name == "sdpa" else float(name.split("@")[1])
@@ -200,6 +211,8 @@ def part_a(
                     ),
                     "reps": len(times[name]),
                     "dtype": dtype,
+                    "backend": ran_backend,
+                    "threads": torch.get_num_threads(),
                     "loadavg": os.getloadavg()[0],
                 }
                 if rho is not None and name != f"selection@{rho}":
@@ -621,6 +634,56 @@ def _compiled_table(res: dict) -> None:
     print("\n".join(lines))
 
 
+def _speed_md(rows: list[dict]) -> list[str]:
+    """The Markdown table of part (a)'s rows."""
+    md = [
+        "speedup = median(SDPA) / median(method), SDPA in the same dtype; paired = median over "
+        "rounds of the per-round ratio (both timed back to back).",
+        "",
+        "| L | d | dtype | threads | backend | density | method | median s | speedup vs SDPA "
+        "| paired | analytic FLOP reduction |",
+        "|---:|---:|---|---:|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        head = (f"| {r['L']} | {r['d']} | {r.get('dtype', 'fp32')} | {r.get('threads', '')} | "
+                f"{r.get('backend', 'flex') if r['method'] != 'sdpa' else ''} |")  # fmt: skip
+        if r["method"] == "sdpa":
+            md.append(f"{head} 1 | sdpa | {r['median_s']:.3f} | 1.00 | 1.00 | 1.0 |")
+        else:
+            md.append(
+                f"{head} {r['density']} | {r['method']} | {r['median_s']:.3f} | "
+                f"{r['speedup_vs_sdpa']:.2f} | {r.get('speedup_paired', float('nan')):.2f} | "
+                f"{r.get('flop_reduction', float('nan')):.1f} |"
+            )
+    return md
+
+
+def _tagged_speed(res: dict, tag: str) -> None:
+    """attention_<tag>.json|md: a part (a) run kept beside the main results (other thread
+    counts, an emulated CPU kind)."""
+    (RESULTS / f"attention_{tag}.json").write_text(json.dumps(res, indent=1))
+    md = [
+        f"# RoPeSLR part (a), run `{tag}` (`benchmarks/attention.py --part a --tag {tag}`)",
+        "",
+        f"Machine: {_machine(res['env'])}.",
+        "",
+        *(
+            [
+                f"**Emulated CPU kind**: run with `{res['env']['isa_env']}` on this machine, so "
+                "PyTorch and oneDNN use only those instructions; not a measurement of a real "
+                "machine of that kind.",
+                "",
+            ]
+            if res["env"].get("isa_env")
+            else []
+        ),
+        f"Environment: `{json.dumps(res['env'])}`",
+        "",
+        *_speed_md(res["speed"]),
+    ]
+    (RESULTS / f"attention_{tag}.md").write_text("\n".join(md) + "\n")
+
+
 def _plots_and_table(res: dict) -> None:
     import matplotlib
 
@@ -637,27 +700,7 @@ def _plots_and_table(res: dict) -> None:
     ]
     if "speed" in res:
         rows = res["speed"]
-        md += [
-            "## (a) attention speed vs dense SDPA",
-            "",
-            "speedup = median(SDPA) / median(method); paired = median over rounds of the "
-            "per-round ratio (both timed back to back).",
-            "",
-            "| L | d | density | method | median s | speedup vs SDPA | paired | analytic FLOP "
-            "reduction |",
-            "|---:|---:|---:|---|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            if r["method"] == "sdpa":
-                md.append(
-                    f"| {r['L']} | {r['d']} | 1 | sdpa | {r['median_s']:.3f} | 1.00 | 1.00 | 1.0 |"
-                )
-            else:
-                md.append(
-                    f"| {r['L']} | {r['d']} | {r['density']} | {r['method']} | {r['median_s']:.3f} | "
-                    f"{r['speedup_vs_sdpa']:.2f} | {r.get('speedup_paired', float('nan')):.2f} | "
-                    f"{r.get('flop_reduction', float('nan')):.1f} |"
-                )
+        md += ["## (a) attention speed vs dense SDPA", "", *_speed_md(rows)]
         fig, ax = plt.subplots(figsize=(6, 4))
         for d in sorted({r["d"] for r in rows}):
             for rho in sorted({r["density"] for r in rows if r["density"]}):
@@ -780,6 +823,12 @@ def main() -> None:
                     help="where (a) runs (auto: cuda when available)")  # fmt: skip
     ap.add_argument("--tune-flex", type=int, nargs="*", default=None, metavar="L",
                     help="CUDA: first pick flex kernel options per head dim at these lengths")  # fmt: skip
+    ap.add_argument("--backend", choices=["auto", "reference", "flex", "gather"], default="auto",
+                    help="RoPeSLR backend timed in (a) (auto: gather on CPU, flex on CUDA)")  # fmt: skip
+    ap.add_argument("--all-shapes", action="store_true",
+                    help="(a) on CPU: also run L=32768 at d=128 (skipped by default: slow SDPA)")  # fmt: skip
+    ap.add_argument("--tag", default=None,
+                    help="(a) only: write attention_<tag>.json|md instead of attention.json|md")  # fmt: skip
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds after which (a) starts no new (L, d) configuration")  # fmt: skip
     ap.add_argument("--quality-videos", type=int, default=20, help="videos per setting in (c)")
@@ -822,7 +871,7 @@ def main() -> None:
             save()
         part_a(args.lengths, args.dims, args.densities, args.reps, args.block,
                tuple(args.tile), args.heads, device, one_dtype, on_rows=save,
-               time_budget=args.time_budget)  # fmt: skip
+               time_budget=args.time_budget, backend=args.backend)  # fmt: skip
         res["env"]["loadavg_end"] = os.getloadavg()
         save()
         print(f"wrote {path}")
@@ -836,14 +885,10 @@ def main() -> None:
         parts = [p for p in parts if p != "e"]
         if not parts:
             return
-    path = RESULTS / "attention.json"
-    res = json.loads(path.read_text()) if path.is_file() else {}
-    if parts == ["d"]:  # keep the machine record of the parts that did not run
-        res.setdefault("env", _env())
-    else:
-        res["env"] = _env()
-    if "a" in parts:
-        res["speed"] = [
+    skip_cpu = () if args.all_shapes else ((32768, 128),)
+
+    def speed_rows() -> list[dict]:
+        return [
             row
             for dt in a_dtypes
             for row in part_a(
@@ -856,8 +901,27 @@ def main() -> None:
                 args.heads,
                 device,
                 dt,
+                backend=args.backend,
+                skip_cpu=skip_cpu,
             )
         ]
+
+    if args.tag:
+        if parts != ["a"]:
+            raise SystemExit("--tag applies to part (a) alone: pass --part a")
+        res = {"env": _env(), "speed": speed_rows(), "speed_settings": vars(args)}
+        res["env"]["loadavg_end"] = os.getloadavg()
+        _tagged_speed(res, args.tag)
+        print(f"wrote {RESULTS / f'attention_{args.tag}.json'}")
+        return
+    path = RESULTS / "attention.json"
+    res = json.loads(path.read_text()) if path.is_file() else {}
+    if parts == ["d"]:  # keep the machine record of the parts that did not run
+        res.setdefault("env", _env())
+    else:
+        res["env"] = _env()
+    if "a" in parts:
+        res["speed"] = speed_rows()
         res["flop_crosscheck"] = flop_crosscheck()
         res["speed_settings"] = vars(args)
     if "b" in parts:

@@ -10,11 +10,15 @@
 3. Near-dup lookup time, multi-index hashing vs brute-force pairwise Hamming, N = 1e3 ... 1e6.
 4. Text-in-image and watermark heuristics (diffkit.curate.scorers): planted stamps vs the same
    clean image on corpus scenes and the bundled photos (hit and false-positive rates; no timing).
+5. Ray vs local (section ``ray``): the full shipped recipe on one generated corpus (>= 5,000 images
+   by default), LocalExecutor in one process vs RayExecutor on 2 CPUs, interleaved, with
+   kept/dropped sets checked identical on every run; writes curate_ray.json / .md.
 
 Writes benchmarks/results/curate.json, curate.md and curate_*.png (sections 1-3) and
 curate_scorers.json / .md (section 4).
 Usage: python benchmarks/curate.py [--n-base 250] [--max-n 1000000] [--repeats 2]
        python benchmarks/curate.py --sections scorers   # section 4 alone
+       python benchmarks/curate.py --sections ray [--ray-n-base 1400] [--repeats 2]   # section 5
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def _target_recall(m):
     return min(r[t]["recall"] for t in TARGET if t in r)
 
 
-def dedup_quality(n_base: int, seeds=(0, 1, 2)) -> dict:
+def dedup_quality(n_base: int, seeds=(0, 1, 2), work_dir: str = "") -> dict:
     from diffkit.curate.corpus import CorpusConfig, make_corpus
     from diffkit.curate.evaluate import evaluate_dedup, phash_sweep
     from diffkit.curate.pipeline import Pipeline, concat_work
@@ -63,11 +67,17 @@ def dedup_quality(n_base: int, seeds=(0, 1, 2)) -> dict:
     out = {"seeds": {}, "n_base": n_base}
     ks, vs = list(range(0, 21, 2)), [-1, 6, 8, 10]
     chosen = None
-    tmp = Path(tempfile.mkdtemp(prefix="curate-bench-"))
+    tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="curate-bench-"))
     for seed in seeds:
         corpus = tmp / f"corpus{seed}"
         t0 = time.perf_counter()
-        info = make_corpus(corpus, CorpusConfig(n_base=n_base, seed=seed))
+        if (corpus / "ground_truth.parquet").is_file():  # --work-dir: reuse a generated corpus
+            import pyarrow.parquet as pq
+
+            gt = pq.read_table(corpus / "ground_truth.parquet").column("role").to_pylist()
+            info = {"rows": len(gt), "roles": {r: gt.count(r) for r in sorted(set(gt))}}
+        else:
+            info = make_corpus(corpus, CorpusConfig(n_base=n_base, seed=seed))
         gen_s = time.perf_counter() - t0
         # ingest-only run to sweep thresholds on the hashes
         run0 = tmp / f"ingest{seed}"
@@ -83,15 +93,11 @@ def dedup_quality(n_base: int, seeds=(0, 1, 2)) -> dict:
             )
             chosen = (best["max_distance"], best["verify_dhash_distance"])
         at = next(m for m in sweep if (m["max_distance"], m["verify_dhash_distance"]) == chosen)
-        # full pipeline at the chosen point
+        nsweep = ncc_grid(ing, corpus)
+        # full pipeline as shipped (the recipe's crop-window candidates + NCC verification)
         run = tmp / f"run{seed}"
         t0 = time.perf_counter()
-        Pipeline.from_config(
-            _cfg(
-                f"phash_dedup.max_distance={chosen[0]}",
-                f"phash_dedup.verify_dhash_distance={chosen[1]}",
-            )
-        ).run(corpus, run, keep_work=True)
+        Pipeline.from_config(_cfg()).run(corpus, run, keep_work=True)
         run_s = time.perf_counter() - t0
         full = evaluate_dedup(run, corpus)
         # embedding-dedup cosine sweep on the rows alive after the policy stage (stand-in embedder)
@@ -128,13 +134,75 @@ def dedup_quality(n_base: int, seeds=(0, 1, 2)) -> dict:
         out["seeds"][seed] = {
             "rows": info["rows"], "roles": info["roles"], "generate_s": round(gen_s, 2),
             "pipeline_s": round(run_s, 2), "phash_sweep": sweep, "phash_at_chosen": at,
+            "ncc_sweep": nsweep,
             "pipeline_dedup": full, "emb_sweep": emb_sweep,
         }  # fmt: skip
         print(f"seed {seed}: {info['rows']} rows; chosen k={chosen}: P={at['pairwise_precision']:.3f} "
               f"R={at['pairwise_recall']:.3f} target-recall={_target_recall(at):.3f} HN={at['false_merges']}", flush=True)  # fmt: skip
     out["chosen"] = {"max_distance": chosen[0], "verify_dhash_distance": chosen[1]}
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not work_dir:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+NCC_RADII = (12, 16, 20)
+NCC_TAUS = (0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96)
+
+
+def _ncc_targets(m) -> dict:
+    """Issue 19 item 4 figures of one sweep point: recall on crops <= 10 %, gamma, contrast and
+    brightness; pairwise precision; hard-negative merges."""
+    from diffkit.curate.evaluate import crop_recall
+
+    r = m["per_transform_recall"]
+    return {
+        "crop<=10%": crop_recall(m["per_strength_recall"]),
+        **{t: r.get(t, {}).get("recall", float("nan")) for t in ("gamma", "contrast", "brightness")},
+        "precision": m["pairwise_precision"], "recall": m["pairwise_recall"],
+        "hn_merges": m["false_merges"], "candidates": m["candidates"],
+    }  # fmt: skip
+
+
+def ncc_grid(ing, corpus) -> list[dict]:
+    """pHash stage with the shipped crop-window candidates and aligned-NCC verification: full
+    pHash candidate radius in NCC_RADII x NCC threshold in NCC_TAUS (dHash checks off, as
+    shipped); every candidate is scored once per radius."""
+    from diffkit.curate.dedup import PhashDedupConfig
+    from diffkit.curate.evaluate import ncc_sweep
+
+    base = _cfg().phash_dedup
+    out = []
+    for k in [int(x) for x in os.environ.get("CURATE_NCC_RADII", "").split(",") if x] or NCC_RADII:
+        c = PhashDedupConfig(**{**base.__dict__, "max_distance": k, "verify_ncc": 0.0})
+        t0 = time.perf_counter()
+        ms = ncc_sweep(ing, corpus, c, NCC_TAUS)
+        dt = time.perf_counter() - t0
+        for m in ms:
+            out.append({"max_distance": k, "verify_ncc": m["verify_ncc"], "sweep_s": round(dt, 1),
+                        **_ncc_targets(m)})  # fmt: skip
+        print(f"ncc sweep k={k}: {len(ms)} points, {ms[0]['candidates']} candidates, {dt:.0f} s", flush=True)  # fmt: skip
+    return out
+
+
+def ncc_choice(grids: list[list[dict]]) -> dict | None:
+    """Choice rule over every seed's grid at once (worst seed counts): among points with
+    pairwise precision >= 0.99 and no hard-negative merge on every seed, the highest worst
+    target recall (crops <= 10 %, gamma, contrast, brightness), then the highest pairwise recall,
+    then the smaller radius and the higher threshold. Returns the worst-seed figures."""
+    keys = ("crop<=10%", "gamma", "contrast", "brightness", "precision", "recall")
+    pts: dict = {}
+    for g in grids:
+        for m in g:
+            pts.setdefault((m["max_distance"], m["verify_ncc"]), []).append(m)
+    agg = [
+        {"max_distance": k, "verify_ncc": t, "hn_merges": max(m["hn_merges"] for m in ms),
+         **{x: min(m[x] for m in ms) for x in keys}}
+        for (k, t), ms in pts.items() if len(ms) == len(grids)
+    ]  # fmt: skip
+    ok = [m for m in agg if m["precision"] >= 0.99 and m["hn_merges"] == 0]
+    key = lambda m: (min(m["crop<=10%"], m["gamma"], m["contrast"], m["brightness"]),  # noqa: E731
+                     m["recall"], -m["max_distance"], m["verify_ncc"])  # fmt: skip
+    return max(ok, key=key) if ok else None
 
 
 def throughput(n_base: int, repeats: int) -> dict:
@@ -155,21 +223,24 @@ def throughput(n_base: int, repeats: int) -> dict:
     ray_init_s = time.perf_counter() - t0
     runs = {"local_1proc": [], "local_2proc": [], "ray_2cpu": []}
     per_stage = {k: [] for k in runs}
+    ray_ex = RayExecutor(num_cpus=2)  # one long-lived actor pool for every repeat
     for rep in range(repeats):
         for name in runs:
             ex = {"local_1proc": lambda: LocalExecutor(1), "local_2proc": lambda: LocalExecutor(2),
-                  "ray_2cpu": lambda: RayExecutor(num_cpus=2)}[name]()  # fmt: skip
+                  "ray_2cpu": lambda: ray_ex}[name]()  # fmt: skip
             out = tmp / f"{name}{rep}"
             t0 = time.perf_counter()
             s = Pipeline.from_config(cfg).run(corpus, out, ex)
             runs[name].append(time.perf_counter() - t0)
             per_stage[name].append({st["stage"]: st["wall_s"] for st in s["stages"]})
-            ex.close()
+            if ex is not ray_ex:
+                ex.close()
             shutil.rmtree(out, ignore_errors=True)
             print(
                 f"throughput {name} rep {rep}: {info['rows'] / runs[name][-1]:.1f} img/s",
                 flush=True,
             )
+    ray_ex.close()
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
     res = {
@@ -189,6 +260,141 @@ def throughput(n_base: int, repeats: int) -> dict:
             "stage_images_per_s": {k: round(info["rows"] / v, 1) if v > 0 else None for k, v in stage_med.items()},
         }  # fmt: skip
     return res
+
+
+def _run_sets(out: Path):
+    from diffkit.curate.evaluate import load_outputs
+
+    rows = load_outputs(out).select(["row_id", "status", "drop_reason"]).to_pylist()
+    keep = sorted(r["row_id"] for r in rows if r["status"] == "keep")
+    drop = sorted((r["row_id"], r["drop_reason"] or "") for r in rows if r["status"] == "drop")
+    return keep, drop
+
+
+def _actor_cpu(ex) -> list[float]:
+    import ray
+
+    return ray.get([a.cpu_s.remote() for a in getattr(ex, "_actors", [])])
+
+
+def ray_vs_local(n_base: int, repeats: int) -> dict:
+    """Section ``ray`` (see ``_ray_vs_local``) in a temporary folder removed in any case."""
+    import ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="curate-raybench-"))
+    try:
+        return _ray_vs_local(tmp, n_base, repeats)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ray_vs_local(tmp: Path, n_base: int, repeats: int) -> dict:
+    """LocalExecutor (one process) vs RayExecutor (2 CPUs, long-lived actors) on the shipped
+    recipe, interleaved ``repeats`` times on the same corpus, after one untimed warm-up run of
+    each on a small corpus. ``ray.init`` and the actor start are timed apart (the pool is
+    long-lived, so timed runs find it started); ``speedup_incl_start`` charges both to one run."""
+    import ray
+
+    from diffkit.curate.corpus import CorpusConfig, make_corpus
+    from diffkit.curate.executors import LocalExecutor, RayExecutor
+    from diffkit.curate.pipeline import Pipeline
+
+    corpus = tmp / "corpus"
+    t0 = time.perf_counter()
+    info = make_corpus(corpus, CorpusConfig(n_base=n_base, seed=0))
+    corpus_s = time.perf_counter() - t0
+    cfg = _cfg()
+    print(f"ray: corpus of {info['rows']} images in {corpus_s:.0f} s", flush=True)
+    ray_ex = RayExecutor(num_cpus=2)
+    t0 = time.perf_counter()
+    ray_ex._ray()
+    init_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ray_ex.start(Pipeline.from_config(cfg).stages)
+    ray.get([a.pid.remote() for a in ray_ex._actors])  # actors up
+    start_s = time.perf_counter() - t0
+    n_actors = len(ray_ex._actors)
+    # untimed warm-up of both executors on a small corpus: first-use imports and stage set-up
+    # (cached per process by stage fingerprint, whatever the input) are not charged to either
+    t0 = time.perf_counter()
+    make_corpus(tmp / "warm", CorpusConfig(n_base=8, seed=1))
+    for ex in (LocalExecutor(1), ray_ex):
+        Pipeline.from_config(cfg).run(tmp / "warm", tmp / f"warm_{ex.name}", ex)
+    warmup_s = time.perf_counter() - t0
+    runs = {"local_1proc": [], "ray_2cpu": []}
+    ref, identical = None, True
+    for rep in range(repeats):
+        for name in runs:
+            ex = LocalExecutor(1) if name == "local_1proc" else ray_ex
+            out = tmp / f"{name}{rep}"
+            load0 = os.getloadavg()[0]
+            cpu0, act0 = time.process_time(), _actor_cpu(ex)
+            t0 = time.perf_counter()
+            summ = Pipeline.from_config(cfg).run(corpus, out, ex)
+            wall = time.perf_counter() - t0
+            driver_cpu = time.process_time() - cpu0
+            actor_cpu = [b - a for a, b in zip(act0, _actor_cpu(ex))]
+            sets = _run_sets(out)
+            ref = ref or sets
+            identical &= sets == ref
+            runs[name].append({
+                "wall_s": round(wall, 2), "kept": summ["kept"], "dropped": summ["dropped"],
+                "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
+                "segments_s": [seg["wall_s"] for seg in summ["segments"]],
+                "driver_cpu_s": round(driver_cpu, 2), "actor_cpu_s": [round(c, 2) for c in actor_cpu],
+                # load-free estimate: the driver's CPU (serial) plus the busiest actor's
+                "cpu_bound_wall_s": round(driver_cpu + max(actor_cpu, default=0.0), 2),
+            })  # fmt: skip
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"ray: {name} rep {rep}: {wall:.1f} s ({info['rows'] / wall:.1f} img/s), "
+                  f"load {load0:.1f}, sets identical so far: {identical}", flush=True)  # fmt: skip
+    ray_ex.close()
+    med = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
+    est = {k: statistics.median(r["cpu_bound_wall_s"] for r in v) for k, v in runs.items()}
+    return {
+        "rows": info["rows"], "n_base": n_base, "repeats": repeats, "recipe": RECIPE,
+        "corpus_s": round(corpus_s, 1), "ray_init_s": round(init_s, 2),
+        "ray_actor_start_s": round(start_s, 2), "warmup_s": round(warmup_s, 1), "ray_actors": n_actors,
+        "runs": runs, "median_wall_s": med,
+        "images_per_s": {k: round(info["rows"] / v, 2) for k, v in med.items()},
+        "speedup": round(med["local_1proc"] / med["ray_2cpu"], 3),
+        "speedup_incl_start": round(med["local_1proc"] / (med["ray_2cpu"] + init_s + start_s), 3),
+        "cpu_bound_wall_s": est, "speedup_cpu_estimate": round(est["local_1proc"] / est["ray_2cpu"], 3),
+        "target": 1.5, "sets_identical": identical,
+    }  # fmt: skip
+
+
+def ray_markdown(r: dict, machine: str) -> str:
+    lines = [
+        "# diffkit curate: RayExecutor vs LocalExecutor", "",
+        f"Machine: {machine}. Recipe `{r['recipe']}` (all stages), {r['rows']} generated images "
+        f"(n_base={r['n_base']}), {r['repeats']} interleaved repeats, medians. Load average "
+        "before/after each run is in the table: on a shared machine the ratio is not a clean "
+        "measurement.", "",
+        "| executor | median wall s | images/s | runs (s, load before -> after) |",
+        "|---|---|---|---|",
+    ]  # fmt: skip
+    for name, runs in r["runs"].items():
+        cells = ", ".join(f"{x['wall_s']} ({x['load_before']} -> {x['load_after']})" for x in runs)
+        lines.append(f"| {name} | {r['median_wall_s'][name]} | {r['images_per_s'][name]} | {cells} |")  # fmt: skip
+    lines += [
+        "",
+        f"Speedup of Ray on 2 CPUs over one local process: **{r['speedup']}x** (target "
+        f">= {r['target']}x; {'met' if r['speedup'] >= r['target'] else 'NOT met'}); charging "
+        f"`ray.init` ({r['ray_init_s']} s) and the actor start ({r['ray_actor_start_s']} s) to one "
+        f"run: {r['speedup_incl_start']}x. Kept/dropped sets identical on every run: "
+        f"{r['sets_identical']}.",
+        "",
+        "Load-free estimate from CPU seconds (the driver's CPU, which is serial, plus the busiest "
+        "actor's; local: its one process; Ray's own daemons not counted): "
+        f"local {r['cpu_bound_wall_s']['local_1proc']} s, Ray {r['cpu_bound_wall_s']['ray_2cpu']} s, "
+        f"{r['speedup_cpu_estimate']}x. An estimate, not a measurement of wall time.",
+        "",
+        "Rerun: `python benchmarks/curate.py --sections ray` (about 2 x repeats x the local "
+        "time, plus the corpus).",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def lookup_scaling(max_n: int, k: int, brute_max: int = 30_000, budget_s: float = 150.0) -> dict:
@@ -240,6 +446,71 @@ def lookup_scaling(max_n: int, k: int, brute_max: int = 30_000, budget_s: float 
                 del live[name]
         n = nxt
     return {"max_distance": k, "rows": rows}
+
+
+def scale_worker(n: int, seed: int = 0) -> dict:
+    """One pHash dedup reduce at ``n`` synthetic rows, in this (fresh) process: random 64-bit pHash
+    and dHash values, 1 % planted near pairs (pHash within the default radius, dHash within the
+    verify radius), all rows above the degenerate-entropy floor; runs ``phash_clusters`` with the
+    class-default PhashDedupConfig (faiss lookup, k = 12, dHash verify 8; no NCC check) and
+    reports wall time and the process' peak RSS."""
+    import resource
+
+    from diffkit.curate.dedup import PhashDedupConfig, phash_clusters
+
+    cfg = PhashDedupConfig()
+    rng = np.random.default_rng(seed)
+
+    def rand64(m):
+        return rng.integers(0, 2**63, m, dtype=np.int64).astype(np.uint64) << np.uint64(1) | (
+            rng.integers(0, 2, m).astype(np.uint64)
+        )
+
+    def flips(m, k):
+        out = np.zeros(m, np.uint64)
+        for t in range(m):
+            for b in rng.choice(64, size=int(rng.integers(0, k + 1)), replace=False):
+                out[t] |= np.uint64(1 << int(b))
+        return out
+
+    ph, dh = rand64(n), rand64(n)
+    m = n // 100
+    src, dst = rng.choice(n, size=(2, m), replace=False)
+    ph[dst] = ph[src] ^ flips(m, cfg.max_distance)
+    dh[dst] = dh[src] ^ flips(m, cfg.verify_dhash_distance)
+    ent = np.full(n, 5.0)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    roots = phash_clusters(ph, ent, cfg, dh)
+    wall = time.perf_counter() - t0
+    return {
+        "n": n, "planted": int(m), "wall_s": round(wall, 2),
+        "merged_rows": int((roots != np.arange(n)).sum()),
+        "planted_found": float(np.mean(roots[src] == roots[dst])),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_mb": round(rss0 / 1024, 1), "load": [round(x, 2) for x in os.getloadavg()],
+    }  # fmt: skip
+
+
+def scale(sizes=(100_000, 300_000, 1_000_000), timeout_s: float = 900.0, prev=None) -> dict:
+    """``scale_worker`` in a fresh, nice'd subprocess per size (so peak RSS is that size's own),
+    each stopped after ``timeout_s`` (recorded as not finished). Rows of ``prev`` (an earlier
+    result) at other sizes are kept."""
+    import subprocess
+    import sys
+
+    rows = {r["n"]: r for r in (prev or {}).get("rows", [])}
+    for n in sizes:
+        cmd = ["nice", "-n", "5", sys.executable, __file__, "--scale-worker", str(n)]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout_s)
+            rows[n] = json.loads(p.stdout.strip().splitlines()[-1])
+        except subprocess.TimeoutExpired:
+            rows[n] = {"n": n, "skipped": f"did not finish in {timeout_s:.0f} s"}
+            rows[n]["load"] = [round(x, 2) for x in os.getloadavg()]
+        rows[n]["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        print(f"scale: {rows[n]}", flush=True)
+    return {"rows": [rows[k] for k in sorted(rows)], "machine": machine_line()}
 
 
 def _stamp(img, xy, text, fill, alpha=1.0):
@@ -402,6 +673,53 @@ def plots(res: dict) -> None:
     fig.savefig(RESULTS / "curate_lookup.png", dpi=120)
 
 
+def _ncc_markdown(d: dict) -> list[str]:
+    """Issue 19 item 4 tables: the NCC grid's calibrated point, every seed at the shipped point,
+    the seed-0 grid."""
+    seeds = {k: v for k, v in d["seeds"].items() if "ncc_sweep" in v}
+    if not seeds:
+        return []
+    from diffkit.curate.pipeline import load_config
+
+    ship = load_config(RECIPE, []).phash_dedup
+    first = next(iter(seeds.values()))["ncc_sweep"]
+    ch = ncc_choice([v["ncc_sweep"] for v in seeds.values()])
+    f = lambda x: f"{x:.3f}"  # noqa: E731
+    lines = ["", "## Crop-robust near-dups: crop-window candidates + aligned-thumbnail NCC verification (pHash stage alone)", "",
+             f"Candidates: full pHash within k, plus a 0.95 / 0.9 crop window of one row within {ship.crop_max_distance} of "
+             f"another row's pHash; kept if the best NCC of their 32x32 thumbnails over aligned windows (scales "
+             f"{list(ship.ncc_scales)}) is >= tau. Shipped: k = {ship.max_distance}, tau = {ship.verify_ncc}. "
+             + (f"Chosen over seeds {', '.join(seeds)} together, worst seed counting (precision >= 0.99 and no hard-negative "
+                f"merge on every seed, then the highest worst target recall): k = {ch['max_distance']}, tau = {ch['verify_ncc']}; "
+                "no seed is held out." if ch else "No grid point met precision >= 0.99 with no hard-negative merge on every seed."),
+             "", "| seed | candidates | crops <= 10 % R | gamma R | contrast R | brightness R | pairwise P | pairwise R | hard-neg merges |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for seed, v in seeds.items():
+        m = next((m for m in v["ncc_sweep"] if m["max_distance"] == ship.max_distance
+                  and abs(m["verify_ncc"] - ship.verify_ncc) < 1e-9), None)  # fmt: skip
+        if m is None:
+            continue
+        lines.append(f"| {seed} | {m['candidates']} | {f(m['crop<=10%'])} | {f(m['gamma'])} | {f(m['contrast'])} | "
+                     f"{f(m['brightness'])} | {f(m['precision'])} | {f(m['recall'])} | {m['hn_merges']} |")  # fmt: skip
+    for seed, v in list(seeds.items())[1:]:
+        lines += [
+            "",
+            f"Grid on seed {seed}:",
+            "",
+            "| k | tau | crops <= 10 % R | P | HN merges |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {m['max_distance']} | {m['verify_ncc']} | {f(m['crop<=10%'])} | {f(m['precision'])} | {m['hn_merges']} |"
+                  for m in v["ncc_sweep"]]  # fmt: skip
+    lines += ["", f"Grid on seed {next(iter(seeds))} (k x tau; sweep time per k in the JSON):", "",
+              "| k | tau | candidates | crops <= 10 % R | gamma R | contrast R | brightness R | P | R | HN merges |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for m in first:
+        lines.append(f"| {m['max_distance']} | {m['verify_ncc']} | {m['candidates']} | {f(m['crop<=10%'])} | {f(m['gamma'])} | "
+                     f"{f(m['contrast'])} | {f(m['brightness'])} | {f(m['precision'])} | {f(m['recall'])} | {m['hn_merges']} |")  # fmt: skip
+    return lines
+
+
 def markdown(res: dict) -> str:
     d = res["dedup"]
     ch = d["chosen"]
@@ -423,6 +741,7 @@ def markdown(res: dict) -> str:
             f"{r.get('brightness', {}).get('recall', float('nan')):.3f} | {a['false_merges']}/{a['hard_negatives']} | "
             f"{f['pairwise_precision']:.3f} | {f['pairwise_recall']:.3f} | {f['bcubed_f1']:.3f} |"
         )
+    lines += _ncc_markdown(d)
     s0 = next(iter(d["seeds"].values()))["pipeline_dedup"]["per_transform_recall"]
     lines += ["", "Per-transform recall of the full pipeline (seed 0; exact + pHash + embedding dedup):", "",
               "| transform | recall | n |", "|---|---|---|"]  # fmt: skip
@@ -435,7 +754,7 @@ def markdown(res: dict) -> str:
             k
             for _, p in per
             for k in p
-            if k.split("@")[0] in ("crop", "padding", "border", "brightness")
+            if k.split("@")[0] in ("crop", "padding", "border", "brightness", "gamma", "contrast")
         }
     )
     if keys:
@@ -464,6 +783,21 @@ def markdown(res: dict) -> str:
             f"| {r['n']} | {r.get('pairs', '-')} | {r.get('faiss_s', '-')} | {r.get('bands_s', '-')} | "
             f"{r.get('brute_s', '-')} | {r.get('identical', '-')} | {r.get('identical_brute', '-')} |"
         )
+    if "scale" in res:
+        sc = res["scale"]
+        lines += ["", f"## pHash dedup at scale (one process, one thread, the class-default PhashDedupConfig: faiss lookup k <= 12 + dHash verify <= 8 + union-find, no NCC check; random hashes + 1 % planted near pairs; {sc['machine']})", "",
+                  "| N rows | wall s | peak RSS MB | planted pairs found | rows merged | load (1/5/15 min) at end | measured |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in sc["rows"]:
+            if "skipped" in r:
+                lines.append(
+                    f"| {r['n']} | {r['skipped']} | - | - | - | {r.get('load', '-')} | {r.get('measured', '-')} |"
+                )
+            else:
+                lines.append(
+                    f"| {r['n']} | {r['wall_s']} | {r['peak_rss_mb']} | {r['planted_found']:.3f} | "
+                    f"{r['merged_rows']} | {r['load']} | {r.get('measured', '2026-12-07')} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -474,19 +808,42 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-n", type=int, default=1_000_000)
     ap.add_argument(
-        "--lookup-k", type=int, default=None, help="radius (default: the shipped max_distance)"
+        "--ray-n-base", type=int, default=1400, help="section ray: base images (~3.7 rows each)"
     )
     ap.add_argument(
+        "--lookup-k", type=int, default=None, help="radius (default: the shipped max_distance)"
+    )
+    ap.add_argument("--scale-worker", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--seeds", default="0,1,2", help="dedup section seeds (the first calibrates)")
+    ap.add_argument("--work-dir", default="", help="dedup: keep (and reuse) corpora and runs here")
+    ap.add_argument("--dedup-part", default="", help="write the dedup section to this file only")
+    ap.add_argument("--dedup-parts", default="", help="with --sections merge: part files")
+    ap.add_argument("--scale-sizes", default="100000,300000,1000000")
+    ap.add_argument("--scale-timeout", type=float, default=900.0, help="seconds per size")
+    ap.add_argument(
         "--sections", default="dedup,lookup,throughput,scorers",
-        help="comma list; sections not run keep their previous results from curate.json",
+        help="comma list (also: ray); sections not run keep their previous results",
     )  # fmt: skip
     args = ap.parse_args()
+    if args.scale_worker:
+        print(json.dumps(scale_worker(args.scale_worker)))
+        return
     from diffkit.curate.dedup import PhashDedupConfig
 
     k = PhashDedupConfig().max_distance if args.lookup_k is None else args.lookup_k
     sections = set(args.sections.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
     machine = machine_line()
+    if "ray" in sections:
+        rr = ray_vs_local(args.ray_n_base, args.repeats) | {
+            "machine_info": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }  # fmt: skip
+        (RESULTS / "curate_ray.json").write_text(json.dumps(rr, indent=1, default=str))
+        (RESULTS / "curate_ray.md").write_text(ray_markdown(rr, machine))
+        print(ray_markdown(rr, machine))
+        sections.discard("ray")
+        if not sections:
+            return
     if "scorers" in sections:
         sq = scorer_quality() | {"machine_info": machine_info()}
         (RESULTS / "curate_scorers.json").write_text(json.dumps(sq, indent=1, default=str))
@@ -504,11 +861,28 @@ def main() -> None:
     }
     t0 = time.perf_counter()
     if "dedup" in sections:
-        res["dedup"] = dedup_quality(args.n_base)
+        seeds = tuple(int(x) for x in args.seeds.split(","))
+        d = dedup_quality(args.n_base, seeds, args.work_dir)
+        if args.dedup_part:  # one process per seed: write this part only, merge later
+            Path(args.dedup_part).write_text(json.dumps(d, default=str))
+            return
+        res["dedup"] = d
+    if "merge" in sections:  # the per-seed parts, in order (the first seed calibrates)
+        parts = [json.loads(Path(p).read_text()) for p in args.dedup_parts.split(",")]
+        res["dedup"] = {**parts[0], "seeds": {k: v for p in parts for k, v in p["seeds"].items()}}
+        ch = res["dedup"]["chosen"]
+        for v in res["dedup"]["seeds"].values():  # the old sweep's point as calibrated on seed 0
+            v["phash_at_chosen"] = next(
+                m for m in v["phash_sweep"]
+                if (m["max_distance"], m["verify_dhash_distance"]) == (ch["max_distance"], ch["verify_dhash_distance"])
+            )  # fmt: skip
     if "lookup" in sections:
         res["lookup"] = lookup_scaling(args.max_n, k) | {
             "machine": f"{machine}, measured {time.strftime('%Y-%m-%d')}, load {os.getloadavg()[0]:.1f}"
         }
+    if "scale" in sections:
+        sizes = [int(x) for x in args.scale_sizes.split(",")]
+        res["scale"] = scale(sizes, args.scale_timeout, res.get("scale"))
     if "throughput" in sections:
         res["throughput"] = throughput(args.tp_n_base, args.repeats)
     res["load_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -38,6 +38,7 @@ import logging
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -143,8 +144,18 @@ def cpu_flags() -> set[str]:
 
 
 def baseline_dtype() -> torch.dtype:
-    """bf16 where the CPU multiplies bf16 natively (AMX / AVX512-BF16), else fp32."""
-    return torch.bfloat16 if cpu_flags() & {"amx_bf16", "avx512_bf16"} else torch.float32
+    """bf16 where the CPU multiplies bf16 natively (AMX / AVX512-BF16) and torch's kernels may use
+    it (not under ``ATEN_CPU_CAPABILITY=avx2``, the AVX2 emulation), else fp32."""
+    native = cpu_flags() & {"amx_bf16", "avx512_bf16"}
+    emulated = torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT")
+    return torch.bfloat16 if native and not emulated else torch.float32
+
+
+AVX2_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
 
 
 def _wan_inputs(tokens: int, seed: int, text_tokens: int = 512):
@@ -161,7 +172,10 @@ def _wan_forward(model, inputs, dtype):
         return model(lat.to(dtype), t, text.to(dtype), return_dict=False)[0]
 
 
-def wan_bench(tokens: int, reps: int, workdir: Path) -> dict:
+def wan_bench(tokens: int, reps: int, workdir: Path, rss: bool = True) -> dict:
+    """fp32, the baseline dtype, and W8A8 / W4A8 (RTN) in the baseline dtype, timed interleaved.
+    The quantized models run in their fast configuration (fused MLPs, compiled activation
+    quantizer) and, as ablations, with the eager quantizer and (W8A8) without MLP fusion."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
@@ -171,7 +185,8 @@ def wan_bench(tokens: int, reps: int, workdir: Path) -> dict:
     dtype = baseline_dtype()
     ref = _wan_forward(fp, inputs, torch.float32)
     variants = {"fp32": (fp, torch.float32, None)}
-    variants[f"{str(dtype)[6:]} (baseline)"] = (copy.deepcopy(fp).to(dtype), dtype, None)
+    if dtype != torch.float32:
+        variants[f"{str(dtype)[6:]} (baseline)"] = (copy.deepcopy(fp).to(dtype), dtype, None)
     saved = {}
     for name, cfg in {"W8A8": RTNConfig(w_bits=8, a_bits=8), "W4A8": RTNConfig(w_bits=4)}.items():
         q = copy.deepcopy(fp)
@@ -181,45 +196,61 @@ def wan_bench(tokens: int, reps: int, workdir: Path) -> dict:
         d = workdir / name
         save_quantized(q, d, source="WanTransformer3DModel 2-block, random init")
         saved[name] = {"dir": str(d), **packed_bytes(q)}
-        variants[name] = (q.to(dtype), dtype, False)
-        variants[f"{name}, compiled act. quant"] = (q, dtype, True)
+        q = q.to(dtype)
+        variants[name] = (q, dtype, (True, True))  # (compiled act. quant, fused MLPs)
+        variants[f"{name}, eager act. quant"] = (q, dtype, (False, True))
+        if name == "W8A8":
+            variants[f"{name}, MLPs not fused"] = (q, dtype, (True, False))
 
-    def run(m, dt, compiled):
-        if compiled is not None:
-            set_backend_(m, "auto", compile_act_quant=compiled)
+    def run(m, dt, opts):
+        if opts is not None:
+            set_backend_(m, "auto", compile_act_quant=opts[0], fuse_mlps=opts[1])
         return _wan_forward(m, inputs, dt)
 
-    for m, dt, compiled in variants.values():  # warm-up: prepack, compile the act. quantizer
-        run(m, dt, compiled)
+    for m, dt, opts in variants.values():  # warm-up: prepack, compile the act. quantizer
+        run(m, dt, opts)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(reps):  # interleaved: load changes hit every model alike
-        for k, (m, dt, compiled) in variants.items():
-            if compiled is not None:
-                set_backend_(m, "auto", compile_act_quant=compiled)
+        for k, (m, dt, opts) in variants.items():
+            if opts is not None:
+                set_backend_(m, "auto", compile_act_quant=opts[0], fuse_mlps=opts[1])
             times[k] += _time(lambda: _wan_forward(m, inputs, dt), 1)
     med = {k: statistics.median(v) for k, v in times.items()}
-    base_key = f"{str(dtype)[6:]} (baseline)"
+    base_key = f"{str(dtype)[6:]} (baseline)" if dtype != torch.float32 else "fp32"
     rows = {}
-    for k, (m, dt, compiled) in variants.items():
-        out = run(m, dt, compiled).float()
+    for k, (m, dt, opts) in variants.items():
+        out = run(m, dt, opts).float()
         rows[k] = {
             "seconds": med[k], "all_seconds": times[k],
             "speedup_vs_fp32": med["fp32"] / med[k], "speedup_vs_baseline": med[base_key] / med[k],
             "rel_err_vs_fp32": float((out - ref).norm() / ref.norm()),
         }  # fmt: skip
+    act_bits = next(m for m, _, o in variants.values() if o).quantize_info["act_bits_effective"]
     del variants
-    rss = load_rss(base, saved, workdir)
     return {
         "shape": {**WAN_2BLOCK, "tokens": tokens, "text_tokens": 512},
         "baseline_dtype": str(dtype),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "emulation_env": {k: os.environ[k] for k in AVX2_ENV if k in os.environ},
+        "act_bits_effective": act_bits,
         "cpu_flags": sorted(
             cpu_flags()
             & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}
         ),  # fmt: skip
         "reps": reps,
         "models": rows,
-        "load_rss": rss,
+        "load_rss": load_rss(base, saved, workdir) if rss else {},
     }
+
+
+def wan_avx2_emulated(tokens: int, reps: int, workdir: Path) -> dict:
+    """:func:`wan_bench` in a child process whose torch, oneDNN and MKL are held to AVX2."""
+    import subprocess
+
+    out = workdir / "wan-avx2.json"
+    cmd = [sys.executable, __file__, "--wan-child", str(out), str(tokens), str(reps)]
+    subprocess.run(cmd, check=True, env={**os.environ, **AVX2_ENV, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.read_text())
 
 
 def _status_bytes(key: str) -> int:
@@ -560,11 +591,18 @@ def markdown(r):
                           f"{k} {v:.2f}x ({wa['time_ratio_min'][k]:.2f}x)"
                           for k, v in wa["time_ratio"].items() if k != "fp32") + "."]  # fmt: skip
         lines.append("")
-    if r.get("wan"):
-        w = r["wan"]
+    for key in ("wan", "wan_avx2_emulated"):
+        if not r.get(key):
+            continue
+        w = r[key]
+        where = (f"CPU flags {', '.join(w['cpu_flags'])}" if key == "wan" else
+                 "**AVX2 emulated on an AMX machine**: " + ", ".join(
+                     f"{k}={v}" for k, v in w.get("emulation_env", {}).items())
+                 + f", torch capability {w.get('cpu_capability')}")  # fmt: skip
         lines += [f"## Wan-1.3B-shaped 2-block transformer, {w['shape']['tokens']} tokens, 1 thread "
-                  f"(baseline dtype {w['baseline_dtype']}; CPU flags {', '.join(w['cpu_flags'])}; "
-                  f"load {w.get('loadavg')}, measured while the machine was shared)", "",
+                  f"(baseline dtype {w['baseline_dtype']}; {where}; activation codes "
+                  f"{w.get('act_bits_effective', 8)} bit; load {w.get('loadavg')}, measured while "
+                  "the machine was shared)", "",
                   "| model | s (median) | vs fp32 | vs baseline | rel. err vs fp32 |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for k, m in w["models"].items():
@@ -631,14 +669,24 @@ def main(argv=None):
     ap.add_argument("--videos", type=int, default=16)
     ap.add_argument(
         "--stages",
-        default="gemm,sens,methods,time,kv,wan",
+        default="gemm,sens,methods,time,kv,wan,wan_avx2",
         help="comma list; 'render' redraws only",
     )
     ap.add_argument("--wan-tokens", type=int, default=2048)
     ap.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--wan-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rss_child:
         _rss_child(*args.rss_child)
+        return
+    if args.wan_child:  # the AVX2-emulated Wan timing (wan_avx2_emulated's child process)
+        torch.set_num_threads(1)
+        out, tokens, reps = args.wan_child
+        with tempfile.TemporaryDirectory() as tmp:
+            load0 = [round(v, 2) for v in os.getloadavg()]
+            res = wan_bench(int(tokens), int(reps), Path(tmp), rss=False)
+        res["loadavg"] = [load0, [round(v, 2) for v in os.getloadavg()]]
+        Path(out).write_text(json.dumps(res))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(1)
@@ -672,7 +720,8 @@ def main(argv=None):
     if prev_path.is_file():  # keep stages that are not re-run (e.g. the GEMM timings)
         prev = json.loads(prev_path.read_text())
         stage_keys = {"gemm": "gemm", "sens": "sensitivity", "methods": "methods",
-                      "time": "rollout_time", "kv": "kv_cache", "wan": "wan"}  # fmt: skip
+                      "time": "rollout_time", "kv": "kv_cache", "wan": "wan",
+                      "wan_avx2": "wan_avx2_emulated"}  # fmt: skip
         for st, key in stage_keys.items():
             if st not in stages and key in prev:
                 results[key] = prev[key]
@@ -681,17 +730,21 @@ def main(argv=None):
             for key in ("settings", "reduced", "loadavg", "act_bits_full_range_exact"):
                 results[key] = prev.get(key, results.get(key))
     if "wan" in stages:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             load0 = [round(v, 2) for v in os.getloadavg()]
             results["wan"] = wan_bench(256 if quick else args.wan_tokens, 2 if quick else 5,
                                        Path(tmp))  # fmt: skip
             results["wan"]["loadavg"] = [load0, [round(v, 2) for v in os.getloadavg()]]
         write(results)
-        if stages == {"wan"}:
-            print(markdown(results))
-            return
+    if "wan_avx2" in stages:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["wan_avx2_emulated"] = wan_avx2_emulated(
+                256 if quick else args.wan_tokens, 2 if quick else 3, Path(tmp)
+            )
+        write(results)
+    if stages <= {"wan", "wan_avx2"}:
+        print(markdown(results))
+        return
     fp_model = models.load("moving-digits-causal")
     classifier = models.load("digit-classifier")
     if "gemm" in stages:

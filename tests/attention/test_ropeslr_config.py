@@ -6,7 +6,7 @@ import torch
 
 from diffkit import config as cfglib
 from diffkit.attention import RoPeSLRConfig
-from diffkit.attention.ropeslr import AUTO_FLEX_MIN_TOKENS, resolve_backend
+from diffkit.attention.ropeslr import AUTO_GATHER_MIN_TOKENS, resolve_backend
 from diffkit.config import RECIPES_DIR
 
 RECIPES = sorted((RECIPES_DIR / "attention").glob("*.yaml"))
@@ -19,7 +19,7 @@ RECIPES = sorted((RECIPES_DIR / "attention").glob("*.yaml"))
         ({"density": 1.5}, "density=1.5"),
         ({"block_size": 0}, "block_size=0"),
         ({"merge": "mass"}, "feature_map='elu1'"),
-        ({"backend": "triton"}, "backend='triton'.*reference, flex, auto"),
+        ({"backend": "cuda"}, "backend='cuda'.*reference, flex, gather, triton, auto"),
         ({"rank": 7}, "rank=7"),
         ({"mass_lse": "approx"}, "mass_lse=.approx.*exact, estimate"),
     ],
@@ -66,16 +66,18 @@ def test_every_field_is_documented_with_its_default_in_the_docs():
         assert table.get(f.name) == (repr(default), docs[f.name]), f"docs table: {f.name}"
 
 
-def test_auto_backend_is_flex_for_inference_where_faster_and_reference_for_training():
+def test_auto_backend_is_gather_for_cpu_inference_and_reference_for_training():
     cfg = RoPeSLRConfig()
     assert (cfg.backend, cfg.block_size, cfg.tile) == ("auto", 128, (4, 4, 8))
-    long, short = torch.zeros(1, 1, AUTO_FLEX_MIN_TOKENS, 8), torch.zeros(1, 1, 1024, 8)
+    long = torch.zeros(1, 1, AUTO_GATHER_MIN_TOKENS, 8)
+    short = torch.zeros(1, 1, AUTO_GATHER_MIN_TOKENS - 1, 8)
     with torch.no_grad():
-        assert resolve_backend(cfg, long) == "flex"
+        assert resolve_backend(cfg, long) == "gather"
         assert resolve_backend(cfg, short) == "reference"
         assert resolve_backend(RoPeSLRConfig(backend="reference"), long) == "reference"
+        assert resolve_backend(RoPeSLRConfig(backend="flex"), long) == "flex"
     with torch.enable_grad():
-        assert resolve_backend(cfg, long) == "reference"  # training: CPU flex has no backward
+        assert resolve_backend(cfg, long) == "reference"  # training: gather is forward-only
         assert resolve_backend(RoPeSLRConfig(backend="flex"), short) == "flex"
 
 

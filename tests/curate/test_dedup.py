@@ -171,3 +171,28 @@ def test_sub_window_hashes_find_crops_that_full_hashes_miss():
     off = phash_clusters(*args, PhashDedupConfig(crop_max_distance=-1), col("dhash"), *crops)
     assert sum(pairs(on)) >= 5 and sum(pairs(on)) > sum(pairs(off))
     assert len(set(on[::2].tolist())) == 6  # the six photos stay apart
+
+
+def test_photo_bases_do_not_overlap_and_tone_transforms_are_planted():
+    """Bases cut from one bundled photo overlap by at most a quarter of the smaller crop (so
+    distinct families are not crop near-duplicates of each other), and the generator plants
+    gamma and contrast variants (issue 19 item 4's targets)."""
+    from diffkit.curate.corpus import NEAR_TRANSFORMS, _near, _overlap, _photo_crop, bundled_photos
+
+    assert _overlap((0, 0, 10, 10), (5, 5, 15, 15)) == 0.25
+    assert _overlap((0, 0, 10, 10), (2, 2, 6, 6)) == 1.0
+    rng = np.random.default_rng(0)
+    photos, used = bundled_photos(), {}
+    for _ in range(30):
+        _photo_crop(rng, photos, 64, 64, used)
+    assert sum(len(v) for v in used.values()) == 30
+    for boxes in used.values():
+        for a in range(len(boxes)):
+            for b in range(a):
+                assert _overlap(boxes[a], boxes[b]) <= 0.25
+    img = _photo_crop(rng, photos, 64, 48)
+    for t in ("gamma", "contrast"):
+        assert t in NEAR_TRANSFORMS
+        out, fmt, _ = _near(img, t, NEAR_TRANSFORMS[t][0], rng)
+        assert out.size == img.size and fmt == "JPEG"
+        assert not np.array_equal(np.asarray(out), np.asarray(img))

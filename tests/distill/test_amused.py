@@ -58,10 +58,10 @@ def test_amused_adapter_shapes_and_sampling(amused_dir):
     assert enc.shape == (2, 64) and (enc < 8).all()
 
 
-@pytest.mark.parametrize("space", ["pixel", "dinov2"])
+@pytest.mark.parametrize("space", ["pixel", "embedding", "dinov2"])
 def test_fpd_steps_end_to_end_on_amused(amused_dir, tmp_path, space):
     teacher, tok = _load(amused_dir)
-    backbone, lcfg = None, LifterConfig(space="pixel")
+    backbone, lcfg = None, LifterConfig(space="embedding" if space == "embedding" else "pixel")
     if space == "dinov2":
         from transformers import Dinov2Config, Dinov2Model
 

@@ -56,6 +56,7 @@ def test_student_input_mask_fraction(generator):
         FPDConfig(samples_per_group=4, gan_weight=0.5, ste="gumbel"),
         FPDConfig(samples_per_group=4, ste="argmax", queue_size=4, exclude_own_refinement=False),
         FPDConfig(samples_per_group=4, ste="argmax", queue_size=4, drift_guidance=1.5),
+        FPDConfig(samples_per_group=4, queue_size=4, lifter=LifterConfig(space="embedding")),
     ],
     ids=[
         "default",
@@ -65,6 +66,7 @@ def test_student_input_mask_fraction(generator):
         "gumbel-gan-sn",
         "argmax-own-refinement-kept",
         "argmax-drift-guidance",
+        "embedding-space",
     ],  # fmt: skip
 )
 def test_fpd_step_updates_every_student_param(parts, cfg):
@@ -89,6 +91,45 @@ def test_fpd_step_updates_every_student_param(parts, cfg):
     assert set(changed) == set(before), set(before) - set(changed)
     for k, v in teacher.net.state_dict().items():  # the teacher is frozen
         assert torch.equal(v, t_before[k])
+
+
+def test_embedding_space_is_pixel_space_for_a_patch_tokenizer(parts):
+    """PatchTokenizer decodes by un-patchify, so a flattened image is a permutation of the flattened
+    codebook embeddings: every distance, hence the drift loss and its gradient, is the same in the
+    two spaces (up to fp32 summation order). Real positives enter the embedding space through the
+    tokenizer (encode -> embed), i.e. quantized, so there the two differ."""
+    tok, teacher, _ = parts
+    real, labels = torch.rand(12, 1, 16, 16) * 2 - 1, torch.arange(12) % 10
+
+    def loss_and_grad(space, real_positives=0):
+        cfg = FPDConfig(samples_per_group=4, ste="argmax", lifter=LifterConfig(space=space),
+                        real_positives=real_positives)  # fmt: skip
+        fpd = FPD(cfg, teacher=teacher, tokenizer=tok, real_images=real, real_labels=labels)
+        torch.manual_seed(0)
+        student = fpd.make_student()
+        out = fpd(student, {"cond": torch.tensor([1, 2])}, _ctx(seed=3))
+        out.loss.backward()
+        return out.loss.detach(), torch.cat([p.grad.flatten() for p in student.parameters()])
+
+    (l_pix, g_pix), (l_emb, g_emb) = loss_and_grad("pixel"), loss_and_grad("embedding")
+    assert float(l_emb) == pytest.approx(float(l_pix), rel=1e-4)
+    assert g_pix.abs().max() > 0
+    torch.testing.assert_close(g_emb, g_pix, rtol=1e-3, atol=1e-4 * float(g_pix.abs().max()))
+    l_pix_r, _ = loss_and_grad("pixel", real_positives=2)
+    l_emb_r, _ = loss_and_grad("embedding", real_positives=2)
+    assert torch.isfinite(l_emb_r) and float(l_emb_r) != pytest.approx(float(l_pix_r), rel=1e-4)
+
+
+def test_embedding_lifter_needs_embeddings():
+    from diffkit.distill import FeatureLifter
+
+    lifter = FeatureLifter(None, LifterConfig(space="embedding"))
+    emb = torch.randn(3, 64, 4)
+    assert lifter(None, emb)["embedding"].shape == (3, 256)
+    with pytest.raises(ValueError, match="pass emb"):
+        lifter(torch.zeros(3, 1, 16, 16))
+    with pytest.raises(ValueError, match="'embedding'"):
+        LifterConfig(space="tokens")
 
 
 def test_sample_mode_follows_routing():

@@ -216,3 +216,17 @@ def test_compiled_activation_quantizer_agrees_with_the_eager_one():
     y = q(xs)
     q.set_mode_(q.mode, compile_act_quant=False)
     torch.testing.assert_close(y, q(xs), atol=2e-2 * float(y.abs().max()), rtol=0)
+
+
+@pytest.mark.parametrize("qmax", [255, 127, 63])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_activation_quantizer_equals_the_reference_formula(qmax, dtype):
+    # torch's quantize_per_tensor (+ a clamp below 8 bits) against clamp(round(x / s) + z, 0, qmax):
+    # the same real numbers rounded, so at most one step apart at near-ties, and saturating alike
+    x = (torch.randn(400, 64, generator=torch.Generator().manual_seed(7)) * 4).to(dtype)
+    s, z = 0.037, 61
+    got = kernels.quantize_act(x, s, z, qmax)
+    ref = torch.clamp(torch.round(x.double() / s) + z, 0, qmax)
+    assert got.dtype == torch.uint8 and int(got.max()) == qmax and int(got.min()) == 0
+    diff = (got.double() - ref).abs()
+    assert float(diff.max()) <= 1 and float((diff > 0).double().mean()) < 1e-2

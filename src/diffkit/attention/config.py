@@ -55,10 +55,14 @@ class RoPeSLRConfig:
             needs it.
         gate_bias_init: initial gate bias b_h (sigmoid(-1.946) = 0.125).
         backend: "reference" (pure PyTorch, fp64-able, differentiable), "flex" (FlexAttention
-            BlockMask from the top-k indices; forward-only on CPU), or "auto": flex where it is
-            faster and no gradient is needed (CUDA; CPU from 2,048 tokens, where compiled flex
-            runs ~2x the reference), otherwise reference (training, short sequences). Compiled
-            flex compiles once per new shape on first use (CPU: 10-40 s, more on a busy machine).
+            BlockMask from the top-k indices; forward-only on CPU), "gather" (forward-only CPU
+            path, each query block's selected key/value blocks gathered and attended by
+            PyTorch's fused CPU flash kernel; nothing to compile), "triton" (diffkit's fused
+            Triton kernel: spike, background read-out and merge in one pass; forward-only, CUDA),
+            or "auto": where no gradient is needed, triton on CUDA (flex inside torch.compile)
+            and gather on CPU from 256 tokens (flex inside torch.compile), otherwise reference
+            (training, shorter sequences). Compiled flex compiles once per new shape on first
+            use (CPU: 10-40 s, more on a busy machine).
         dense_first_steps: run dense attention for the first N denoising steps of a sampling run.
         dense_first_layers: keep the first N self-attention layers dense.
         dense_heads: head indices always computed densely.
@@ -88,7 +92,7 @@ class RoPeSLRConfig:
     merge: Literal["gated", "mass"] = "gated"
     mass_lse: Literal["exact", "estimate"] = "exact"
     gate_bias_init: float = -1.946
-    backend: Literal["reference", "flex", "auto"] = "auto"
+    backend: Literal["reference", "flex", "gather", "triton", "auto"] = "auto"
     dense_first_steps: int = 0
     dense_first_layers: int = 0
     dense_heads: tuple[int, ...] = ()
@@ -131,7 +135,7 @@ class RoPeSLRConfig:
             "inject": ("add", "concat"),
             "merge": ("gated", "mass"),
             "mass_lse": ("exact", "estimate"),
-            "backend": ("reference", "flex", "auto"),
+            "backend": ("reference", "flex", "gather", "triton", "auto"),
         }
         for field, options in choices.items():
             if getattr(self, field) not in options:

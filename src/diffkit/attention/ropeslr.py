@@ -21,6 +21,7 @@ from diffkit.attention.background import (
     merge_mass_readout,
 )
 from diffkit.attention.config import RoPeSLRConfig
+from diffkit.attention.gathered import block_sparse_gathered
 from diffkit.attention.layout import (
     block_scores,
     block_tiles,
@@ -197,22 +198,37 @@ def background_features(
     return phi_q, phi_k, plan.tiled(params.gate(q_pre)) if need_gate else None
 
 
-#: ``backend="auto"`` uses compiled flex on CPU from this many tokens (without autograd). Measured
-#: on the shared 2-core VM (fp32, d = 64, density 0.1, block 128, mass merge with estimated lse,
-#: interleaved): flex/reference = 0.6x at 1,024 tokens (one selected block: flex's fixed cost
-#: dominates), 1.9x at 2,048 and 4,096, 2.5x at 8,192, 2.0x at 16,384.
+#: ``backend="auto"`` uses the gather backend on CPU from this many tokens (without autograd).
+#: Measured on the shared 2-core AVX-512 + AMX VM (fp32, density 0.1, mass merge with estimated
+#: lse, 1 thread, interleaved): gather / reference = 2.3x faster at 256 tokens, 1.5-2.1x at
+#: 512-1,024, 3.2-4.4x at 2,048 (docs/attention.md, "Backends").
+AUTO_GATHER_MIN_TOKENS = 256
+#: Inside torch.compile / torch.export (the gather backend reads data-dependent masks in eager
+#: Python), "auto" uses compiled flex on CPU from this many tokens, else the reference backend.
 AUTO_FLEX_MIN_TOKENS = 2048
 
 
 def resolve_backend(config: RoPeSLRConfig, q: torch.Tensor) -> str:
-    """The backend a call runs: ``config.backend``, or for "auto" flex where it is the faster
-    one and no gradient is needed (CUDA; CPU from :data:`AUTO_FLEX_MIN_TOKENS` tokens), else the
-    reference backend (training, short sequences, the tests' tiny models)."""
+    """The backend a call runs: ``config.backend``, or for "auto" without a gradient: on CUDA
+    the fused Triton kernel (flex inside torch.compile, or without Triton); on CPU gather from
+    :data:`AUTO_GATHER_MIN_TOKENS` tokens, or under torch.compile flex from
+    :data:`AUTO_FLEX_MIN_TOKENS`; else the reference backend (training, short sequences)."""
     if config.backend != "auto":
         return config.backend
     if torch.is_grad_enabled():
         return "reference"
-    return "flex" if q.is_cuda or q.shape[2] >= AUTO_FLEX_MIN_TOKENS else "reference"
+    if q.is_cuda:
+        return "triton" if _has_triton() and not torch.compiler.is_compiling() else "flex"
+    if torch.compiler.is_compiling():
+        return "flex" if q.shape[2] >= AUTO_FLEX_MIN_TOKENS else "reference"
+    return "gather" if q.shape[2] >= AUTO_GATHER_MIN_TOKENS else "reference"
+
+
+@functools.cache
+def _has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def spike(
@@ -230,6 +246,14 @@ def spike(
     that read-out is not finite).
     """
     backend = resolve_backend(config, q)
+    if backend == "triton":
+        from diffkit.attention.triton_kernels import block_sparse_triton
+
+        return block_sparse_triton(q, k, v, plan.idx, plan.valid, config.block_size)
+    if backend == "gather":
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            raise ValueError("backend='gather' is forward-only; use backend='reference' to train")
+        return block_sparse_gathered(q, k, v, plan.idx, plan.valid, config.block_size)
     if backend == "flex":
         if torch.is_grad_enabled() and q.requires_grad and not q.is_cuda:
             raise ValueError(
@@ -316,6 +340,9 @@ def ropeslr_attention(
     use_bg = config.background and params is not None
     gated = config.merge == "gated"
     need_lse = sink_k is not None or (use_bg and not gated)
+    fused = use_bg and sink_k is None and (gated or config.mass_lse == "exact")
+    if fused and resolve_backend(config, q) == "triton":  # one kernel: spike, background, merge
+        return plan.untiled(_ropeslr_triton(q, k, v, plan, config, params, q_pre, k_pre))
     if need_lse and sink_k is None and config.mass_lse == "estimate":
         # mass merge with the estimated lse: the spike runs without one (the gated path's cost)
         o_s, lse = spike_estimated(q, k, v, plan, config)
@@ -347,3 +374,18 @@ def ropeslr_attention(
             inplace = not (o_s.requires_grad or num.requires_grad or lam.requires_grad)
             out = merge_mass(o_s, lse, num, den, lam, inplace=inplace)
     return plan.untiled(out)
+
+
+def _ropeslr_triton(q, k, v, plan, config, params, q_pre, k_pre) -> torch.Tensor:
+    """Spike, background read-out and merge in one Triton kernel pass (tile-major in and out)."""
+    from diffkit.attention.triton_kernels import spike_background_triton
+
+    if q_pre is None or k_pre is None:
+        raise ValueError("the background path needs the pre-RoPE q_pre and k_pre")
+    gated = config.merge == "gated"
+    phi_q, phi_k, gate = background_features(params, q_pre, k_pre, plan, need_gate=gated)
+    lam = None if gated else params.log_lambda.exp()
+    sel = (plan.idx, plan.valid, config.block_size)
+    return spike_background_triton(
+        q, k, v, *sel, phi_q, phi_k, complement=config.complement, gate=gate, lam=lam
+    )

@@ -372,13 +372,14 @@ def estimate_lse(
     bsz, heads, length, d = q.shape
     n = num_blocks(length, block)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    if q.dtype in (torch.float16, torch.bfloat16):  # moments in fp32 (E[k^2] - E[k]^2 cancels)
-        q, k = q.float(), k.float()
+    # moments in fp32 for half-precision input (E[k^2] - E[k]^2 cancels); q is cast where used
+    work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    k = k.to(work)
     pad = n * block - length
     if pad:
         q, k = F.pad(q, (0, 0, 0, pad)), F.pad(k, (0, 0, 0, pad))
     kb = k.unflatten(2, (n, block))  # (B, H, n, b, d)
-    count = torch.full((n,), float(block), dtype=q.dtype, device=q.device)
+    count = torch.full((n,), float(block), dtype=work, device=q.device)
     count[-1] = block - pad
     mean = kb.sum(3) / count[:, None]
     var = (kb * kb).sum(3) / count[:, None] - mean * mean  # padded keys are 0: sums unaffected
@@ -386,13 +387,20 @@ def estimate_lse(
     qb = q.unflatten(2, (n, block))  # (B, H, n, b, d)
     m_s, v_s = mean * scale, var.clamp_min(0) * (scale * scale / 2)
     if compiled:
+        qb = qb.to(work)
         if not torch.compiler.is_compiling():  # (inside a compiled model it is simply inlined)
             _mark_blocks_dynamic(qb, m_s, v_s, idx, bias)
         lse = _compiled_lse_from_stats()(qb, m_s, v_s, idx, bias)
-    else:  # one batched matmul for both terms: [q, q*q] (b, 2d) @ [m_s, v_s]^T (2d, k)
+    else:  # one batched matmul for both terms: [m_s, v_s] (k, 2d) @ [q, q*q]^T (2d, b)
+        # (k rows, b columns: the CPU's batched GEMM runs this orientation far faster than
+        # b x k; x is written in place instead of concatenated)
         stats = torch.cat([m_s, v_s], -1)  # (B, H, n, 2d)
-        z = torch.cat([qb, qb * qb], -1) @ gather_blocks(stats, idx).transpose(-1, -2)
-        lse = torch.logsumexp(z + bias[..., None, :], -1)  # (B, H, n, b)
+        x = torch.empty(*qb.shape[:-1], 2 * d, dtype=work, device=qb.device)
+        x[..., :d] = qb
+        x[..., d:] = qb
+        x[..., d:].mul_(x[..., :d])  # (no out= into a view: torch.compile cannot trace it)
+        zt = gather_blocks(stats, idx) @ x.transpose(-1, -2)  # (B, H, n, k, b)
+        lse = torch.logsumexp(zt.add_(bias[..., None]), -2)  # (B, H, n, b)
     return lse.flatten(2, 3)[:, :, :length]
 
 

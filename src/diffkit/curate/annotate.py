@@ -74,7 +74,7 @@ class EmbedConfig:
         text_model_path: Local weights folder for the text embedder ('' = wheel default).
         batch_size: Images per model call.
         device: ``cpu`` or ``cuda``.
-        concurrency: Actors for this stage on Ray.
+        concurrency: Unused since RayExecutor runs every stage in one actor pool (its `workers`).
         gpus: GPUs per actor on Ray.
     """
 
@@ -176,7 +176,7 @@ class SafetyConfig:
         text_blocklist: Terms whose whole-word presence in the alt text sets
             ``score_text_blocklist`` to 1.
         batch_size: Images per scorer call.
-        concurrency: Actors for this stage on Ray.
+        concurrency: Unused since RayExecutor runs every stage in one actor pool (its `workers`).
         gpus: GPUs per actor on Ray.
     """
 

@@ -76,7 +76,7 @@ class RecaptionConfig:
         max_pixels: Images are downscaled to at most this many pixels before captioning.
         include_original: Treat the alt text as the ``original`` captioner in fusion.
         batch_size: Images per captioner call.
-        concurrency: Actors for this stage on Ray.
+        concurrency: Unused since RayExecutor runs every stage in one actor pool (its `workers`).
         gpus: GPUs per actor on Ray.
         refusal_patterns: Regexes (case-insensitive) that mark a caption as a refusal.
     """

@@ -7,21 +7,21 @@ from pathlib import Path
 import typer
 
 app = typer.Typer(
-    help="MONET-style image-text curation: local by default, Ray Data at scale.",
+    help="MONET-style image-text curation: local by default, Ray at scale.",
     no_args_is_help=True,
 )
 
 
 @app.command()
 def run(
-    input: Path = typer.Option(
+    input: str = typer.Option(
         ...,
         "--input",
         "-i",
         help="Folder of images, a folder of Parquet shards or WebDataset tars, or one "
-        ".parquet/.jsonl/.csv/.tar file.",
+        ".parquet/.jsonl/.csv/.tar file; a local path or an fsspec URL (s3://, gs://, memory://).",
     ),
-    metadata: Path = typer.Option(
+    metadata: str = typer.Option(
         None,
         "--metadata",
         "-m",
@@ -33,7 +33,13 @@ def run(
         help="Map a role to your column name: path|caption|url|license|id|source|image=NAME "
         "(repeatable).",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder (resumes if it exists)."),
+    out: str = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Run folder (resumes if it exists); a local path or an fsspec URL, which gets the "
+        "outputs after the run (the run itself happens in a local cache folder).",
+    ),
     config: Path = typer.Option(
         None, "--config", "-c", help="Shipped recipe name (local, models) or a YAML path."
     ),
@@ -55,6 +61,7 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from diffkit.curate.executors import LocalExecutor, RayExecutor
+    from diffkit.curate.locations import is_remote, local_path, local_run_dir, publish
     from diffkit.curate.pipeline import Pipeline, load_config
 
     torch.set_num_threads(1)
@@ -71,6 +78,7 @@ def run(
     cfg = load_config(config, sets)
     pipe = Pipeline.from_config(cfg)
     ex = LocalExecutor(workers) if executor == "local" else RayExecutor(num_cpus=max(2, workers))
+    run_dir = local_run_dir(out) if is_remote(out) else local_path(out)
     bars: dict = {}
     with Progress(
         TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -83,21 +91,23 @@ def run(
             prog.update(bars[stage], completed=done if total else 1, total=max(total, 1))
 
         summary = pipe.run(
-            input, out, ex, retry_failed=retry_failed, progress=progress, keep_work=True
+            input, run_dir, ex, retry_failed=retry_failed, progress=progress, keep_work=True
         )
     ex.close()
     typer.echo(
         f"{summary['rows_in']} rows in, {summary['kept']} kept, {summary['dropped']} dropped, "
-        f"{summary['errors']} errors -> {out / 'manifest.json'}"
+        f"{summary['errors']} errors -> {run_dir / 'manifest.json'}"
     )
     if report:
         from diffkit.curate.report import build_report
 
-        typer.echo(f"report: {build_report(out)}")
+        typer.echo(f"report: {build_report(run_dir)}")
     if not keep_work and summary["errors"] == 0:  # kept while the report read its images
         import shutil
 
-        shutil.rmtree(out / "work", ignore_errors=True)
+        shutil.rmtree(run_dir / "work", ignore_errors=True)
+    if is_remote(out):
+        typer.echo(f"published {publish(run_dir, out)} files to {out} (run folder {run_dir})")
 
 
 @app.command("report")

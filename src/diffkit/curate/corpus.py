@@ -4,7 +4,7 @@ Base images are procedural scenes (gradients, noise textures, stripes, shapes, r
 random crops with colour changes of the photos bundled in scikit-image's wheel and scikit-learn's
 two sample photos. Planted on top: exact duplicates (byte copies; same pixels in different bytes:
 PNG <-> lossless WebP and PNG with changed metadata), graded near-duplicates (resize, JPEG
-quality, crop, rotation, brightness/contrast, text overlay, letterbox padding, border, colour
+quality, crop, rotation, brightness/contrast, gamma, contrast, text overlay, letterbox padding, border, colour
 shift; flips as a separate family), hard negatives that must not be merged (same template with a
 moved or recoloured object, sequential frames), degenerate and corrupt files (solid colours,
 1xN strips, tiny images incl. scikit-image's 25x25 LFW faces, truncated JPEGs, zero-byte files,
@@ -38,6 +38,8 @@ NEAR_TRANSFORMS = {
     "resize": (0.3, 0.5, 0.7, 0.9),
     "jpeg": (20, 40, 60, 80, 95),
     "brightness": (-0.15, -0.08, 0.08, 0.15),
+    "gamma": (0.6, 0.8, 1.25, 1.6),
+    "contrast": (0.6, 0.8, 1.25, 1.5),
     "crop": (0.05, 0.1, 0.2, 0.3),
     "rotate": (1.0, 2.0, 3.0),
     "overlay": (1, 2),
@@ -202,14 +204,34 @@ def _procedural(rng: np.random.Generator, w: int, h: int, shapes=None):
     return img, shapes
 
 
-def _photo_crop(rng, photos, w, h):
+def _overlap(a, b) -> float:
+    """Intersection of boxes ``(x0, y0, x1, y1)`` over the smaller box's area."""
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return iw * ih / max(small, 1)
+
+
+def _photo_crop(rng, photos, w, h, used: dict | None = None, max_overlap: float = 0.25):
+    """A random crop (30-60 % of the sides) of a bundled photo with a colour jitter, resized to
+    ``w`` x ``h``. With ``used`` (photo index -> boxes cut so far), a crop overlaps every earlier
+    crop of its photo by at most ``max_overlap`` of the smaller area (up to 50 tries): two bases
+    cut from overlapping regions of one photo would be crop near-duplicates of each other, not
+    the distinct images the ground truth says they are."""
     from PIL import Image
 
-    src = photos[int(rng.integers(len(photos)))]
-    H, W = src.shape[:2]
-    f = rng.uniform(0.35, 0.8)
-    ch, cw = max(16, int(H * f)), max(16, int(W * f))
-    y, x = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
+    for _ in range(50):
+        k = int(rng.integers(len(photos)))
+        src = photos[k]
+        H, W = src.shape[:2]
+        f = rng.uniform(0.3, 0.6)
+        ch, cw = max(16, int(H * f)), max(16, int(W * f))
+        y, x = int(rng.integers(0, H - ch + 1)), int(rng.integers(0, W - cw + 1))
+        box = (x, y, x + cw, y + ch)
+        if used is None or all(_overlap(box, b) <= max_overlap for b in used.get(k, [])):
+            break
+    if used is not None:
+        used.setdefault(k, []).append(box)
     crop = src[y : y + ch, x : x + cw].astype(np.float32)
     crop = crop * rng.uniform(0.8, 1.2, 3)[None, None] + rng.uniform(-20, 20)
     return Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
@@ -236,6 +258,11 @@ def _near(img, transform: str, s, rng):
     if transform == "brightness":
         out = ImageEnhance.Brightness(img).enhance(1 + s)
         return ImageEnhance.Contrast(out).enhance(1 + s / 2), "JPEG", {"quality": 90}
+    if transform == "gamma":
+        lut = [round(255 * (v / 255) ** s) for v in range(256)]
+        return img.point(lut * 3), "JPEG", {"quality": 90}
+    if transform == "contrast":
+        return ImageEnhance.Contrast(img).enhance(s), "JPEG", {"quality": 90}
     if transform == "crop":
         dx, dy = int(w * s), int(h * s)
         ox, oy = int(rng.integers(0, dx + 1)), int(rng.integers(0, dy + 1))
@@ -310,12 +337,12 @@ def make_corpus(out_dir: str | Path, config: CorpusConfig | None = None) -> dict
             "expect": expect, "expect_reason": reason, "related_family": related,
         })  # fmt: skip
 
-    bases = []
+    bases, photo_boxes = [], {}
     n_photo = int(round(cfg.n_base * cfg.photo_fraction))
     for b in range(cfg.n_base):
         w, h = (int(v) for v in rng.integers(cfg.min_size, cfg.max_size + 1, 2))
         if b < n_photo:
-            img, shapes, src = _photo_crop(rng, photos, w, h), None, "photos"
+            img, shapes, src = _photo_crop(rng, photos, w, h, photo_boxes), None, "photos"
         else:
             seed = int(rng.integers(1 << 31))
             img, shapes = _procedural(np.random.default_rng(seed), w, h)

@@ -236,7 +236,8 @@ def faiss_pairs(
     range search (``IndexBinaryFlat``: SIMD popcounts over packed codes; its radius is strict,
     hence ``max_distance + 1``). Exact like :func:`near_pairs`, O(N^2) popcounts but about 5x
     faster than the banded lookup at 10^5 hashes on one thread (benchmarks/results/curate.md).
-    Queries run in chunks so the result lists stay bounded."""
+    Queries run in chunks so the result lists stay bounded; the chunk of rows ``[s, s + c)`` is
+    searched only against rows ``[s, N)`` (the upper triangle), which halves the popcounts."""
     from diffkit.curate.schema import require
 
     faiss = require("faiss", "the pHash lookup")
@@ -247,14 +248,15 @@ def faiss_pairs(
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     codes = h.view(np.uint8).reshape(n, 8)  # Hamming distance does not depend on bit order
-    index = faiss.IndexBinaryFlat(64)
-    index.add(codes)
     out = []
     for s in range(0, n, chunk):
+        index = faiss.IndexBinaryFlat(64)
+        index.add(codes[s:])
         lims, _, idx = index.range_search(codes[s : s + chunk], int(max_distance) + 1)
         src = s + np.repeat(np.arange(len(lims) - 1), np.diff(lims).astype(np.int64))
-        keep = src < idx
-        out.append(src[keep].astype(np.int64) * n + idx[keep].astype(np.int64))
+        dst = s + idx.astype(np.int64)
+        keep = src < dst
+        out.append(src[keep].astype(np.int64) * n + dst[keep])
     u = np.unique(np.concatenate(out))
     return u // n, u % n
 
@@ -335,11 +337,17 @@ class PhashDedupConfig:
         crop_max_distance: Crop-robust search: a row ``j`` is also a candidate duplicate of row
             ``i`` when the pHash of one of ``i``'s sub-windows (``phash_crops``, see
             IngestConfig.crop_scales) is within this distance of ``j``'s full pHash; -1 disables.
-            Off by default: measured with scales (0.95, 0.9) and 10/8 it raised full-pipeline
-            recall (0.72 -> 0.85) and crop <= 10 % recall (to 0.78-0.94) but cut pairwise
-            precision to 0.98/0.94/0.85 on three seeds
-            (benchmarks/results/curate_crops_experiment.md).
+            Off here; the local recipe sets 16 with ``verify_ncc`` (with the dHash check alone it
+            cost precision: 0.98/0.94/0.85 on three seeds,
+            benchmarks/results/curate_crops_experiment.md).
         crop_verify_dhash_distance: ... verified by the same window's dHash against ``j``'s.
+        verify_ncc: Aligned-thumbnail verification (:func:`diffkit.curate.align.aligned_ncc`):
+            every candidate pair (full-hash and crop-window) is merged only if the best NCC of
+            the two ``thumb`` columns over the aligned windows is at least this; -1 disables
+            (here; the local recipe ships 0.9, calibrated in benchmarks/results/curate.md).
+        ncc_scales: Window scales (share of each side) searched by the NCC verification.
+        ncc_step: Offset grid of the NCC windows (share of the side).
+        ncc_rank: Rank-transform the thumbnails first (invariant to gamma and any tone curve).
         degenerate_entropy: Rows whose pixel entropy is below this go to the degenerate bucket.
         degenerate_max_distance: Threshold used inside the degenerate bucket.
         source_priority: Sources in order of preference for the representative.
@@ -351,6 +359,10 @@ class PhashDedupConfig:
     n_bands: int = 0
     crop_max_distance: int = -1
     crop_verify_dhash_distance: int = 8
+    verify_ncc: float = -1.0
+    ncc_scales: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85)
+    ncc_step: float = 1 / 32
+    ncc_rank: bool = False
     degenerate_entropy: float = 2.5
     degenerate_max_distance: int = 0
     source_priority: tuple[str, ...] = ()
@@ -360,6 +372,14 @@ class PhashDedupConfig:
             raise ValueError(f"max_distance must be in [0, 32], got {self.max_distance}")
         if self.lookup not in ("faiss", "bands"):
             raise ValueError(f"lookup={self.lookup!r}; options: faiss, bands")
+        if not (self.verify_ncc == -1 or -1 <= self.verify_ncc <= 1):
+            raise ValueError(f"verify_ncc must be -1 (off) or in [-1, 1], got {self.verify_ncc}")
+        if not self.ncc_scales or any(not 0.5 <= s <= 1.0 for s in self.ncc_scales):
+            raise ValueError(
+                f"ncc_scales must be non-empty, each in [0.5, 1], got {self.ncc_scales}"
+            )
+        if not 0 < self.ncc_step <= 0.5:
+            raise ValueError(f"ncc_step must be in (0, 0.5], got {self.ncc_step}")
         if not 0 <= self.n_bands <= 64:
             raise ValueError(f"n_bands must be in [0, 64], got {self.n_bands}")
         if self.degenerate_max_distance < 0:
@@ -369,19 +389,35 @@ class PhashDedupConfig:
 
 
 def phash_clusters(
-    hashes, entropy, cfg: PhashDedupConfig, dhashes=None, crops=None, dcrops=None
+    hashes, entropy, cfg: PhashDedupConfig, dhashes=None, crops=None, dcrops=None, thumbs=None
 ) -> np.ndarray:
     """Cluster root per row (rows assumed sorted by priority, so a root is its representative).
 
-    Candidate pairs come from the multi-index pHash lookup; with ``dhashes`` and
-    ``cfg.verify_dhash_distance >= 0`` they are verified on dHash before union-find."""
+    Candidate pairs come from the pHash lookup (and, with ``crops`` and
+    ``cfg.crop_max_distance >= 0``, from crop-window hashes); with ``dhashes`` and
+    ``cfg.verify_dhash_distance >= 0`` they are verified on dHash, and with ``thumbs``
+    ((N, S, S) uint8) and ``cfg.verify_ncc >= 0`` on the aligned-thumbnail NCC, before
+    union-find. The degenerate bucket (low entropy) uses only its own strict pHash radius."""
+    roots = np.arange(len(hashes))
+    for idx, i, j, score in bucket_pairs(hashes, entropy, cfg, dhashes, crops, dcrops, thumbs):
+        if score is not None:
+            i, j = i[score >= cfg.verify_ncc], j[score >= cfg.verify_ncc]
+        roots[idx] = idx[union_find(len(idx), i, j)]
+    return roots
+
+
+def bucket_pairs(hashes, entropy, cfg: PhashDedupConfig, dhashes=None, crops=None, dcrops=None,
+                 thumbs=None):  # fmt: skip
+    """Per entropy bucket (main, then degenerate) with at least 2 rows: ``(idx, i, j, score)``,
+    the bucket's row indices, its candidate pairs (indices into ``idx``, after the dHash checks)
+    and their aligned-NCC scores (None unless the main bucket is NCC-verified). Exposed so that
+    threshold sweeps score every candidate once (diffkit.curate.evaluate.ncc_sweep)."""
     h = np.asarray(hashes, np.uint64)
     dh = None if dhashes is None else np.asarray(dhashes, np.uint64)
     ent = np.asarray(entropy, np.float64)
-    roots = np.arange(len(h))
-    for sel, k in (
-        (ent >= cfg.degenerate_entropy, cfg.max_distance),
-        (ent < cfg.degenerate_entropy, cfg.degenerate_max_distance),
+    for sel, k, main in (
+        (ent >= cfg.degenerate_entropy, cfg.max_distance, True),
+        (ent < cfg.degenerate_entropy, cfg.degenerate_max_distance, False),
     ):
         idx = np.flatnonzero(sel)
         if len(idx) < 2:
@@ -393,12 +429,22 @@ def phash_clusters(
         if dh is not None and cfg.verify_dhash_distance >= 0:
             ok = np.bitwise_count(dh[idx][i] ^ dh[idx][j]) <= cfg.verify_dhash_distance
             i, j = i[ok], j[ok]
-        if crops is not None and k == cfg.max_distance and cfg.crop_max_distance >= 0:
+        if crops is not None and main and cfg.crop_max_distance >= 0:
             ci, cj = _crop_pairs(np.asarray(crops)[idx], np.asarray(dcrops)[idx], h[idx],
                                  None if dh is None else dh[idx], cfg)  # fmt: skip
             i, j = np.concatenate([i, ci]), np.concatenate([j, cj])
-        roots[idx] = idx[union_find(len(idx), i, j)]
-    return roots
+        score = None
+        if main and cfg.verify_ncc >= 0:
+            from diffkit.curate.align import aligned_ncc
+
+            if thumbs is None:
+                raise ValueError("verify_ncc needs thumbnails: set ingest.thumb_size > 0")
+            lo, hi = np.minimum(i, j), np.maximum(i, j)
+            u = np.unique(lo * len(idx) + hi)
+            i, j = u // len(idx), u % len(idx)
+            t = np.asarray(thumbs)[idx]
+            score = aligned_ncc(t, i, j, cfg.ncc_scales, cfg.ncc_step, cfg.ncc_rank)
+        yield idx, i, j, score
 
 
 def _crop_pairs(crops, dcrops, h, dh, cfg: PhashDedupConfig):
@@ -414,8 +460,12 @@ def _crop_pairs(crops, dcrops, h, dh, cfg: PhashDedupConfig):
     return i[keep], j[keep]
 
 
+CONSUMED = ("thumb", "phash_crops", "dhash_crops")
+
+
 class PhashDedup(Stage):
     name = "phash_dedup"
+    version = "2"  # 2: NCC verification; thumb and crop-hash columns dropped after use
     kind = "global"
 
     def __init__(self, config: PhashDedupConfig | None = None) -> None:
@@ -424,11 +474,22 @@ class PhashDedup(Stage):
     def emit_keys(self, table):
         cols = ["phash", "dhash", "hash_entropy"]
         cols += [c for c in ("phash_crops", "dhash_crops") if c in table.column_names]
+        if self.config.verify_ncc >= 0 and "thumb" in table.column_names:
+            cols.append("thumb")
         return _key_table(table, cols, self.config.source_priority)[0]
 
     def reduce(self, key_tables):
         keys = _sorted_keys(key_tables)
         has_crops = "phash_crops" in keys.column_names and keys.num_rows
+        thumbs = None
+        if self.config.verify_ncc >= 0 and keys.num_rows > 1:
+            from diffkit.curate.align import thumbs_array
+
+            if "thumb" not in keys.column_names:
+                raise ValueError(
+                    "phash_dedup.verify_ncc needs the thumb column (ingest.thumb_size > 0)"
+                )
+            thumbs = thumbs_array(keys.column("thumb"))
         roots = phash_clusters(
             keys.column("phash").to_numpy(),
             keys.column("hash_entropy").to_numpy(),
@@ -436,6 +497,7 @@ class PhashDedup(Stage):
             keys.column("dhash").to_numpy(),
             vectors(keys.column("phash_crops"), np.uint64) if has_crops else None,
             vectors(keys.column("dhash_crops"), np.uint64) if has_crops else None,
+            thumbs,
         )
         ids = keys.column("row_id").to_pylist()
         cluster = [int(ids[r][:15], 16) for r in roots]
@@ -443,6 +505,8 @@ class PhashDedup(Stage):
         return pa().table({"row_id": ids, "phash_cluster": cluster, "drop": drop})
 
     def apply(self, table, decisions):
-        return _apply_decisions(
+        table = _apply_decisions(
             table, decisions, self.name, "phash_dup", {"phash_cluster": pa().int64()}
         )
+        # consumed here: later stages and the outputs carry only the 64-bit hashes
+        return table.drop_columns([c for c in CONSUMED if c in table.column_names])

@@ -182,6 +182,75 @@ def phash_sweep(
     return out
 
 
+def ncc_sweep(ingest_table, corpus_dir, cfg: PhashDedupConfig, thresholds) -> list[dict]:
+    """pHash-stage dedup metrics of ``cfg`` (candidates from the full and crop-window pHashes,
+    dHash checks as configured) for each aligned-NCC threshold in ``thresholds``, on every
+    decodable row above ``cfg.degenerate_entropy`` (as :func:`phash_sweep`): the candidates are
+    found and scored once, then cut at each threshold."""
+    import pyarrow.parquet as pq
+
+    from diffkit.curate.align import thumbs_array
+    from diffkit.curate.dedup import bucket_pairs
+    from diffkit.curate.schema import vectors
+
+    gt = {
+        r["source_key"]: r
+        for r in pq.read_table(Path(corpus_dir) / "ground_truth.parquet").to_pylist()
+    }
+    t = ingest_table.filter(
+        pa().array(np.asarray(ingest_table.column("status").to_pylist()) == "keep")
+    )
+    t = t.filter(  # like phash_sweep: the main bucket only (blank images fall to the prefilter)
+        pa().array(np.asarray(t.column("hash_entropy").to_numpy()) >= cfg.degenerate_entropy)
+    )
+    pri = priority_keys(t, cfg.source_priority)
+    t = t.take(pa().array(sorted(range(t.num_rows), key=lambda i: pri[i]), pa().int64()))
+    gt_rows = [gt[k] for k in t.column("source_key").to_pylist()]
+    gold = _gt_labels(gt_rows)
+    crops = "phash_crops" in t.column_names and cfg.crop_max_distance >= 0
+    buckets = list(
+        bucket_pairs(
+            t.column("phash").to_numpy(),
+            t.column("hash_entropy").to_numpy(),
+            cfg,
+            t.column("dhash").to_numpy(),
+            vectors(t.column("phash_crops"), np.uint64) if crops else None,
+            vectors(t.column("dhash_crops"), np.uint64) if crops else None,
+            thumbs_array(t.column("thumb")),
+        )
+    )
+    out = []
+    for tau in thresholds:
+        ii, jj = [], []
+        for idx, i, j, score in buckets:
+            ok = np.ones(len(i), bool) if score is None else score >= tau
+            ii.append(idx[i[ok]])
+            jj.append(idx[j[ok]])
+        pred = union_find(
+            t.num_rows, np.concatenate(ii or [[]]).astype(np.int64),
+            np.concatenate(jj or [[]]).astype(np.int64),
+        ).tolist()  # fmt: skip
+        m = cluster_metrics(*_no_flips(pred, gold, gt_rows))
+        m["verify_ncc"] = float(tau)
+        m["candidates"] = int(sum(len(b[1]) for b in buckets))
+        m["per_transform_recall"] = _transform_recall(pred, gt_rows)
+        m["per_strength_recall"] = _transform_recall(pred, gt_rows, by_strength=True)
+        m.update(_hard_negative_merges(pred, gt_rows))
+        out.append(m)
+    return out
+
+
+def crop_recall(per_strength: dict, max_cut: float = 0.1) -> float:
+    """Recall over crop variants cutting at most ``max_cut`` of each side (pooled over
+    strengths, weighted by their counts); nan when there are none."""
+    sel = [
+        v for k, v in per_strength.items()
+        if k.startswith("crop@") and float(k.split("@")[1]) <= max_cut
+    ]  # fmt: skip
+    n = sum(v["n"] for v in sel)
+    return sum(v["recall"] * v["n"] for v in sel) / n if n else float("nan")
+
+
 def _no_flips(pred, gold, gt_rows):
     """Flips are a policy-decided family: left out of the pairwise and B-cubed scores."""
     keep = [k for k, r in enumerate(gt_rows) if r["role"] != "flip"]

@@ -1,27 +1,39 @@
-"""Executors: where the shard tasks of a stage run. Both share one on-disk layout.
+"""Executors: where the shard tasks of a pipeline segment run. Both share one on-disk layout.
 
-``LocalExecutor`` (default) runs in-process, shards in order; with ``workers > 1`` CPU stages go
-to a process pool (one stage copy set up once per process); model stages stay in-process. No Ray
-import. ``RayExecutor`` runs every stage as a Ray Data job over the pending shard list: CPU stages
-as tasks, model stages as an actor pool (``concurrency`` actors with ``num_gpus``, set up once per
-actor), and global stages emit keys there while the reduce runs once on the driver over the
-compact keys only (images never move).
+The pipeline cuts its stage list into *segments* at the barriers that need every shard: the
+reduce of a global stage and the duplicate-cluster labels before the writer. A segment is a list
+of :class:`Step` (a stage in one mode: ``map``, ``keys``, ``apply`` or ``sink``) and one
+:class:`ShardChain` per shard, the steps that shard still has to run (completion markers say
+which are done). Every step still writes its own shard file and marker, so resume and the layout
+do not depend on the executor; within a chain the table a step produced is handed to the next
+step in memory instead of being read back.
+
+``LocalExecutor`` (default, no Ray import) runs chains one after another in this process; with
+``workers > 1`` it runs the segment step by step and sends the model-free steps to a process
+pool (one stage copy set up per process). ``RayExecutor`` keeps one pool of long-lived Ray actors
+for its whole life (one per CPU by default): every chain of a segment streams through the pool
+(an idle actor takes the next shard), each actor sets each stage up once (models load once per
+actor, not once per stage or segment), and the driver only runs the reduces between segments,
+over compact keys (images never move).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from diffkit.core.io import atomic_write_bytes, atomic_write_json
 from diffkit.curate.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
+
+Report = Callable[[int, int, int], None]  # (step index, shards done, shards total)
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,24 @@ class ShardTask:
     in_path: str
     out_path: str
     marker: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """A stage in one mode inside a segment; ``extra`` is merged into the worker's context."""
+
+    stage: Stage
+    mode: Literal["map", "keys", "apply", "sink"]
+    decisions: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardChain:
+    """The steps one shard still runs in a segment: ``(step index, task)`` pairs, in order."""
+
+    shard: str
+    tasks: tuple[tuple[int, ShardTask], ...]
 
 
 _SETUP_CACHE: dict[tuple, Stage] = {}
@@ -56,10 +86,9 @@ def _write(path: str, table) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def execute_task(
-    stage: Stage, mode: str, task: ShardTask, ctx: StageContext, decisions: str | None = None
-) -> dict:
-    """Run one shard task (the function every executor calls, in any process)."""
+def _run_task(stage, mode, task: ShardTask, ctx: StageContext, decisions=None, table=None):
+    """Run one shard task; returns ``(info, shard table written or None)``. ``table`` is the
+    content of ``task.in_path`` when the caller already holds it."""
     import pyarrow.parquet as pq
 
     try:
@@ -68,18 +97,16 @@ def execute_task(
         torch.set_num_threads(1)
     except ImportError:  # pragma: no cover
         pass
+    t_task = time.perf_counter()
     stage = _ready_stage(stage, ctx)
-    table = pq.read_table(task.in_path)
+    if table is None:
+        table = pq.read_table(task.in_path)
     t0 = time.perf_counter()
     side = Path(task.out_path).with_suffix(".json")
-    info = {
-        "shard": task.shard,
-        "rows": table.num_rows,
-        "device": stage.device(),
-        "pid": os.getpid(),
-    }
+    info = {"shard": task.shard, "rows": table.num_rows, "device": stage.device(), "pid": os.getpid()}  # fmt: skip
+    out = None
     if mode == "map":
-        _write(task.out_path, stage.process(table))
+        out = stage.process(table)
     elif mode == "keys":
         _write(task.out_path, stage.emit_keys(table))
         side = None
@@ -87,7 +114,7 @@ def execute_task(
         if decisions not in _DECISIONS:
             _DECISIONS.clear()
             _DECISIONS[decisions] = pq.read_table(decisions)
-        _write(task.out_path, stage.apply(table, _DECISIONS[decisions]))
+        out = stage.apply(table, _DECISIONS[decisions])
     elif mode == "sink":
         out_dir = Path(ctx.extra["out_dir"])
         info["files"] = stage.write_shard(
@@ -99,13 +126,38 @@ def execute_task(
         )
     else:  # pragma: no cover
         raise ValueError(f"unknown task mode {mode!r}")
+    if out is not None:
+        _write(task.out_path, out)
     info["seconds"] = time.perf_counter() - t0
     if hasattr(stage, "latency_ms"):
         info["latency_ms"] = stage.latency_ms
     if side is not None:
         atomic_write_json(side, info)
     atomic_write_bytes(task.marker, b"")
-    return info
+    info["task_s"] = time.perf_counter() - t_task  # with set-up and read; not in the side file
+    return info, out
+
+
+def execute_task(
+    stage: Stage, mode: str, task: ShardTask, ctx: StageContext, decisions: str | None = None
+) -> dict:
+    """Run one shard task (read, process, write atomically, mark done) in any process."""
+    return _run_task(stage, mode, task, ctx, decisions)[0]
+
+
+def execute_chain(steps: list[Step], chain: ShardChain, ctx: StageContext) -> list:
+    """Run one shard's pending steps in order; returns ``[(step index, info), ...]``."""
+    held = None  # (path, table): the last shard table written, handed on in memory
+    infos = []
+    for i, task in chain.tasks:
+        step = steps[i]
+        sctx = dataclasses.replace(ctx, extra={**ctx.extra, **step.extra}) if step.extra else ctx
+        table = held[1] if held is not None and held[0] == task.in_path else None
+        info, out = _run_task(step.stage, step.mode, task, sctx, step.decisions, table)
+        if out is not None:
+            held = (task.out_path, out)
+        infos.append((i, info))
+    return infos
 
 
 def _pool_init():
@@ -118,11 +170,34 @@ def _pool_init():
         pass
 
 
+class _Progress:
+    """Per-step done counters for a segment's ``report`` callback."""
+
+    def __init__(self, chains: list[ShardChain], report: Report | None):
+        self.total: dict[int, int] = {}
+        for c in chains:
+            for i, _ in c.tasks:
+                self.total[i] = self.total.get(i, 0) + 1
+        self.done = dict.fromkeys(self.total, 0)
+        self.report = report
+        self.infos: list[tuple[int, dict]] = []
+        if report:
+            for i, n in sorted(self.total.items()):
+                report(i, 0, n)
+
+    def add(self, infos) -> None:
+        for i, info in infos:
+            self.infos.append((i, info))
+            self.done[i] += 1
+            if self.report:
+                self.report(i, self.done[i], self.total[i])
+
+
 class LocalExecutor:
-    """In-process executor (default). ``workers > 1`` uses a process pool for CPU-only stages.
+    """In-process executor (default). ``workers > 1`` uses a process pool for model-free steps.
 
     Args:
-        workers: Processes for CPU stages (1 = everything in this process).
+        workers: Processes for model-free steps (1 = everything in this process, shard by shard).
     """
 
     name = "local"
@@ -133,13 +208,23 @@ class LocalExecutor:
         self.workers = workers
         self._pool = None
 
-    def run(self, stage, mode, tasks, ctx, report=None, decisions=None) -> None:
-        total = len(tasks)
-        if report:
-            report(0, total)
-        if not tasks:
-            return
-        if self.workers > 1 and not stage.uses_model and len(tasks) > 1:
+    def start(self, stages: list[Stage]) -> None:
+        """Nothing to start: stages are set up on first use."""
+
+    def run_segment(self, steps, chains, ctx, report: Report | None = None) -> list:
+        """Run every chain; returns the ``(step index, info)`` of every task run."""
+        prog = _Progress(chains, report)
+        if self.workers == 1:
+            for c in chains:
+                prog.add(execute_chain(steps, c, ctx))
+            return prog.infos
+        for i, step in enumerate(steps):  # step by step: model steps stay in this process
+            sub = [ShardChain(c.shard, tuple(t for t in c.tasks if t[0] == i)) for c in chains]
+            sub = [c for c in sub if c.tasks]
+            if step.stage.uses_model or len(sub) < 2:
+                for c in sub:
+                    prog.add(execute_chain(steps, c, ctx))
+                continue
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -147,16 +232,10 @@ class LocalExecutor:
                 self._pool = ProcessPoolExecutor(
                     self.workers, mp_context=mp.get_context("fork"), initializer=_pool_init
                 )
-            futs = [self._pool.submit(execute_task, stage, mode, t, ctx, decisions) for t in tasks]
-            for done, f in enumerate(as_completed(futs), 1):
-                f.result()
-                if report:
-                    report(done, total)
-            return
-        for done, t in enumerate(tasks, 1):
-            execute_task(stage, mode, t, ctx, decisions)
-            if report:
-                report(done, total)
+            futs = [self._pool.submit(execute_chain, steps, c, ctx) for c in sub]
+            for f in as_completed(futs):
+                prog.add(f.result())
+        return prog.infos
 
     def close(self) -> None:
         if self._pool is not None:
@@ -167,37 +246,55 @@ class LocalExecutor:
         self.close()
 
 
-class _RayWorker:
-    """Callable class for Ray Data ``map_batches``: model stages get one set-up copy per actor."""
+class _ChainWorker:
+    """A long-lived Ray actor: runs shard chains; set-up stages stay cached in the process."""
 
-    def __init__(self, stage, mode, ctx, decisions):
+    def __init__(self):
         _pool_init()
-        self.stage, self.mode, self.ctx, self.decisions = stage, mode, ctx, decisions
 
-    def __call__(self, batch):
-        infos = []
-        for row in batch.to_pylist():
-            t = ShardTask(**{k: row[k] for k in ("shard", "in_path", "out_path", "marker")})
-            info = execute_task(self.stage, self.mode, t, self.ctx, self.decisions)
-            infos.append(json.dumps(info, default=str))
-        import pyarrow as pa
+    def run(self, steps, chain, ctx):
+        return execute_chain(steps, chain, ctx)
 
-        return pa.table({"info": infos})
+    def pid(self) -> int:
+        return os.getpid()
+
+    def cpu_s(self) -> float:
+        """CPU seconds this actor process has used (for benchmarks)."""
+        return time.process_time()
 
 
 class RayExecutor:
-    """Ray Data executor (the ``[ray]`` extra). Starts a local Ray if none is running.
+    """Ray executor (the ``[ray]`` extra): one pool of long-lived actors streams every shard
+    chain of a segment; starts a local Ray if none is running.
 
     Args:
         num_cpus: CPUs for a locally started Ray (ignored when connecting to ``address``).
         address: Ray cluster address ('' = start or reuse a local instance).
+        workers: Actors in the pool (0 = one per CPU of the cluster); with GPUs at most as many
+            as the cluster's GPUs can hold at ``gpus_per_worker`` each.
+        gpus_per_worker: GPUs each actor holds (None = the largest ``resources.gpus`` of the
+            pipeline's stages; fractions allowed, as in Ray's ``num_gpus``).
     """
 
     name = "ray"
 
-    def __init__(self, num_cpus: int = 2, address: str = "") -> None:
+    def __init__(
+        self,
+        num_cpus: int = 2,
+        address: str = "",
+        workers: int = 0,
+        gpus_per_worker: float | None = None,
+    ) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = one per CPU), got {workers}")
+        if gpus_per_worker is not None and gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
         self.num_cpus = num_cpus
         self.address = address
+        self.workers = workers
+        self.gpus_per_worker = gpus_per_worker
+        self._actors: list = []
+        self._actor_gpus: float | None = None
 
     def _ray(self):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -213,39 +310,59 @@ class RayExecutor:
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}},
                 **kw,
             )
-        import ray.data
-
-        dctx = ray.data.DataContext.get_current()
-        dctx.enable_progress_bars = False
         return ray
 
-    def run(self, stage, mode, tasks, ctx, report=None, decisions=None) -> None:
-        total = len(tasks)
-        if report:
-            report(0, total)
-        if not tasks:
-            return
+    def start(self, stages: list[Stage]) -> None:
+        """Start the actor pool (kept across segments and runs; rebuilt if the GPU need grows)."""
         ray = self._ray()
-        ds = ray.data.from_items(
-            [dataclasses.asdict(t) for t in tasks], override_num_blocks=len(tasks)
-        )
-        res = stage.resources
-        if stage.uses_model:
-            ds = ds.map_batches(
-                _RayWorker,
-                fn_constructor_args=(stage, mode, ctx, decisions),
-                batch_size=1,
-                batch_format="pyarrow",
-                concurrency=max(1, res.concurrency),
-                num_gpus=res.gpus,
-                num_cpus=res.cpus,
-            )
-        else:
-            worker = _RayWorker(stage, mode, ctx, decisions)
-            ds = ds.map_batches(worker, batch_size=1, batch_format="pyarrow", num_cpus=res.cpus)
-        for done, _ in enumerate(ds.iter_rows(), 1):
-            if report:
-                report(done, total)
+        gpus = self.gpus_per_worker
+        if gpus is None:
+            gpus = max((st.resources.gpus for st in stages), default=0.0)
+        if self._actors and self._actor_gpus == gpus:
+            return
+        self.close()
+        res = ray.cluster_resources()
+        n = self.workers or max(1, int(res.get("CPU", 1)))
+        if gpus > 0:  # more actors than the GPUs can hold would wait forever
+            fit = int(res.get("GPU", 0) / gpus + 1e-9)
+            if fit < 1:
+                raise ValueError(
+                    f"the stages ask for {gpus} GPU per actor; the Ray cluster has "
+                    f"{res.get('GPU', 0)} GPUs (set the stages' `gpus` to 0 or add GPUs)"
+                )
+            n = min(n, fit)
+        cls = ray.remote(num_cpus=1, num_gpus=gpus)(_ChainWorker)
+        self._actors = [cls.remote() for _ in range(n)]
+        self._actor_gpus = gpus
+        log.info("ray: %d chain actors (num_cpus=1, num_gpus=%s)", n, gpus)
+
+    def run_segment(self, steps, chains, ctx, report: Report | None = None) -> list:
+        """Stream the chains through the actor pool; an idle actor takes the next shard."""
+        prog = _Progress(chains, report)
+        if not chains:
+            return prog.infos
+        if not self._actors:
+            self.start([s.stage for s in steps])
+        ray = self._ray()
+        steps_ref, ctx_ref = ray.put(steps), ray.put(ctx)
+        todo = list(reversed(chains))
+        inflight = {}
+        for actor in self._actors:
+            if todo:
+                inflight[actor.run.remote(steps_ref, todo.pop(), ctx_ref)] = actor
+        while inflight:
+            (ref,), _ = ray.wait(list(inflight), num_returns=1)
+            actor = inflight.pop(ref)
+            prog.add(ray.get(ref))
+            if todo:
+                inflight[actor.run.remote(steps_ref, todo.pop(), ctx_ref)] = actor
+        return prog.infos
 
     def close(self) -> None:
-        pass
+        """End the actor pool (Ray itself stays up)."""
+        if self._actors:
+            import ray
+
+            for a in self._actors:
+                ray.kill(a)
+        self._actors, self._actor_gpus = [], None

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from diffkit.curate.align import thumbnail
 from diffkit.curate.schema import drop_rows, error_reason, pa, require, set_column
 from diffkit.curate.sources import IMAGE_EXTS, read_input  # noqa: F401  (re-exported)
 from diffkit.curate.stage import Stage
@@ -50,6 +51,9 @@ class IngestConfig:
             near-dup search (``phash_crops``/``dhash_crops``): for each scale s, 9 windows of
             side s anchored at the corners, edge midpoints and centre; () disables (the
             default: see PhashDedupConfig.crop_max_distance).
+        thumb_size: Side of the grayscale thumbnail stored per row (``thumb``, ``thumb_size**2``
+            bytes) for the aligned-NCC verification of near-duplicate candidates
+            (:mod:`diffkit.curate.align`, PhashDedupConfig.verify_ncc); 0 stores none.
         mime_mismatch: What to do when the file extension disagrees with the decoded format:
             ``fix`` records the true MIME type, ``drop`` tombstones the row (``wrong_mime``).
     """
@@ -58,6 +62,7 @@ class IngestConfig:
     max_bytes: int = 64_000_000
     hash_size: int = 8
     crop_scales: tuple[float, ...] = ()
+    thumb_size: int = 32
     mime_mismatch: Literal["fix", "drop"] = "fix"
 
     def __post_init__(self):
@@ -69,6 +74,8 @@ class IngestConfig:
             raise ValueError(f"hash_size must be 8 (64-bit uint64 hashes), got {self.hash_size}")
         if any(not 0.5 <= s < 1.0 for s in self.crop_scales):
             raise ValueError(f"crop_scales must lie in [0.5, 1), got {self.crop_scales}")
+        if self.thumb_size != 0 and not 8 <= self.thumb_size <= 128:
+            raise ValueError(f"thumb_size must be 0 or in [8, 128], got {self.thumb_size}")
         if self.mime_mismatch not in ("fix", "drop"):
             raise ValueError(f"mime_mismatch must be 'fix' or 'drop', got {self.mime_mismatch!r}")
 
@@ -210,6 +217,7 @@ def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
     gray32 = np.asarray(rgb.convert("L").resize((32, 32), Image.BILINEAR))
     pc, dc = crop_hashes(rgb, cfg.crop_scales, cfg.hash_size)
     return {
+        "thumb": thumbnail(rgb, cfg.thumb_size).tobytes() if cfg.thumb_size else None,
         "phash_crops": pc,
         "dhash_crops": dc,
         "mime": mime,
@@ -227,7 +235,7 @@ class Ingest(Stage):
     """Stage 1: decode, guard, measure and hash every row (CPU)."""
 
     name = "ingest"
-    version = "1"
+    version = "2"  # 2: the thumb column
 
     def __init__(self, config: IngestConfig | None = None) -> None:
         super().__init__(config or IngestConfig())
@@ -254,6 +262,7 @@ class Ingest(Stage):
             "uniform_share": [0.0] * n,
             "phash_crops": [None] * n,
             "dhash_crops": [None] * n,
+            "thumb": [None] * n,
         }
         reasons = [""] * n
         for i in range(n):
@@ -294,6 +303,7 @@ class Ingest(Stage):
             "uniform_share": P.float32(),
             "phash_crops": P.list_(P.uint64()),
             "dhash_crops": P.list_(P.uint64()),
+            "thumb": P.binary(),
         }
         for k, t in types.items():
             table = set_column(table, k, out[k], t)

@@ -20,6 +20,7 @@ either a complete shard or none.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,6 +45,14 @@ from diffkit.curate.filters import (
 )
 from diffkit.curate.images import blob_ref, file_ref
 from diffkit.curate.ingest import Ingest, IngestConfig
+from diffkit.curate.locations import (
+    STAGED_INPUT,
+    is_remote,
+    local_path,
+    local_run_dir,
+    publish,
+    stage,
+)
 from diffkit.curate.schema import PIPELINE_VERSION, is_error_reason, pa
 from diffkit.curate.semdedup import SemDedup, SemDedupConfig
 from diffkit.curate.sources import InputConfig, read_input
@@ -154,7 +163,9 @@ def _check_columns(stages: list[Stage]) -> None:
 
 @dataclass
 class StageRun:
-    """What the driver records about one stage in one run."""
+    """What the driver records about one stage in one run. ``wall_s`` is the stage's task
+    seconds summed over workers (set-up and reading included) plus its driver-side reduce; the
+    elapsed time of each segment is in the summary's ``segments``."""
 
     name: str
     fingerprint: str
@@ -205,6 +216,96 @@ class Pipeline:
     def _shards(self, n: int) -> list[str]:
         return [f"{i:05d}" for i in range((n + self.shard_size - 1) // self.shard_size or 1)]
 
+    # ------------------------------------------------------------------------------- plan
+    def _plan(self, out: Path, fp: str, retry: dict[str, set[str]]) -> list[tuple[Stage, Path]]:
+        """Each stage's work folder (from the fingerprint chain); ``--retry-failed`` removes the
+        completion markers of the failed shards from the failing stage on."""
+        stage_dirs, upstream = [], fp
+        invalid: set[str] = set()  # shards invalidated by --retry-failed from some stage on
+        for i, st in enumerate(self.stages, start=1):
+            sfp = st.fingerprint(upstream)
+            sdir = out / "work" / f"{i:02d}_{st.name}" / sfp
+            stage_dirs.append((st, sdir))
+            invalid |= set(retry.get(st.name, ()))
+            for s in invalid:
+                for m in (sdir / "completions" / s, sdir / "keys" / "completions" / s):
+                    m.unlink(missing_ok=True)
+            if invalid and st.kind == "global":
+                (sdir / "decisions.parquet").unlink(missing_ok=True)
+                shutil.rmtree(sdir / "completions", ignore_errors=True)
+            upstream = sfp
+        return stage_dirs
+
+    def _run_segments(self, executor, stage_dirs, in_dir: Path, shards, ctx, progress):
+        """Cut the stages into segments at the barriers (a global stage's reduce; the duplicate
+        clusters before the writer) and hand each segment's shard chains to the executor."""
+        from diffkit.curate.executors import ShardChain, ShardTask, Step
+
+        runs = {st.name: StageRun(st.name, sdir.name, st.kind, st.device()) for st, sdir in stage_dirs}  # fmt: skip
+        segment: list[tuple[Step, list[ShardTask]]] = []
+        segments: list[dict] = []
+
+        def flush():
+            if not segment:
+                return
+            steps = [step for step, _ in segment]
+            chains = []
+            for k, s in enumerate(shards):
+                todo = [(i, ts[k]) for i, (_, ts) in enumerate(segment) if not Path(ts[k].marker).exists()]  # fmt: skip
+                if todo:
+                    chains.append(ShardChain(s, tuple(todo)))
+            for step, ts in segment:
+                if step.mode != "keys":
+                    run = runs[step.stage.name]
+                    run.shards_run = sum(not Path(t.marker).exists() for t in ts)
+                    run.shards_skipped = len(ts) - run.shards_run
+            report = None
+            if progress:
+
+                def report(i, d, t):  # noqa: E306
+                    progress(steps[i].stage.name, d, t)
+
+            t0 = time.perf_counter()
+            for i, info in executor.run_segment(steps, chains, ctx, report):
+                runs[steps[i].stage.name].wall_s += info.get("task_s", 0.0)
+            names = list(dict.fromkeys(f"{st.stage.name}:{st.mode}" for st in steps))
+            segments.append({"steps": names, "shard_chains": len(chains), "wall_s": round(time.perf_counter() - t0, 4)})  # fmt: skip
+            segment.clear()
+
+        prev_dir = in_dir
+        for st, sdir in stage_dirs:
+            tasks = [
+                ShardTask(s, str(prev_dir / f"{s}.parquet"), str(sdir / f"{s}.parquet"), str(sdir / "completions" / s))
+                for s in shards
+            ]  # fmt: skip
+            if st.kind == "global":
+                keys = [
+                    ShardTask(t.shard, t.in_path, str(sdir / "keys" / f"{t.shard}.parquet"), str(sdir / "keys" / "completions" / t.shard))
+                    for t in tasks
+                ]  # fmt: skip
+                segment.append((Step(st, "keys"), keys))
+                flush()  # barrier: the reduce needs every shard's keys
+                dec = sdir / "decisions.parquet"
+                if not dec.exists():
+                    import pyarrow.parquet as pq
+
+                    t0 = time.perf_counter()
+                    _write_table(dec, st.reduce([pq.read_table(t.out_path) for t in keys]))
+                    runs[st.name].wall_s += time.perf_counter() - t0
+                segment.append((Step(st, "apply", decisions=str(dec)), tasks))
+            elif st.kind == "sink":
+                flush()  # barrier: duplicate clusters span every shard
+                t0 = time.perf_counter()
+                dup = _dup_clusters(sdir / "dup_clusters.parquet", prev_dir, shards)
+                runs[st.name].wall_s += time.perf_counter() - t0
+                extra = {"fingerprint": sdir.name, "dup_clusters": str(dup)}
+                segment.append((Step(st, "sink", extra=extra), tasks))
+            else:
+                segment.append((Step(st, "map"), tasks))
+            prev_dir = sdir
+        flush()
+        return [runs[st.name] for st, _ in stage_dirs], segments
+
     # ------------------------------------------------------------------------------- run
     def run(
         self,
@@ -215,17 +316,35 @@ class Pipeline:
         retry_failed: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
         keep_work: bool = False,
+        local_dir: str | Path | None = None,
     ) -> dict:
         """Run (or resume) the pipeline; returns the run summary written to ``stats.json``.
 
         ``out_dir/work`` (intermediate shards) is removed after a run without failed rows unless
-        ``keep_work``; with failed rows it stays so that ``retry_failed`` reuses it."""
-        from diffkit.curate.executors import LocalExecutor, ShardTask
+        ``keep_work``; with failed rows it stays so that ``retry_failed`` reuses it.
+        ``input_path``, ``out_dir`` and the metadata table may be fsspec URLs (``memory://``,
+        ``s3://``...): see :mod:`diffkit.curate.locations`; ``local_dir`` is then the local run
+        folder (default: a cache folder named after ``out_dir``)."""
+        from diffkit.curate.executors import LocalExecutor
 
+        if is_remote(out_dir):
+            local = Path(local_dir) if local_dir else local_run_dir(str(out_dir))
+            summary = self.run(
+                input_path, local, executor, retry_failed=retry_failed, progress=progress,
+                keep_work=keep_work,
+            )  # fmt: skip
+            publish(local, str(out_dir))
+            return summary
         executor = executor or LocalExecutor()
-        out = Path(out_dir)
+        out = local_path(out_dir)
         in_cfg = self.config.input if self.config is not None else InputConfig()
-        table = read_input(input_path, in_cfg)  # configuration errors surface here
+        in_local = local_path(input_path) if not is_remote(input_path) else None
+        if in_local is None:
+            in_local = stage(str(input_path), out.joinpath(*STAGED_INPUT))
+        if in_cfg.metadata and is_remote(in_cfg.metadata):
+            meta = stage(in_cfg.metadata, out.joinpath(*STAGED_INPUT, "_metadata"))
+            in_cfg = dataclasses.replace(in_cfg, metadata=str(meta))
+        table = read_input(in_local, in_cfg)  # configuration errors surface here
         out.mkdir(parents=True, exist_ok=True)
         prev = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
         attempt = int(prev.get("attempt", 0)) + (1 if retry_failed else 0)
@@ -258,66 +377,11 @@ class Pipeline:
                 _touch(in_dir / "completions" / s)
         retry = _failed_shards(out) if retry_failed else {}
         ctx = StageContext(device="cpu", attempt=attempt, extra={"out_dir": str(out)})
-        runs, upstream, prev_dir = [], fp, in_dir
-        invalid: set[str] = set()  # shards invalidated by --retry-failed from some stage on
-        stage_dirs = []
-        for i, st in enumerate(self.stages, start=1):
-            sfp = st.fingerprint(upstream)
-            sdir = out / "work" / f"{i:02d}_{st.name}" / sfp
-            stage_dirs.append((st, sdir))
-            invalid |= set(retry.get(st.name, ()))
-            for s in invalid:
-                for m in (sdir / "completions" / s, sdir / "keys" / "completions" / s):
-                    m.unlink(missing_ok=True)
-            if invalid and st.kind == "global":
-                (sdir / "decisions.parquet").unlink(missing_ok=True)
-                shutil.rmtree(sdir / "completions", ignore_errors=True)
-            run = StageRun(st.name, sfp, st.kind, st.device())
-            t0 = time.perf_counter()
-            report = (lambda d, t, name=st.name: progress(name, d, t)) if progress else None
-            tasks = [
-                ShardTask(
-                    s,
-                    str(prev_dir / f"{s}.parquet"),
-                    str(sdir / f"{s}.parquet"),
-                    str(sdir / "completions" / s),
-                )
-                for s in shards
-            ]
-            if st.kind == "global":
-                key_tasks = [
-                    ShardTask(
-                        t.shard,
-                        t.in_path,
-                        str(sdir / "keys" / f"{t.shard}.parquet"),
-                        str(sdir / "keys" / "completions" / t.shard),
-                    )
-                    for t in tasks
-                ]
-                todo = [t for t in key_tasks if not Path(t.marker).exists()]
-                executor.run(st, "keys", todo, ctx, report)
-                dec = sdir / "decisions.parquet"
-                if not dec.exists():
-                    import pyarrow.parquet as pq
-
-                    keys = [pq.read_table(t.out_path) for t in key_tasks]
-                    _write_table(dec, st.reduce(keys))
-                todo = [t for t in tasks if not Path(t.marker).exists()]
-                executor.run(st, "apply", todo, ctx, report, decisions=str(dec))
-            else:
-                todo = [t for t in tasks if not Path(t.marker).exists()]
-                if st.kind == "sink":
-                    ctx.extra["fingerprint"] = sfp
-                    ctx.extra["dup_clusters"] = str(
-                        _dup_clusters(sdir / "dup_clusters.parquet", prev_dir, shards)
-                    )
-                executor.run(st, "sink" if st.kind == "sink" else "map", todo, ctx, report)
-            run.shards_run, run.shards_skipped = len(todo), len(tasks) - len(todo)
-            run.wall_s = time.perf_counter() - t0
-            runs.append(run)
-            if st.kind == "sink":
-                prev_before_sink = prev_dir
-            upstream, prev_dir = sfp, sdir
+        stage_dirs = self._plan(out, fp, retry)
+        if hasattr(executor, "start"):
+            executor.start(self.stages)
+        runs, segments = self._run_segments(executor, stage_dirs, in_dir, shards, ctx, progress)
+        prev_before_sink = stage_dirs[-2][1] if len(stage_dirs) > 1 else in_dir
         sink, sink_dir = stage_dirs[-1]
         files = [json.loads((sink_dir / f"{s}.json").read_text())["files"] for s in shards]
         sink.finalize(
@@ -328,7 +392,7 @@ class Pipeline:
             inputs=[str(prev_before_sink / f"{s}.parquet") for s in shards],
             dup_clusters=str(sink_dir / "dup_clusters.parquet"),
         )
-        summary = _summarise(out, stage_dirs, shards, runs, attempt, table.num_rows)
+        summary = _summarise(out, stage_dirs, shards, runs, attempt, table.num_rows, segments)
         if sink.config.parquet:
             write_card(out, summary)
         if not keep_work and summary["errors"] == 0:
@@ -423,7 +487,7 @@ def _failed_shards(out: Path) -> dict[str, set[str]]:
     return res
 
 
-def _summarise(out: Path, stage_dirs, shards, runs, attempt: int, n_in: int) -> dict:
+def _summarise(out: Path, stage_dirs, shards, runs, attempt: int, n_in: int, segments=()) -> dict:
     """Per-stage stats (rows in/kept/dropped by reason and source, timing) and errors.parquet."""
     import pyarrow.parquet as pq
 
@@ -503,6 +567,7 @@ def _summarise(out: Path, stage_dirs, shards, runs, attempt: int, n_in: int) -> 
         "errors": len(errors),
         "attempt": attempt,
         "stages": stats,
+        "segments": list(segments),
         "load_avg": list(os.getloadavg()),
     }
     atomic_write_json(out / "stats.json", summary)

@@ -59,7 +59,7 @@ _ROLE_INTERNAL = {"url": "url", "license": "license", "source": "source", "capti
                   "path": "uri", "id": "source_key", "image": "image"}  # fmt: skip
 RESERVED = INTERNAL + (
     "image_ref", "status", "drop_stage", "drop_reason", "mime", "bytes_len", "width", "height",
-    "sha256_bytes", "sha256_pixels", "phash", "dhash", "hash_entropy", "uniform_share", "phash_crops", "dhash_crops", "exact_group", "domain",
+    "sha256_bytes", "sha256_pixels", "phash", "dhash", "hash_entropy", "uniform_share", "phash_crops", "dhash_crops", "thumb", "exact_group", "domain",
     "license_spdx", "phash_cluster", "emb_cluster", "emb_nn_sim", "emb_dup_of",
     "is_representative", "dup_cluster", "config_fingerprint", "pipeline_version",
 )  # fmt: skip

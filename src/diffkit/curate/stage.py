@@ -28,7 +28,8 @@ class Resources:
         cpus: CPU cores per task or actor.
         gpus: GPUs per actor (fractions allowed, as in Ray's ``num_gpus``).
         memory_gb: Memory hint per worker.
-        concurrency: Number of actors for model stages (ignored by CPU stages).
+        concurrency: Actors for model stages (unused by RayExecutor, whose one pool runs every
+            stage; kept for custom executors).
     """
 
     cpus: float = 1.0

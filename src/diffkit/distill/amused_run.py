@@ -229,7 +229,7 @@ def distill_amused(
         if not run.dinov2:
             raise ValueError(
                 "fpd.lifter.space='feature' with aMUSEd needs amused.dinov2: PATH (a local "
-                "transformers Dinov2Model folder); or set fpd.lifter.space: pixel"
+                "transformers Dinov2Model folder); or set fpd.lifter.space: pixel or embedding"
             )
         from transformers import Dinov2Model
 

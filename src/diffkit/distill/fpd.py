@@ -430,6 +430,7 @@ class FPD:
             logits, tok.codebook, cfg.ste, temperature=cfg.student_temperature, generator=g
         )
         x = tok.decode(routed.emb)
+        embedding = cfg.lifter.space == "embedding"
         # 2. fixed-point target: re-mask + one teacher step (no grad)
         with torch.no_grad():
             r = cfg.remask_min + (cfg.remask_max - cfg.remask_min) * torch.rand(B, generator=g)
@@ -441,10 +442,10 @@ class FPD:
                 T, src, cond, r, guidance_scale=cfg.teacher_guidance,
                 temperature=cfg.teacher_temperature, generator=g,
             )  # fmt: skip
-            x_pos = tok.decode(tok.embed(z_pos))
-            f_pos = self.lifter(x_pos)
+            e_pos = tok.embed(z_pos)
+            f_pos = self.lifter(None if embedding else tok.decode(e_pos), e_pos)
         # 3. drift in lifted feature space, grouped by condition
-        f_gen = self.lifter(x)
+        f_gen = self.lifter(x, routed.emb)
         pos, pos_groups = f_pos, groups
         pos_source = torch.arange(B) if cfg.exclude_own_refinement else None
         if self.queue is not None:
@@ -461,7 +462,8 @@ class FPD:
         if cfg.real_positives:  # data positives of each condition in the batch
             rg = batch["cond"].repeat_interleave(cfg.real_positives)
             with torch.no_grad():
-                f_real = self.lifter(self.real_images[self._real_of(rg, g)].to(dev))
+                real = self.real_images[self._real_of(rg, g)].to(dev)
+                f_real = self.lifter(real, tok.embed(tok.encode(real)) if embedding else None)
             pos = {k: torch.cat([pos[k], f_real[k]]) for k in pos}
             pos_groups = torch.cat([pos_groups, rg])
             if pos_source is not None:

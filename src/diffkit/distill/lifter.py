@@ -5,6 +5,8 @@ one-hot space all codes are equidistant, so a kernel there carries no similarity
 Drifting Models (arXiv 2602.04770, App. A.5) a lifter returns several feature *types*, each a drift
 problem of its own: per-location vectors of chosen feature maps pooled to a ``grid`` x ``grid``
 grid, the global per-channel mean and std of each map, and optionally the raw pixels.
+``space="embedding"`` drifts the tokens' codebook embeddings E[z] instead (one flattened vector per
+sample, no decoder and no backbone): the spec's "codebook-embedding space" ablation.
 
 Backbones expose ``feature_maps(images) -> list[(B, C, H, W)]``:
 
@@ -27,23 +29,26 @@ class LifterConfig:
     """Which features :class:`FeatureLifter` returns.
 
     Attributes:
-        space: "feature" (backbone features, plus pixels if ``pixel_term``) or "pixel" (raw pixels
-            only; the paper's pixel-space ablation).
+        space: "feature" (backbone features, plus pixels if ``pixel_term``), "pixel" (raw pixels
+            only; the paper's pixel-space ablation) or "embedding" (the codebook embeddings of the
+            tokens, flattened; ablation, spec distill-fpd.md (g)).
         layers: indices into the backbone's feature maps to use.
         grid: pool each map to grid x grid locations (one drift problem per location); 0 = none.
         stats: add the global per-channel mean and std of each map.
         pixel_term: add the flattened image as one more feature type.
     """
 
-    space: Literal["feature", "pixel"] = "feature"
+    space: Literal["feature", "pixel", "embedding"] = "feature"
     layers: tuple[int, ...] = (1, 2)
     grid: int = 4
     stats: bool = True
     pixel_term: bool = True
 
     def __post_init__(self) -> None:
-        if self.space not in ("feature", "pixel"):
-            raise ValueError(f"LifterConfig.space={self.space!r}; use 'feature' or 'pixel'")
+        if self.space not in ("feature", "pixel", "embedding"):
+            raise ValueError(
+                f"LifterConfig.space={self.space!r}; use 'feature', 'pixel' or 'embedding'"
+            )
         if self.grid < 0:
             raise ValueError(f"LifterConfig.grid must be >= 0, got {self.grid}")
         if self.space == "feature" and not self.layers:
@@ -71,8 +76,18 @@ class FeatureLifter(nn.Module):
     def train(self, mode: bool = True) -> FeatureLifter:  # always frozen / eval
         return super().train(False)
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor | None, emb: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Features of decoded ``images`` (B, C, H, W), or, for ``space="embedding"``, of the
+        tokens' codebook embeddings ``emb`` (B, L, d)."""
         cfg = self.config
+        if cfg.space == "embedding":
+            if emb is None:
+                raise ValueError(
+                    "FeatureLifter(space='embedding') lifts token embeddings: pass emb"
+                )
+            return {"embedding": emb.flatten(1).float()}
         out: dict[str, torch.Tensor] = {}
         if cfg.space == "pixel" or cfg.pixel_term:
             out["pixels"] = images.flatten(1).float()

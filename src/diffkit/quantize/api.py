@@ -39,6 +39,7 @@ from diffkit.quantize.configs import (  # noqa: F401 (re-exported: the configs' 
     SmoothQuantConfig,
     config_from_dict,
 )
+from diffkit.quantize.fusion import fuse_mlps_, set_fused_
 from diffkit.quantize.layers import QuantLinear
 from diffkit.quantize.outliers import outlier_columns, s2_report
 from diffkit.quantize.primitives import (
@@ -272,6 +273,7 @@ def _convert(model, cfg, keep_fp: bool, progress: bool = False) -> nn.Module:
         "chunk_weights": first.chunk_w.tolist(),
         "s2": s2_report(counts, {n: layers[n].in_features for n in layers}),
         "layer_stats": stats,
+        "fused_mlps": fuse_mlps_(model),
     }
     log.info(
         "converted %d layers (%s, %d config(s), backend %s)",
@@ -338,13 +340,23 @@ def quantize_(
 
 
 def set_backend_(
-    model: nn.Module, backend: str, *, compile_act_quant: bool | None = None
+    model: nn.Module,
+    backend: str,
+    *,
+    compile_act_quant: bool | None = None,
+    fuse_mlps: bool | None = None,
 ) -> nn.Module:
     """Switch every converted layer between 'simulate', 'onednn' and 'cuda' (and, when given,
-    the compiled activation quantizer on or off; see the configs' ``compile_act_quant``)."""
+    the compiled activation quantizer on or off; see the configs' ``compile_act_quant``).
+
+    ``Linear -> GELU -> Linear`` blocks of quantized layers are fused (:mod:`.fusion`) here if
+    they are not yet; ``fuse_mlps`` (None: unchanged) turns their fused path on or off."""
     resolved = kernels.resolve_backend(backend, _device(model))
     for m in quant_layers(model).values():
         m.set_mode_(resolved, compile_act_quant)
+    fuse_mlps_(model)
+    if fuse_mlps is not None:
+        set_fused_(model, fuse_mlps)
     info = getattr(model, "quantize_info", None)
     if isinstance(info, dict):
         info["backend"] = resolved

@@ -332,6 +332,33 @@ class QuantLinear(nn.Module):
             return F.linear((xq.float() - z) * s, wd, bias).to(out_dtype)
         return kernels.linear_packed(xq, s, z, packed, bias, self.mode, out_dtype)
 
+    # ------------------------------------------------------------------ fused MLPs
+    def fusable(self) -> bool:
+        """One integer group, no SmoothQuant input scale, a kernel backend: the GEMM can take its
+        input codes from, or write its output codes for, a neighbour (:mod:`.fusion`)."""
+        return (
+            self.converted and self.mode != "simulate" and self.groups == 1
+            and "smooth" not in self._buffers and self.act_qparams(0) is not None
+        )  # fmt: skip
+
+    @torch.compiler.disable
+    def linear_codes(
+        self,
+        x_q: torch.Tensor,
+        out_dtype: torch.dtype,
+        *,
+        gelu: str | None = None,
+        out_q: tuple[float, int, int] | None = None,
+    ) -> torch.Tensor:
+        """The kernel GEMM of a :meth:`fusable` layer on (M, K) uint8 codes of its own activation
+        quantizer, with GELU and output quantization as in :func:`kernels.linear_packed`."""
+        qp, _, packed = self._runtime()[0]
+        s, z, _ = qp
+        bias = self._buffers.get("bias")
+        return kernels.linear_packed(
+            x_q, s, z, packed, bias, self.mode, out_dtype, gelu=gelu, out_q=out_q
+        )
+
     def dequantized_weight(self) -> torch.Tensor:
         """The (N, K) weight the converted layer applies, in the original column order."""
         w = torch.zeros(self.out_features, self.in_features)
