@@ -41,3 +41,23 @@ def test_validation():
         MovingDigitsConfig(max_digits=3)
     with pytest.raises(ValueError, match="n must be"):
         make_moving_digits(0)
+    with pytest.raises(ValueError, match="grid"):
+        MovingDigitsConfig(size=32, digit_size=16, grid=3)
+
+
+def test_grid_positions_are_exact_token_shifts():
+    base = MovingDigitsConfig(num_frames=10, size=32, digit_size=16, max_digits=1)
+    grid = MovingDigitsConfig(num_frames=10, size=32, digit_size=16, max_digits=1, grid=4)
+    a, g = make_moving_digits(6, base, seed=1), make_moving_digits(6, grid, seed=1)
+    tr = g.trajectories[:, 0]
+    assert (tr % 4 == 0).all() and (tr >= 0).all() and (tr <= 16).all()
+    step = (tr[:, 1:] - tr[:, :-1]).abs()
+    assert (step == 4).all()  # speeds 1-3 px round up to one 4-px cell per frame on each axis
+    assert torch.equal(a.labels, g.labels)  # the same draws, snapped: same sprites
+    # Every frame is the first frame's sprite shifted by whole cells.
+    for i in range(6):
+        y0, x0 = tr[i, 0].tolist()
+        sprite = g.videos[i, 0, 0, y0 : y0 + 16, x0 : x0 + 16]
+        for f in range(10):
+            y, x = tr[i, f].tolist()
+            assert torch.equal(g.videos[i, f, 0, y : y + 16, x : x + 16], sprite)

@@ -103,3 +103,38 @@ def test_rollout_uses_the_installed_cache_store():
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
     m.kv_cache_factory = None
     assert type(m.new_cache()) is cw.KVCache
+
+
+def test_sample_is_the_decoded_cached_rollout():
+    m = _model()
+    labels = torch.tensor([3, 7])
+    v = cw.sample(m, labels, generator=torch.Generator().manual_seed(0))
+    c = m.config
+    assert v.shape == (
+        2,
+        c["num_frames"],
+        1,
+        c["latent_size"] * c["vae_patch"],
+        c["latent_size"] * c["vae_patch"],
+    )
+    assert v.min() >= -1 and v.max() <= 1
+    noise = cw.rollout_noise(2, c, torch.Generator().manual_seed(0))
+    slots = torch.tensor([[3, -1], [7, -1]])
+    ref = cw.decode_latents(cw.rollout(m, slots, noise), c).clamp(-1, 1)
+    assert torch.equal(v, ref)
+    # Same generator -> same videos; other labels -> other videos.
+    again = cw.sample(m, labels, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(v, again)
+    other = cw.sample(m, torch.tensor([4, 1]), generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(v, other)
+
+
+def test_denoising_timesteps_and_step_count():
+    assert cw.denoising_timesteps(4) == cw.DENOISING_TIMESTEPS
+    assert cw.denoising_timesteps(2) == (1000.0, 500.0)
+    m = _model()
+    noise = cw.rollout_noise(1, m.config, torch.Generator().manual_seed(0), steps=2)
+    assert noise.shape[2] == 2
+    lat = cw.rollout(m, torch.tensor([[1, -1]]), noise)
+    full = cw.rollout(m, torch.tensor([[1, -1]]), noise, use_cache=False)
+    torch.testing.assert_close(lat, full, atol=1e-5, rtol=1e-5)

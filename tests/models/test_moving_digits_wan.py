@@ -24,7 +24,16 @@ def test_build_is_a_real_wan_with_at_least_1024_tokens_per_video():
 
 def test_condition_is_one_hot_with_a_null_class():
     c = mdw.condition(torch.tensor([0, mdw.NULL_CLASS]))
-    assert c.shape == (2, 1, 16) and c[0, 0, 0] == 1 and c[1, 0, mdw.NULL_CLASS] == 1
+    k = mdw.TEXT_TOKENS
+    assert c.shape == (2, k, mdw.NUM_CLASSES + k)
+    assert (c[0, :, 0] == 1).all() and (c[1, :, mdw.NULL_CLASS] == 1).all()
+    # each token also carries its own index, so the k tokens of one class differ
+    assert torch.equal(c[0, :, mdw.NUM_CLASSES :], torch.eye(k))
+    assert (c.sum(-1) == 2).all()
+    legacy = mdw.condition(torch.tensor([3]), 16)  # the first zoo model's single one-hot token
+    assert legacy.shape == (1, 1, 16) and legacy[0, 0, 3] == 1 and legacy.sum() == 1
+    with pytest.raises(ValueError, match="text_dim"):
+        mdw.condition(torch.tensor([3]), 8)
 
 
 def test_crop_digits_recovers_the_pasted_digit():

@@ -3,6 +3,7 @@
 import torch
 
 from diffkit import models
+from diffkit.models import moving_digits_wan as mdw
 
 
 def test_shipped_member_loads_with_ropeslr_and_alignment_helped():
@@ -13,7 +14,9 @@ def test_shipped_member_loads_with_ropeslr_and_alignment_helped():
     before = metrics["heldout_layer_rel_mse_before"]
     after = metrics["heldout_layer_rel_mse_after"]
     assert all(after[k] < before[k] for k in before), (before, after)
-    x = torch.randn(1, 1, 8, 32, 32)
+    v = mdw.VIDEO
+    x = torch.randn(1, 1, v["num_frames"], v["size"], v["size"])
+    cond = mdw.condition(torch.tensor([3]), m.config.text_dim)
     with torch.no_grad():
-        out = m(x, torch.tensor([500.0]), torch.zeros(1, 1, 16), return_dict=False)[0]
+        out = m(x, torch.tensor([500.0]), cond, return_dict=False)[0]
     assert out.shape == x.shape and torch.isfinite(out).all()

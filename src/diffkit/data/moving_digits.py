@@ -28,6 +28,11 @@ class MovingDigitsConfig:
         min_speed: minimum speed in pixels per frame (per axis, absolute).
         max_speed: maximum speed in pixels per frame (per axis, absolute).
         split: which digits split to draw sprites from ("train" or "test").
+        grid: positions and per-axis speeds are multiples of ``grid`` pixels (1: any pixel). With
+            ``grid`` equal to a model's patch size every frame is an exact shift of the sprite on
+            the token grid, so a patch tokenizer sees the same tokens wherever the digit is.
+        start: "random" (first position uniform in the canvas) or "centre" (every digit starts
+            in the middle of the canvas and leaves it with its random velocity).
     """
 
     num_frames: int = 12
@@ -37,6 +42,8 @@ class MovingDigitsConfig:
     min_speed: float = 1.0
     max_speed: float = 3.0
     split: Split = "train"
+    grid: int = 1
+    start: str = "random"
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:
@@ -51,6 +58,15 @@ class MovingDigitsConfig:
             raise ValueError(
                 f"MovingDigitsConfig needs 0 <= min_speed <= max_speed, got min_speed={self.min_speed}, "
                 f"max_speed={self.max_speed}"
+            )
+        if self.start not in ("random", "centre"):
+            raise ValueError(
+                f"MovingDigitsConfig.start must be 'random' or 'centre', got {self.start!r}"
+            )
+        if self.grid < 1 or (self.size - self.digit_size) % self.grid:
+            raise ValueError(
+                f"MovingDigitsConfig.grid must be >= 1 and divide size - digit_size = "
+                f"{self.size - self.digit_size}, got {self.grid}"
             )
 
 
@@ -106,6 +122,11 @@ def make_moving_digits(
     pos = torch.rand(n, 2, 2, generator=g) * limit
     speed = cfg.min_speed + torch.rand(n, 2, 2, generator=g) * (cfg.max_speed - cfg.min_speed)
     sign = torch.where(torch.rand(n, 2, 2, generator=g) < 0.5, -1.0, 1.0)
+    if cfg.start == "centre":
+        pos = torch.full_like(pos, limit / 2)
+    if cfg.grid > 1:  # snap to the grid after the same draws, so grid=1 data is unchanged
+        pos = (pos / cfg.grid).round() * cfg.grid
+        speed = (speed / cfg.grid).round().clamp(min=1) * cfg.grid
     traj = _bounce(pos, speed * sign, limit, F_).permute(0, 1, 3, 2)  # (n, 2, F, 2)
     traj_int = traj.round().long()
 

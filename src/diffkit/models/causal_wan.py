@@ -62,6 +62,13 @@ DENOISING_TIMESTEPS = (1000.0, 750.0, 500.0, 250.0)
 SHIFT = 5.0
 
 
+def denoising_timesteps(steps: int = len(DENOISING_TIMESTEPS)) -> tuple[float, ...]:
+    """Evenly spaced timesteps 1000 (1 - i / steps), i < steps: (1000, 750, 500, 250) for 4."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return tuple(1000.0 * (1 - i / steps) for i in range(steps))
+
+
 def sigmas_for(timesteps=DENOISING_TIMESTEPS, shift: float = SHIFT) -> torch.Tensor:
     """Warped noise levels sigma' = shift * s / (1 + (shift - 1) s) for s = t / 1000."""
     return FlowMatching(shift=shift).shift_sigma(
@@ -352,7 +359,10 @@ class CausalWan(nn.Module):
 
 # ----------------------------------------------------------------------------- rollout
 def rollout_noise(
-    batch: int, config: dict = DEFAULT_CONFIG, generator: torch.Generator | None = None
+    batch: int,
+    config: dict = DEFAULT_CONFIG,
+    generator: torch.Generator | None = None,
+    steps: int = len(DENOISING_TIMESTEPS),
 ) -> torch.Tensor:
     """All Gaussian draws of a rollout, (B, chunks, steps, chunk_frames, C, H, W).
 
@@ -361,7 +371,7 @@ def rollout_noise(
     """
     c = config
     n_chunks = c["num_frames"] // c["chunk_frames"]
-    shape = (batch, n_chunks, len(DENOISING_TIMESTEPS), c["chunk_frames"], c["in_channels"])
+    shape = (batch, n_chunks, steps, c["chunk_frames"], c["in_channels"])
     return torch.randn(*shape, c["latent_size"], c["latent_size"], generator=generator)
 
 
@@ -379,7 +389,8 @@ def rollout(
 ) -> torch.Tensor:
     """Generate (B, F, C, H, W) latents chunk by chunk (Self-Forcing causal inference).
 
-    ``noise`` from :func:`rollout_noise`. ``chunk_context(k)`` wraps the 5 forward calls of chunk
+    ``noise`` from :func:`rollout_noise`; its step axis sets the denoising passes per chunk
+    (:func:`denoising_timesteps`; 4 = Self-Forcing's schedule). ``chunk_context(k)`` wraps the 5 forward calls of chunk
     k (4 denoising passes + the t = 0 cache refresh); quantization uses it to tag calibration data
     or to quantize only chunk k. ``start_chunk`` with ``prefix`` (the first ``start_chunk`` chunks'
     latents, e.g. from an FP rollout) rebuilds the cache from the prefix with one t = 0 pass per
@@ -390,7 +401,7 @@ def rollout(
     """
     ch = model.config["chunk_frames"]
     B, n_chunks, steps = noise.shape[:3]
-    sig = sigmas_for().tolist()
+    sig = sigmas_for(denoising_timesteps(steps)).tolist()
     ctxf = chunk_context or (lambda k: contextlib.nullcontext())
     if not use_cache:
         cache = None
@@ -422,6 +433,27 @@ def rollout(
                 model(x0, torch.zeros(B, ch), labels, cache=cache, write_cache=True)
             out.append(x0)
     return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def sample(
+    model: CausalWan,
+    labels: torch.Tensor,
+    *,
+    steps: int = len(DENOISING_TIMESTEPS),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Generate pixel videos (B, F, 1, S, S) in [-1, 1] of one digit each, ``labels`` (B,).
+
+    Chunk-by-chunk causal rollout with the KV cache (:func:`rollout`), ``steps`` denoising passes
+    per chunk, then the fixed "VAE"'s decoder (:func:`decode_latents`).
+    """
+    labels = labels.long()
+    pad = model.config["label_slots"] - 1
+    slots = torch.cat([labels[:, None], labels.new_full((len(labels), pad), -1)], 1)
+    noise = rollout_noise(len(labels), model.config, generator, steps)
+    lat = rollout(model, slots, noise)
+    return decode_latents(lat, model.config).clamp(-1, 1)
 
 
 def _call(model, x, sigma, labels, cache, done, k, ch):

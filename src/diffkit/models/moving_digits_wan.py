@@ -2,9 +2,11 @@
 
 A real diffusers Wan2.1 transformer (3D RoPE, RMSNorm across heads, cross-attention to a "text"
 sequence) with a tiny config, trained by rectified flow directly on pixels: videos of one bouncing
-digit, 8 frames of 32x32, patch (1, 2, 2) -> a 8x16x16 token grid = 2,048 tokens per video, enough
-for block-sparse attention to matter (32 blocks of 64). The "text" condition is a one-hot of the
-digit class in a 16-dim vector (index 10 = no class, for classifier-free guidance).
+digit (24 px sprites on a 32x32 canvas), 16 frames, patch (1, 4, 4) -> a 16x8x8 token grid = 1,024
+tokens per video (16 blocks of 64 for block-sparse attention). The "text" condition is
+:data:`TEXT_TOKENS` tokens, each the one-hot of the digit class (index 10 = no class, for
+classifier-free guidance) beside the one-hot of the token's index, so cross-attention can look up
+several class features instead of adding one class bias.
 
 Used by :mod:`diffkit.attention` (RoPeSLR) as its toy video DiT; the recipe is
 :mod:`diffkit.zoo.moving_digits_wan`.
@@ -20,16 +22,20 @@ import torch
 from diffkit.core.samplers import euler_sample
 from diffkit.core.schedules import FlowMatching
 
+#: Class tokens of the "text" condition (text_dim = 11 classes incl. null + TEXT_TOKENS).
+TEXT_TOKENS = 8
+NUM_CLASSES = 11  # ten digits + the null class
+
 DEFAULT_CONFIG: dict = {
-    "patch_size": [1, 2, 2],
-    "num_attention_heads": 2,
+    "patch_size": [1, 4, 4],
+    "num_attention_heads": 4,
     "attention_head_dim": 32,
     "in_channels": 1,
     "out_channels": 1,
-    "text_dim": 16,
+    "text_dim": NUM_CLASSES + TEXT_TOKENS,
     "freq_dim": 64,
-    "ffn_dim": 256,
-    "num_layers": 3,
+    "ffn_dim": 512,
+    "num_layers": 4,
     "cross_attn_norm": True,
     "qk_norm": "rms_norm_across_heads",
     "eps": 1e-6,
@@ -38,17 +44,17 @@ DEFAULT_CONFIG: dict = {
 
 #: Video settings of the shipped model (frames, size) and the moving-digits generator.
 VIDEO = {
-    "num_frames": 8,
+    "num_frames": 16,
     "size": 32,
-    "digit_size": 16,
+    "digit_size": 24,
     "max_digits": 1,
     "min_speed": 1.0,
     "max_speed": 3.0,
 }
 NULL_CLASS = 10
 #: Sampling defaults of the shipped model (the recipe evaluates with these).
-SHIFT = 2.0
-CFG_SCALE = 2.0
+SHIFT = 3.0
+CFG_SCALE = 3.0
 
 
 def build(config: dict):
@@ -67,10 +73,22 @@ def load_dir(path: str | Path):
     return WanTransformer3DModel.from_pretrained(str(path))
 
 
-def condition(labels: torch.Tensor, text_dim: int = 16) -> torch.Tensor:
-    """One-hot "text" tokens (B, 1, text_dim) for digit classes; ``NULL_CLASS`` = unconditional."""
+def condition(labels: torch.Tensor, text_dim: int = DEFAULT_CONFIG["text_dim"]) -> torch.Tensor:
+    """ "Text" tokens for digit classes; ``NULL_CLASS`` = unconditional.
+
+    ``text_dim`` = 11 + K gives (B, K, text_dim): token k is [one-hot(class, 11), one-hot(k, K)].
+    ``text_dim`` = 16 (the first zoo model's layout) gives one one-hot token (B, 1, 16).
+    """
     labels = labels.long().clamp(min=0)
-    return torch.nn.functional.one_hot(labels, text_dim).float()[:, None, :]
+    one_hot = torch.nn.functional.one_hot
+    if text_dim == 16:
+        return one_hot(labels, 16).float()[:, None, :]
+    k = text_dim - NUM_CLASSES
+    if k < 1:
+        raise ValueError(f"text_dim must be 16 or > {NUM_CLASSES}, got {text_dim}")
+    cls = one_hot(labels, NUM_CLASSES).float()[:, None, :].expand(-1, k, -1)
+    idx = torch.eye(k)[None].expand(len(labels), -1, -1)
+    return torch.cat([cls, idx], -1)
 
 
 def to_model(videos: torch.Tensor) -> torch.Tensor:
