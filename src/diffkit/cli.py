@@ -33,7 +33,7 @@ app.add_typer(zoo_app, name="zoo")
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "curate": (
         "diffkit.curate.cli",
-        "MONET-style image-text curation: local by default, Ray Data at scale.",
+        "MONET-style image-text curation: local by default, Ray at scale.",
     ),
     "align": (
         "diffkit.align.cli",
