@@ -100,8 +100,9 @@ def build(section, ctx) -> None:
             f"The shipped `moving-digits-wan` generates moving digits but is short of its targets "
             f"(per-frame digit accuracy {acc:.2f}, target 0.90; a digit's shape can drift between "
             "frames). The zoo metrics compare dense and RoPeSLR on few videos (the RoPeSLR "
-            "member's recipe samples 2 per class); the attention benchmark re-measures quality "
-            "on 200 videos."
+            "member's recipe samples 2 per class), where RoPeSLR at density 0.1 scores well below "
+            "dense (the zoo-metrics rows below); the benchmark's 200-video quality "
+            "comparison (`benchmarks/attention.py`, part c) has not been rerun on this model yet."
         )
     section.table(
         summary,
