@@ -28,7 +28,7 @@ import torch
 
 from diffkit import models
 from diffkit.core.ema import EMA
-from diffkit.core.io import atomic_dir, atomic_write_json
+from diffkit.core.io import atomic_dir, atomic_write_json, load_tensors, save_tensors
 from diffkit.core.machine import fast_dtype, machine_info
 from diffkit.core.objective import LossOutput
 from diffkit.core.schedules import FlowMatching
@@ -121,7 +121,24 @@ def _stage_path(work_dir, settings: dict, seed: int, stage: str) -> Path | None:
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return Path(work_dir) / f"{stage}-{digest}.pt"
+    return Path(work_dir) / f"{stage}-{digest}.safetensors"
+
+
+def _save_stage(path: Path, model, ema: EMA, seconds: float) -> None:
+    """Model, EMA (its own state_dict) and the stage's time, written atomically."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    tensors["seconds"] = torch.tensor(seconds, dtype=torch.float64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, tensors)
+
+
+def _load_stage(path: Path, model, ema: EMA) -> float:
+    """Restore what :func:`_save_stage` wrote; returns the stage's recorded seconds."""
+    tensors = load_tensors(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    return float(tensors["seconds"])
 
 
 def train(
@@ -152,10 +169,7 @@ def train(
         ts = time.perf_counter()
         done = _stage_path(work_dir, s, seed, stage)
         if done is not None and done.exists():
-            state = torch.load(done, weights_only=True)
-            model.load_state_dict(state["model"])
-            ema.module.load_state_dict(state["ema"])
-            seconds[f"{stage}_stage_seconds"] = state["seconds"]
+            seconds[f"{stage}_stage_seconds"] = _load_stage(done, model, ema)
             log.info("moving-digits-wan %s stage: reused %s", stage, done)
             continue
         data = make_moving_digits(s[n], video_config("train", frames), seed=seed)
@@ -165,9 +179,7 @@ def train(
         seconds[f"{stage}_stage_seconds"] = round(time.perf_counter() - ts, 1)
         log.info("moving-digits-wan %s stage: %s", stage, res.metrics)
         if done is not None:
-            done.parent.mkdir(parents=True, exist_ok=True)
-            state = {"model": model.state_dict(), "ema": ema.module.state_dict()}
-            torch.save({**state, "seconds": seconds[f"{stage}_stage_seconds"]}, done)
+            _save_stage(done, model, ema, seconds[f"{stage}_stage_seconds"])
     train_s = time.perf_counter() - t0
     ema.copy_to(model)
     model.eval()
