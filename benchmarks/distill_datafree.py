@@ -35,10 +35,10 @@ from distill import KEYS, merge  # noqa: E402  (benchmarks/distill.py)
 from diffkit.distill.evaluate import evaluate_samples  # noqa: E402
 from diffkit.distill.fpd import sample_student  # noqa: E402
 from diffkit.distill.pipeline import distill_digits, load_digits_zoo  # noqa: E402
-from diffkit.zoo.digits_fpd import FPD_CONFIG, TRAIN  # noqa: E402
+from diffkit.zoo.digits_fpd import DATA_FREE_CONFIG, TRAIN  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-DATA_FREE = dataclasses.replace(FPD_CONFIG, gan_weight=0.0, real_positives=0, drift_guidance=1.0)
+DATA_FREE = DATA_FREE_CONFIG  # the zoo member digits-fpd-datafree
 
 
 def _teacher_eval(zoo, per_class, seeds, guidance, choice_t, steps=8):

@@ -43,7 +43,9 @@ def test_registry_order_and_shipped_members():
     order = zoo.train_order(["digits-fpd"])
     assert order.index("digits-patch-tokenizer") < order.index("digits-maskgit")
     assert order[-1] == "digits-fpd" and "digits-lifter" in order
-    for name in ("digits-patch-tokenizer", "digits-maskgit", "digits-lifter", "digits-fpd"):
+    assert zoo.train_order(["digits-fpd-datafree"])[-1] == "digits-fpd-datafree"
+    for name in ("digits-patch-tokenizer", "digits-maskgit", "digits-lifter", "digits-fpd",
+                 "digits-fpd-datafree"):  # fmt: skip
         ok, msg = models.verify(name)
         assert ok, f"shipped zoo weights of {name} missing or altered: {msg}"
         models.load(name)
@@ -51,3 +53,6 @@ def test_registry_order_and_shipped_members():
     te = load_digits("test")
     assert float((tok(te.images) - te.images).pow(2).mean()) < 0.02
     assert models.metrics("digits-lifter")["test_accuracy"] > 0.9
+    # the data-free member really is data-free, the recipe's member really is not
+    assert models.metrics("digits-fpd-datafree")["real_positives"] == 0
+    assert models.metrics("digits-fpd-datafree")["gan_weight"] == 0

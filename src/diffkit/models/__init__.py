@@ -100,7 +100,15 @@ _REGISTRY: dict[str, ZooEntry] = {
             "digits-fpd",
             "diffkit.models.maskgit",
             "diffkit.zoo.digits_fpd",
-            "One-step FPD student distilled from digits-maskgit (1 forward pass per sample).",
+            "One-step FPD student distilled from digits-maskgit (1 forward pass per sample); "
+            "uses 72 real train images per class and a discriminator (not data-free).",
+            depends_on=("digits-patch-tokenizer", "digits-maskgit", "digits-lifter"),
+        ),
+        ZooEntry(
+            "digits-fpd-datafree",
+            "diffkit.models.maskgit",
+            "diffkit.zoo.digits_fpd_datafree",
+            "The paper's data-free one-step FPD student of digits-maskgit (no real image).",
             depends_on=("digits-patch-tokenizer", "digits-maskgit", "digits-lifter"),
         ),
         # --- attention (issue 5) ---
