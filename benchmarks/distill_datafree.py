@@ -83,19 +83,27 @@ def _cached(work: Path, key: str, fn):
     return cache[key]
 
 
-def _train_job(seed, steps, per_class, eval_seeds, work):
+def _tag(cfg) -> str:
+    """Run-folder suffix of a re-mask range other than the default (runs never mix configs)."""
+    if (cfg.remask_min, cfg.remask_max) == (DATA_FREE.remask_min, DATA_FREE.remask_max):
+        return ""
+    return f"_r{cfg.remask_min:g}-{cfg.remask_max:g}"
+
+
+def _train_job(seed, steps, per_class, eval_seeds, work, cfg=DATA_FREE):
     """Train (resuming from the seed's latest checkpoint if a run was cut short) and evaluate."""
     torch.set_num_threads(1)
-    done = Path(work, f"seed{seed}.json")
+    name = f"seed{seed}{_tag(cfg)}"
+    done = Path(work, f"{name}.json")
     if done.is_file():
         return json.loads(done.read_text())
     zoo = load_digits_zoo()
     t0 = time.perf_counter()
     train = dataclasses.replace(TRAIN, steps=steps, seed=seed, checkpoint_every=25)
-    student, _ = distill_digits(DATA_FREE, train, Path(work, f"seed{seed}"), zoo=zoo)
+    student, _ = distill_digits(cfg, train, Path(work, name), zoo=zoo)
     train_s = time.perf_counter() - t0
-    m = _student_eval(zoo, student, per_class, range(eval_seeds), DATA_FREE.sample_mode)
-    torch.save(student.state_dict(), Path(work, f"student{seed}.pt"))
+    m = _student_eval(zoo, student, per_class, range(eval_seeds), cfg.sample_mode)
+    torch.save(student.state_dict(), Path(work, f"student{seed}{_tag(cfg)}.pt"))
     out = {"metrics": m, "train_seconds_last_invocation": train_s,
            "loadavg_end": list(os.getloadavg())}  # fmt: skip
     done.write_text(json.dumps(out, indent=2) + "\n")
@@ -119,6 +127,15 @@ def main() -> None:
         default=[4, 8, 12, 16],
         help="steps swept at the chosen (CFG, choice temperature)",
     )
+    p.add_argument(
+        "--remask",
+        type=float,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help="re-mask ratio range r ~ U[MIN, MAX] (default: the recipe's 0.1 0.5); other ranges "
+        "train in their own run folders",
+    )
     p.add_argument("--workers", type=int, default=2, help="processes; training uses workers - 1")
     p.add_argument(
         "--work-dir",
@@ -127,6 +144,9 @@ def main() -> None:
     )
     p.add_argument("--out", default=str(RESULTS / "distill_datafree.json"))
     args = p.parse_args()
+    cfg = DATA_FREE
+    if args.remask is not None:
+        cfg = dataclasses.replace(DATA_FREE, remask_min=args.remask[0], remask_max=args.remask[1])
     torch.set_num_threads(1)
     t_start, load0 = time.perf_counter(), os.getloadavg()
     zoo = load_digits_zoo()
@@ -135,7 +155,7 @@ def main() -> None:
     import multiprocessing as mp
 
     with ProcessPoolExecutor(max(1, args.workers - 1), mp_context=mp.get_context("spawn")) as ex:
-        futures = {s: ex.submit(_train_job, s, args.steps, args.per_class, args.eval_seeds, work)
+        futures = {s: ex.submit(_train_job, s, args.steps, args.per_class, args.eval_seeds, work, cfg)
                    for s in args.train_seeds}  # fmt: skip
         n_sweep, n_final = (
             (args.sweep_per_class, args.sweep_seeds),
@@ -166,7 +186,7 @@ def main() -> None:
     fpd = merge([r["metrics"] for r in results.values()])
     # interleaved timing: tuned teacher-8 vs the seed-0 student, 1000 samples, median of 3
     student = zoo.teacher.make_student().eval()
-    student.load_state_dict(torch.load(work / f"student{args.train_seeds[0]}.pt"))
+    student.load_state_dict(torch.load(work / f"student{args.train_seeds[0]}{_tag(cfg)}.pt"))
     labels = torch.arange(10).repeat_interleave(100)
     tt, ts = [], []
     for r in range(3):
@@ -179,14 +199,14 @@ def main() -> None:
         tt.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         ids = sample_student(zoo.teacher, student, zoo.teacher.condition(labels),
-                             mode=DATA_FREE.sample_mode, generator=g)  # fmt: skip
+                             mode=cfg.sample_mode, generator=g)  # fmt: skip
         zoo.tokenizer.decode(zoo.tokenizer.embed(ids))
         ts.append(time.perf_counter() - t0)
     out = {
         "device": "CPU (2 cores shared with other jobs; one torch thread per process)",
         "machine": machine_info(),
         "loadavg_start_end": [list(load0), list(os.getloadavg())],
-        "config": {**vars(args), "fpd": dataclasses.asdict(DATA_FREE)},
+        "config": {**vars(args), "fpd": dataclasses.asdict(cfg)},
         "teacher_sweep": sweep,
         "teacher_best": {
             "guidance": best["guidance"],
