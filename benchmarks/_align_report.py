@@ -82,17 +82,35 @@ def summarize(results: dict) -> list[dict]:
     return rows
 
 
-def frontier(points: list[tuple[float, float]], budget: float) -> float:
-    """Best reward gain among (drift, gain) points with drift <= budget (0 if none: the base)."""
-    return max([g for d, g in points if d <= budget] + [0.0])
+def frontier(paths: list[list[tuple[float, float]]], budget: float) -> float:
+    """Best reward gain within ``budget`` along runs' (drift, gain) paths, each in step order from
+    the base model (0, 0). Between two evaluations a run is taken to move linearly in (drift,
+    gain), so a budget between checkpoints reads the interpolated gain (without it, a budget below
+    every run's first checkpoint would read the base's 0 for every arm and compare nothing)."""
+    best = 0.0
+    for path in paths:
+        pts = [(0.0, 0.0), *path] if not path or path[0] != (0.0, 0.0) else path
+        for (d1, g1), (d2, g2) in zip(pts, pts[1:], strict=False):
+            if d1 <= budget:
+                best = max(best, g1)
+            if d2 <= budget:
+                best = max(best, g2)
+            lo, hi = min(d1, d2), max(d1, d2)
+            if lo <= budget <= hi and hi > lo:
+                best = max(best, g1 + (g2 - g1) * (budget - d1) / (d2 - d1))
+        if len(pts) == 1 and pts[0][0] <= budget:
+            best = max(best, pts[0][1])
+    return best
 
 
-def _seed_points(results: dict, arm: str) -> dict[int, list[tuple[float, float]]]:
-    """Per seed: (drift, reward gain) of every evaluation of every LR (checkpoints as choices)."""
+def _seed_points(results: dict, arm: str) -> dict[int, list[list[tuple[float, float]]]]:
+    """Per seed: the (drift, reward gain) path of each LR's run, in step order (checkpoints as
+    choices, linear in between)."""
     out = defaultdict(list)
     for r in results["runs"]:
         if r["arm"] == arm:
-            out[r["seed"]] += [(c["drift"], c["reward_gain"]) for c in r["curve"]]
+            curve = sorted(r["curve"], key=lambda c: c["step"])
+            out[r["seed"]].append([(c["drift"], c["reward_gain"]) for c in curve])
     return out
 
 
@@ -106,7 +124,7 @@ def compare_at_drift(
     pa, pb = _seed_points(results, a), _seed_points(results, b)
     if not pa or not pb:
         return []
-    reach = min(max(d for d, _ in p) for p in [*pa.values(), *pb.values()])
+    reach = min(max(d for path in p for d, _ in path) for p in [*pa.values(), *pb.values()])
     if budgets is None:  # a quarter, half and all of the drift both arms reached
         budgets = [round(reach * q, 4) for q in (0.25, 0.5, 1.0)]
     out = []

@@ -127,12 +127,17 @@ def test_summary_statistics(tmp_path):
     assert lin["late_gain"][0] == pytest.approx(0.2)
 
 
-def test_frontier_is_best_gain_within_budget():
-    pts = [(0.0, 0.0), (0.1, 0.3), (0.2, 0.25), (0.5, 0.6)]
-    assert rep.frontier(pts, 0.15) == 0.3
-    assert rep.frontier(pts, 0.3) == 0.3
-    assert rep.frontier(pts, 1.0) == 0.6
-    assert rep.frontier([(0.4, 0.9)], 0.1) == 0.0
+def test_frontier_is_best_gain_within_budget_along_the_path():
+    path = [(0.0, 0.0), (0.1, 0.3), (0.2, 0.25), (0.5, 0.6)]
+    assert rep.frontier([path], 0.15) == 0.3
+    assert rep.frontier([path], 0.05) == pytest.approx(0.15)  # half-way to the first checkpoint
+    assert rep.frontier([path], 0.35) == pytest.approx(0.425)  # half-way from 0.2 to 0.5
+    assert rep.frontier([path], 1.0) == 0.6
+    # a path starts at the base (0, 0) even when its record does not list it
+    assert rep.frontier([[(0.4, 0.9)]], 0.1) == pytest.approx(0.225)
+    # several runs (LRs) of one seed: the best of them; a run that drifts back counts too
+    assert rep.frontier([[(0.4, 0.9)], [(0.2, 0.1), (0.05, 0.5)]], 0.1) == pytest.approx(0.5)
+    assert rep.frontier([[(0.4, -0.2)]], 0.3) == 0.0  # never worse than the base
 
 
 def test_claim_verdicts_follow_the_numbers(tmp_path):
@@ -216,4 +221,7 @@ def test_matched_drift_only_within_both_arms_reach(tmp_path):
                 c["drift"] = c["drift"] / 10
     assert rep.compare_at_drift(results, "linear+ema0.99", "sigmoid+frozen", [0.2]) == []
     (d,) = rep.compare_at_drift(results, "linear+ema0.99", "sigmoid+frozen", [0.005])
-    assert d["diff"] == pytest.approx(0.0)  # within 0.005 both have only the base (gain 0)
+    # interpolated from the base: sigmoid is half-way to its first checkpoint (drift 0.01, gain
+    # 0.2 + e), linear a twentieth of the way to its (0.1, 0.2 + e); e = 0, 0.01, 0.02 over seeds
+    assert d["a"] == pytest.approx(0.05 * 0.21)
+    assert d["b"] == pytest.approx(0.5 * 0.21)
