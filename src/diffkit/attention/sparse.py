@@ -391,15 +391,16 @@ def estimate_lse(
         if not torch.compiler.is_compiling():  # (inside a compiled model it is simply inlined)
             _mark_blocks_dynamic(qb, m_s, v_s, idx, bias)
         lse = _compiled_lse_from_stats()(qb, m_s, v_s, idx, bias)
-    else:  # one batched matmul for both terms: [m_s, v_s] (k, 2d) @ [q, q*q]^T (2d, b)
-        # (k rows, b columns: the CPU's batched GEMM runs this orientation far faster than
-        # b x k; x is written in place instead of concatenated)
-        stats = torch.cat([m_s, v_s], -1)  # (B, H, n, 2d)
-        x = torch.empty(*qb.shape[:-1], 2 * d, dtype=work, device=qb.device)
-        x[..., :d] = qb
-        x[..., d:] = qb
-        x[..., d:].mul_(x[..., :d])  # (no out= into a view: torch.compile cannot trace it)
-        zt = gather_blocks(stats, idx) @ x.transpose(-1, -2)  # (B, H, n, k, b)
+    else:  # two batched matmuls (k x d) @ (d x b): m_s against q, then v_s against q*q added
+        # in place (k rows, b columns: the CPU's batched GEMM runs this orientation far faster
+        # than b x k); q is cast once, contiguously, and squared in place: no (L, 2d) [q, q*q]
+        # built through strided copies (at 16K tokens, bf16: 3.0 -> 1.5 ms at d = 64)
+        qw = qb.to(work)  # (a copy only for half-precision input)
+        zt = gather_blocks(m_s, idx) @ qw.transpose(-1, -2)  # (B, H, n, k, b)
+        qw = qw * qw if qw is qb or qw.requires_grad else qw.mul_(qw)
+        zt.flatten(0, 2).baddbmm_(
+            gather_blocks(v_s, idx).flatten(0, 2), qw.flatten(0, 2).transpose(-1, -2)
+        )
         lse = torch.logsumexp(zt.add_(bias[..., None]), -2)  # (B, H, n, b)
     return lse.flatten(2, 3)[:, :, :length]
 
