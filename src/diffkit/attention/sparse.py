@@ -397,7 +397,7 @@ def estimate_lse(
         # built through strided copies (at 16K tokens, bf16: 3.0 -> 1.5 ms at d = 64)
         qw = qb.to(work)  # (a copy only for half-precision input)
         zt = gather_blocks(m_s, idx) @ qw.transpose(-1, -2)  # (B, H, n, k, b)
-        qw = qw * qw if qw is qb or qw.requires_grad else qw.mul_(qw)
+        qw = qw * qw if qw is qb or qw.requires_grad else qw.square_()
         zt.flatten(0, 2).baddbmm_(
             gather_blocks(v_s, idx).flatten(0, 2), qw.flatten(0, 2).transpose(-1, -2)
         )
