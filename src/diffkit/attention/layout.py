@@ -63,26 +63,19 @@ def grid_positions(grid: tuple[int, int, int]) -> torch.Tensor:
     return torch.stack([t_.flatten(), h_.flatten(), w_.flatten()], dim=1)
 
 
-def _block_sums(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums (..., n, d) over each block of ``block`` consecutive tokens and the token count of
-    each block (n,); the ragged last block is summed on its own (no padded copy of x)."""
-    length = x.shape[-2]
-    n = num_blocks(length, block)
-    full = length // block
-    sums = x[..., : full * block, :].unflatten(-2, (full, block)).sum(-2)
-    if full < n:
-        sums = torch.cat([sums, x[..., full * block :, :].sum(-2, keepdim=True)], -2)
-    counts = torch.full((n,), float(block), dtype=x.dtype, device=x.device)
-    counts[-1] = length - (n - 1) * block
-    return sums, counts
-
-
 def block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
     """Mean over each block of ``block`` consecutive tokens: (..., L, d) -> (..., n, d).
 
     The ragged last block is averaged over its real members only.
     """
-    sums, counts = _block_sums(x, block)
+    length = x.shape[-2]
+    n = num_blocks(length, block)
+    full = length // block
+    sums = x[..., : full * block, :].unflatten(-2, (full, block)).sum(-2)
+    if full < n:  # ragged tail: summed on its own (no padded copy of x)
+        sums = torch.cat([sums, x[..., full * block :, :].sum(-2, keepdim=True)], -2)
+    counts = torch.full((n,), float(block), dtype=x.dtype, device=x.device)
+    counts[-1] = length - (n - 1) * block
     return sums / counts[:, None]
 
 
@@ -92,15 +85,11 @@ def block_scores(
     """Pooled block scores S (B, H, n, n) from post-RoPE q, k (B, H, L, d) (spec b.2 step 1).
 
     Smooth-K pools k - mean(k); the mean is subtracted from the pooled blocks (the same
-    number, without an (L, d) temporary), and it is taken from the block sums, so k is read
-    once. (Subtracting one vector from every key shifts a row of S by a constant, so top-k and
-    top-p select the same blocks either way; it keeps the scores small, as SpargeAttn does.)
+    number, without an (L, d) temporary).
     """
-    qb = block_mean(q, block)
-    sums, counts = _block_sums(k, block)
-    kb = sums / counts[:, None]
+    qb, kb = block_mean(q, block), block_mean(k, block)
     if smooth_k:
-        kb = kb - sums.sum(-2, keepdim=True) / k.shape[-2]
+        kb = kb - k.mean(-2, keepdim=True)
     return qb @ kb.transpose(-1, -2) / math.sqrt(q.shape[-1])
 
 
