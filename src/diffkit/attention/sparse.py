@@ -374,7 +374,7 @@ def estimate_lse(
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     # moments in fp32 for half-precision input (E[k^2] - E[k]^2 cancels); q is cast where used
     work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    k = k.to(work)
+    k_in, k = k, k.to(work)
     pad = n * block - length
     if pad:
         q, k = F.pad(q, (0, 0, 0, pad)), F.pad(k, (0, 0, 0, pad))
@@ -382,7 +382,11 @@ def estimate_lse(
     count = torch.full((n,), float(block), dtype=work, device=q.device)
     count[-1] = block - pad
     mean = kb.sum(3) / count[:, None]
-    var = (kb * kb).sum(3) / count[:, None] - mean * mean  # padded keys are 0: sums unaffected
+    # k^2 in place where kb is this call's own copy (cast or padded) and nothing records it: one
+    # (L, d) fp32 temporary less (a fresh large buffer costs its page faults on every call)
+    own = k is not k_in and not k.requires_grad and not torch.compiler.is_compiling()
+    sq = kb.square_() if own else kb * kb
+    var = sq.sum(3) / count[:, None] - mean * mean  # padded keys are 0: sums unaffected
     bias = count.log()[idx].masked_fill(~valid, float("-inf"))  # log |J|; -inf drops J
     qb = q.unflatten(2, (n, block))  # (B, H, n, b, d)
     m_s, v_s = mean * scale, var.clamp_min(0) * (scale * scale / 2)
