@@ -89,6 +89,48 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- (a) speed
+SPLIT_STAGES = ("selection", "permute_v", "spike", "lse_estimate", "background", "merge", "untile")
+
+
+def stage_split(q, k, v, q_pre, k_pre, config, params, grid, reps, now) -> dict:
+    """Median ms of each stage of one RoPeSLR call with the zoo's merge (mass, estimated lse),
+    run in the order ``ropeslr_attention`` runs them (so each stage meets the cache state it
+    meets there), beside the whole call and SDPA, timed in the same rounds."""
+    from diffkit.attention.background import merge_mass
+    from diffkit.attention.ropeslr import _plan_tiled, background_terms, spike
+    from diffkit.attention.sparse import estimate_lse
+
+    times = {name: [] for name in (*SPLIT_STAGES, "total", "sdpa")}
+    for rnd in range(reps + 1):  # round 0 warms up
+        t = [now()]
+        plan, qt, kt = _plan_tiled(q, k, config, grid, None)
+        t.append(now())
+        vt = plan.tiled(v)
+        t.append(now())
+        o_s, _ = spike(qt, kt, vt, plan, config, need_lse=False)
+        t.append(now())
+        lse = estimate_lse(qt, kt, plan.idx, plan.valid, config.block_size)
+        t.append(now())
+        num, den, _ = background_terms(params, q_pre, k_pre, vt, plan, config, need_den=True)
+        t.append(now())
+        out = merge_mass(o_s, lse, num, den, params.log_lambda.exp(), inplace=True)
+        t.append(now())
+        plan.untiled(out)
+        t.append(now())
+        kw = dict(config=config, params=params, q_pre=q_pre, k_pre=k_pre, grid=grid)
+        t0 = now()
+        ropeslr_attention(q, k, v, **kw)
+        t1 = now()
+        F.scaled_dot_product_attention(q, k, v)
+        t2 = now()
+        if rnd:
+            for i, name in enumerate(SPLIT_STAGES):
+                times[name].append(t[i + 1] - t[i])
+            times["total"].append(t1 - t0)
+            times["sdpa"].append(t2 - t1)
+    return {f"ms_{name}": statistics.median(ts) * 1e3 for name, ts in times.items()}
+
+
 def part_a(
     lengths,
     dims,
@@ -103,11 +145,20 @@ def part_a(
     time_budget=None,
     backend="auto",
     skip_cpu=((32768, 128),),
+    clock="wall",
+    split=False,
 ) -> list[dict]:
     """Rows of timings; methods that fail are reported (``on_rows(rows, errors)``) and skipped.
     ``time_budget`` (s): start no new (L, d) configuration after it has passed. ``backend``: the
     RoPeSLR backend timed (auto: gather on CPU, flex on CUDA); ``skip_cpu``: (L, d) pairs not
-    run on CPU (the slowest SDPA calls)."""
+    run on CPU (the slowest SDPA calls). ``clock``: "wall" (perf_counter) or "cpu" (the calling
+    thread's CPU time, ``time.thread_time``: on a shared machine it leaves out the time the
+    thread waited for a core, though not the cache and memory traffic of the other jobs; CPU
+    and one torch thread only, since the other threads' time would not be counted).
+    ``split``: also a row with the zoo configuration's :func:`stage_split`."""
+    if clock == "cpu" and (device != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError("clock='cpu' times one thread: use --threads 1 on the CPU")
+    now = time.thread_time if clock == "cpu" else time.perf_counter
     rows, errors = [], []
     dt = DTYPES[dtype]
     t_start = time.perf_counter()
@@ -160,6 +211,15 @@ def part_a(
             )
             # the selection alone (tile permutation, pooled scores, top-k), part of every row above
             fns[f"selection@{rho_m}"] = lambda: plan_blocks(q, k, cfgs[rho_m], grid)
+            if split:
+                with torch.no_grad():
+                    sp = stage_split(q, k, v, qp, kp, c_est, p_mass, grid, reps, now)
+                row = {"L": L, "d": d, "heads": heads, "method": "stage_split", "density": None,
+                       "dtype": dtype,
+                       "clock": clock, "threads": torch.get_num_threads(), "reps": reps,
+                       "loadavg": os.getloadavg()[0], **sp}  # fmt: skip
+                rows.append(row)
+                print(json.dumps(row), flush=True)
             first = {}
             with torch.no_grad():
                 for name, fn in list(fns.items()):
@@ -183,11 +243,11 @@ def part_a(
                     for name, fn in fns.items():
                         if device != "cpu":
                             torch.cuda.synchronize()
-                        t0 = time.perf_counter()
+                        t0 = now()
                         fn()
                         if device != "cpu":
                             torch.cuda.synchronize()
-                        times[name].append(time.perf_counter() - t0)
+                        times[name].append(now() - t0)
             base = statistics.median(times["sdpa"])
             with torch.no_grad():
                 ran_backend = resolve_backend(cfgs[rho_m], q)
@@ -213,6 +273,7 @@ def part_a(
                     "dtype": dtype,
                     "backend": ran_backend,
                     "threads": torch.get_num_threads(),
+                    "clock": clock,
                     "loadavg": os.getloadavg()[0],
                 }
                 if rho is not None and name != f"selection@{rho}":
@@ -638,13 +699,16 @@ def _speed_md(rows: list[dict]) -> list[str]:
     """The Markdown table of part (a)'s rows."""
     md = [
         "speedup = median(SDPA) / median(method), SDPA in the same dtype; paired = median over "
-        "rounds of the per-round ratio (both timed back to back).",
+        "rounds of the per-round ratio (both timed back to back). Clock: "
+        f"{', '.join(sorted({r.get('clock', 'wall') for r in rows}))} time "
+        "(cpu = the thread's CPU time, one thread).",
         "",
         "| L | d | dtype | threads | backend | density | method | median s | speedup vs SDPA "
         "| paired | analytic FLOP reduction |",
         "|---:|---:|---|---:|---|---:|---|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    splits = [r for r in rows if r["method"] == "stage_split"]
+    for r in (r for r in rows if r["method"] != "stage_split"):
         head = (f"| {r['L']} | {r['d']} | {r.get('dtype', 'fp32')} | {r.get('threads', '')} | "
                 f"{r.get('backend', 'flex') if r['method'] != 'sdpa' else ''} |")  # fmt: skip
         if r["method"] == "sdpa":
@@ -655,6 +719,21 @@ def _speed_md(rows: list[dict]) -> list[str]:
                 f"{r['speedup_vs_sdpa']:.2f} | {r.get('speedup_paired', float('nan')):.2f} | "
                 f"{r.get('flop_reduction', float('nan')):.1f} |"
             )
+    if splits:
+        md += [
+            "",
+            "Stage split of the zoo configuration (mass merge, estimated lse), ms, stages run in "
+            "the order of one call (`--split`):",
+            "",
+            f"| L | d | dtype | {' | '.join(SPLIT_STAGES)} | sum | whole call | SDPA |",
+            "|---:|---:|---|" + "---:|" * (len(SPLIT_STAGES) + 3),
+        ]
+        for r in splits:
+            parts = [r[f"ms_{name}"] for name in SPLIT_STAGES]
+            cells = " | ".join(
+                f"{x:.1f}" for x in [*parts, sum(parts), r["ms_total"], r["ms_sdpa"]]
+            )
+            md.append(f"| {r['L']} | {r['d']} | {r['dtype']} | {cells} |")
     return md
 
 
@@ -829,6 +908,12 @@ def main() -> None:
                     help="(a) on CPU: also run L=32768 at d=128 (skipped by default: slow SDPA)")  # fmt: skip
     ap.add_argument("--tag", default=None,
                     help="(a) only: write attention_<tag>.json|md instead of attention.json|md")  # fmt: skip
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="(a) on CPU with --threads 1: 'cpu' times the thread's CPU time "
+                         "(a shared machine's waits left out)")  # fmt: skip
+    ap.add_argument("--split", action="store_true",
+                    help="(a): also time each stage of the zoo configuration (selection, spike, "
+                         "lse estimate, background, merge, permutations)")  # fmt: skip
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds after which (a) starts no new (L, d) configuration")  # fmt: skip
     ap.add_argument("--quality-videos", type=int, default=20, help="videos per setting in (c)")
@@ -903,6 +988,8 @@ def main() -> None:
                 dt,
                 backend=args.backend,
                 skip_cpu=skip_cpu,
+                clock=args.clock,
+                split=args.split,
             )
         ]
 

@@ -3,6 +3,7 @@ import torch
 
 from diffkit.attention.layout import (
     block_mean,
+    block_scores,
     block_tiles,
     forced_blocks,
     grid_positions,
@@ -41,6 +42,22 @@ def test_block_mean_ragged_tail():
     x = torch.arange(10.0).view(1, 1, 10, 1)
     m = block_mean(x, 4)
     assert m.flatten().tolist() == [1.5, 5.5, 8.5]
+
+
+@pytest.mark.parametrize("L", [256, 300])
+def test_block_scores_are_pooled_q_against_pooled_centred_k(L):
+    """Smooth-K scores (ragged tail included) equal mean-pooled q against mean-pooled k - mean(k)
+    (fp64), and centring k shifts each row by a constant, so the top-k selection is unchanged."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 2, L, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    k = k + 3.0  # a large common offset, which Smooth-K removes
+    want = block_mean(q, 64) @ block_mean(k - k.mean(-2, keepdim=True), 64).transpose(-1, -2)
+    got = block_scores(q, k, 64)
+    assert (got - want / 8**0.5).abs().max() < 1e-12
+    plain = block_scores(q, k, 64, smooth_k=False)
+    row_shift = plain - got
+    assert (row_shift - row_shift[..., :1]).abs().max() < 1e-12
+    assert torch.equal(plain.topk(2).indices, got.topk(2).indices)
 
 
 def test_budget_and_forced_blocks():

@@ -232,6 +232,23 @@ def test_estimate_lse_elementwise_form_matches_the_matmul_form(L, mode, monkeypa
     assert (got - want).abs().max() < 1e-10
 
 
+def test_estimate_lse_gradient_matches_the_elementwise_form(monkeypatch):
+    """Training through the estimate: the matmul form (q squared in place where it owns the
+    copy) has the elementwise form's gradient with respect to q and k (fp64)."""
+    from diffkit.attention import sparse
+
+    q, k, _ = _qkv(300)
+    idx, valid = _select(q, k, 64, 3)
+    grads = []
+    for compiled in (False, True):
+        qq, kk = q.clone().requires_grad_(), k.clone().requires_grad_()
+        sparse.estimate_lse(qq, kk, idx, valid, 64, compiled=compiled).square().sum().backward()
+        grads.append((qq.grad, kk.grad))
+        monkeypatch.setattr(sparse, "_compiled_lse_from_stats", lambda: sparse.lse_from_block_stats)
+    for a, b in zip(*grads, strict=True):
+        assert (a - b).abs().max() < 1e-9 * (1 + b.abs().max())
+
+
 @pytest.mark.slow
 def test_estimate_lse_compiled_matches_eager():
     from diffkit.attention.sparse import estimate_lse

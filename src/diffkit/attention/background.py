@@ -180,29 +180,44 @@ class RoPeSLRParams(nn.Module):
         p = p.unsqueeze(0).expand(x.shape[0], -1, -1, -1)
         return c + p if cfg.inject == "add" else torch.cat([c, p], -1)
 
+    def grid_ape(
+        self, grid: tuple[int, int, int], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """gamma P(t, h, w) (H, L, r) over a frame-major (t, h, w) grid, in ``dtype``.
+
+        Built as one concatenation of the three broadcast axis tables (H, N_a, r_a), so the
+        (L, r) table costs one write pass; q's and k's features share it (same APE, same gamma).
+        """
+        gamma = self.pe_scale.to(dtype)[:, None, None]
+        parts = []
+        for a in range(3):
+            tab = self.axis_ape(a, torch.arange(grid[a], device=device)).to(dtype) * gamma
+            shape = [tab.shape[0], 1, 1, 1, tab.shape[-1]]
+            shape[1 + a] = grid[a]
+            parts.append(tab.view(shape).expand(tab.shape[0], *grid, tab.shape[-1]))
+        return torch.cat(parts, -1).flatten(1, 3)
+
     def grid_features(
-        self, x: torch.Tensor, u: torch.Tensor, grid: tuple[int, int, int]
+        self,
+        x: torch.Tensor,
+        u: torch.Tensor,
+        grid: tuple[int, int, int],
+        ape: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`features` of frame-major x over a (t, h, w) grid, the fast path.
 
-        With inject="add" the APE is added axis by axis as broadcast (H, N_a, r_a) tables into
-        the channel slices of c, so no (L, r) position tensor is built.
+        With inject="add" the APE is :meth:`grid_ape` added to c in one contiguous pass (each
+        element gets exactly one addition, as in :meth:`features`); ``ape`` passes a table
+        already built for this grid and dtype (q and k share one).
         """
         cfg = self.config
         if cfg.ape == "none" or cfg.inject == "concat":
             pos = grid_positions_like(grid, x.device) if cfg.ape != "none" else None
             return self.features(x, u, pos)
         c = _project(x, u, cfg.feature_map)
-        gamma = self.pe_scale.to(x.dtype)[:, None, None]
-        c6 = c.view(*c.shape[:2], *grid, c.shape[-1])  # (B, H, t, h, w, r)
-        lo = 0
-        for a in range(3):
-            tab = self.axis_ape(a, torch.arange(grid[a], device=x.device)).to(x.dtype) * gamma
-            shape = [tab.shape[0], 1, 1, 1, tab.shape[-1]]
-            shape[1 + a] = grid[a]
-            c6[..., lo : lo + tab.shape[-1]] += tab.view(shape)
-            lo += tab.shape[-1]
-        return c
+        if ape is None:
+            ape = self.grid_ape(grid, x.dtype, x.device)
+        return c + ape if c.requires_grad or ape.requires_grad else c.add_(ape)
 
     def gate(self, q_pre: torch.Tensor) -> torch.Tensor:
         """g (B, H, L, 1) = sigmoid(w_h . q + b_h)."""

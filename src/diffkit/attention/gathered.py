@@ -83,24 +83,24 @@ def block_sparse_gathered(
         chunk = 1
         if torch.get_num_threads() > 1:
             chunk = max(1, CHUNK_BYTES // (2 * kk * block * d * q.element_size()))
-    o = torch.empty(rows, block, d, dtype=q.dtype)
-    lse = torch.empty(
-        rows, block, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32
-    )
-    for s in range(0, rows, chunk):
-        e = min(rows, s + chunk)
-        sel = gidx[s:e].reshape(-1)
-        kg = kb.index_select(0, sel).view(e - s, 1, kk * block, d)
-        vg = vb.index_select(0, sel).view(e - s, 1, kk * block, d)
+    outs, lses = [], []  # concatenated once at the end: no per-block slice-and-copy
+    q_chunks, sel_chunks = qb.split(chunk), gidx.split(chunk)
+    for c, (q_c, sel_c) in enumerate(zip(q_chunks, sel_chunks, strict=True)):
+        s, m = c * chunk, q_c.shape[0]
+        sel = sel_c.reshape(-1)
+        kg = kb.index_select(0, sel).view(m, 1, kk * block, d)
+        vg = vb.index_select(0, sel).view(m, 1, kk * block, d)
         mask = None
-        if masked is not None and any(needs_mask[s:e]):
-            mask = torch.zeros(e - s, 1, 1, kk * block, dtype=q.dtype)
-            mask.masked_fill_(~masked[s:e, None, None, :], float("-inf"))
-        o_c, lse_c = _flash(qb[s:e], kg, vg, mask, scale)
-        o[s:e] = o_c[:, 0]
-        lse[s:e] = lse_c[:, 0]
-    o = o.view(bsz, heads, n * block, d)
-    lse = lse.view(bsz, heads, n * block)
+        if masked is not None and any(needs_mask[s : s + m]):
+            mask = torch.zeros(m, 1, 1, kk * block, dtype=q.dtype)
+            mask.masked_fill_(~masked[s : s + m, None, None, :], float("-inf"))
+        o_c, lse_c = _flash(q_c, kg, vg, mask, scale)
+        outs.append(o_c)
+        lses.append(lse_c)
+    o = torch.cat(outs) if len(outs) > 1 else outs[0]
+    lse = torch.cat(lses) if len(lses) > 1 else lses[0]
+    o = o.reshape(bsz, heads, n * block, d)
+    lse = lse.reshape(bsz, heads, n * block)
     if pad:
         o, lse = o[:, :, :length], lse[:, :, :length]
     return o, lse

@@ -193,8 +193,11 @@ def background_features(
     heads = q_pre.shape[1]
     u_q = params.u_q.expand(heads, -1, -1) if params.u_q.shape[0] == 1 else params.u_q
     u_k = params.u_k.expand(heads, -1, -1) if params.u_k.shape[0] == 1 else params.u_k
-    phi_q = plan.tiled(params.grid_features(q_pre, u_q, plan.grid))
-    phi_k = plan.tiled(params.grid_features(k_pre, u_k, plan.grid))
+    ape = None  # one APE table for q's and k's features (the same gamma P)
+    if params.config.ape != "none" and params.config.inject == "add":
+        ape = params.grid_ape(plan.grid, q_pre.dtype, q_pre.device)
+    phi_q = plan.tiled(params.grid_features(q_pre, u_q, plan.grid, ape))
+    phi_k = plan.tiled(params.grid_features(k_pre, u_k, plan.grid, ape))
     return phi_q, phi_k, plan.tiled(params.gate(q_pre)) if need_gate else None
 
 
