@@ -677,6 +677,38 @@ def plots(res: dict) -> None:
     fig.savefig(RESULTS / "curate_lookup.png", dpi=120)
 
 
+def _targets_markdown(d: dict) -> list[str]:
+    """Issue 19 item 4 targets on the full pipeline as shipped, one row per seed, and the worst
+    seed."""
+    from diffkit.curate.evaluate import crop_recall
+
+    rows = []
+    for seed, v in d["seeds"].items():
+        f = v["pipeline_dedup"]
+        r = f["per_transform_recall"]
+        crops = [n for k, n in f["per_strength_recall"].items()
+                 if k.startswith("crop@") and float(k.split("@")[1]) <= 0.1]  # fmt: skip
+        rows.append((seed, crop_recall(f["per_strength_recall"]), sum(c["n"] for c in crops),
+                     *(r.get(t, {}).get("recall", float("nan")) for t in ("gamma", "contrast", "brightness")),
+                     f["pairwise_precision"], f["false_merges"], f["hard_negatives"]))  # fmt: skip
+    if not rows:
+        return []
+    lines = ["", "## Issue 19 item 4 targets, full pipeline as shipped (exact + pHash with crop windows and NCC + embedding dedup)", "",
+             "| seed | crops <= 10 % R (target >= 0.90) | gamma R | contrast R | brightness R (each >= 0.95) | pairwise P (>= 0.99) | hard-neg merges (0) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for seed, c, n, g, ct, b, p, hn, nh in rows:
+        lines.append(
+            f"| {seed} | {c:.3f} (n={n}) | {g:.3f} | {ct:.3f} | {b:.3f} | {p:.3f} | {hn}/{nh} |"
+        )
+    worst = (min(x[1] for x in rows), min(min(x[3:6]) for x in rows), min(x[6] for x in rows),
+             sum(x[7] for x in rows))  # fmt: skip
+    met = worst[0] >= 0.9 and worst[1] >= 0.95 and worst[2] >= 0.99 and worst[3] == 0
+    lines += ["", f"Worst seed: crops {worst[0]:.3f}, gamma/contrast/brightness {worst[1]:.3f}, "
+              f"precision {worst[2]:.3f}, hard-negative merges {worst[3]} in all: targets "
+              f"{'met on every seed' if met else 'NOT met on every seed'}."]  # fmt: skip
+    return lines
+
+
 def _ncc_markdown(d: dict) -> list[str]:
     """Issue 19 item 4 tables: the NCC grid's calibrated point, every seed at the shipped point,
     the seed-0 grid."""
@@ -746,6 +778,7 @@ def markdown(res: dict) -> str:
             f"{r.get('brightness', {}).get('recall', float('nan')):.3f} | {a['false_merges']}/{a['hard_negatives']} | "
             f"{f['pairwise_precision']:.3f} | {f['pairwise_recall']:.3f} | {f['bcubed_f1']:.3f} |"
         )
+    lines += _targets_markdown(d)
     lines += _ncc_markdown(d)
     s0 = next(iter(d["seeds"].values()))["pipeline_dedup"]["per_transform_recall"]
     lines += ["", "Per-transform recall of the full pipeline (seed 0; exact + pHash + embedding dedup):", "",
