@@ -344,7 +344,7 @@ class PhashDedupConfig:
         verify_ncc: Aligned-thumbnail verification (:func:`diffkit.curate.align.aligned_ncc`):
             every candidate pair (full-hash and crop-window) is merged only if the best NCC of
             the two ``thumb`` columns over the aligned windows is at least this; -1 disables
-            (here; the local recipe ships 0.9, calibrated in benchmarks/results/curate.md).
+            (here; the local recipe ships 0.92, calibrated in benchmarks/results/curate.md).
         ncc_scales: Window scales (share of each side) searched by the NCC verification.
         ncc_step: Offset grid of the NCC windows (share of the side).
         ncc_rank: Rank-transform the thumbnails first (invariant to gamma and any tone curve).
