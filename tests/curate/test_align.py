@@ -7,6 +7,7 @@ import pytest
 
 from diffkit.curate.align import (
     aligned_ncc,
+    binomial_matrix,
     rank_transform,
     resample_matrix,
     thumbnail,
@@ -78,6 +79,63 @@ def test_aligned_ncc_scores_crops_and_tone_changes_above_distinct_pictures():
     np.testing.assert_allclose(aligned_ncc(thumbs, j, i), aligned_ncc(thumbs, i, j), atol=1e-6)
 
 
+def _textured(rng, n=400):
+    """A smooth field plus detail about 4 px wide, much finer than a 32-px thumbnail's pixel
+    (12.5 px): the case where the two thumbnail grids alias differently."""
+    from PIL import Image
+
+    fine = rng.integers(0, 256, (n // 4, n // 4, 3), dtype=np.uint8)
+    fine = np.asarray(Image.fromarray(fine).resize((n, n), Image.NEAREST), np.float32)
+    x = 0.2 * np.asarray(_field(rng, n), np.float32) + 0.8 * fine
+    return Image.fromarray(x.astype(np.uint8))
+
+
+def test_binomial_matrix_smooths_and_keeps_constants():
+    b = binomial_matrix(8)
+    np.testing.assert_allclose(b.sum(axis=1), 1.0)
+    np.testing.assert_allclose(b[3, 2:5], [0.25, 0.5, 0.25])
+    np.testing.assert_allclose(b[0, :2], [0.75, 0.25])  # edge replicated
+
+
+def test_smoothing_recovers_crops_of_textured_pictures():
+    """On detail finer than a thumbnail pixel, a crop's best unsmoothed window loses to the
+    aliasing of the two grids; low-passing both sides alike restores it, and a distinct
+    textured picture stays far below."""
+    rng = np.random.default_rng(4)
+    base, other = _textured(rng), _textured(rng)
+    crops = [base.crop((13, 27, 13 + 364, 27 + 364)), base.crop((40, 0, 400, 360))]  # 9 %, 10 %
+    thumbs = np.stack([thumbnail(im, 32, colour=True) for im in [base, *crops, other]])
+    i, j = np.zeros(3, np.int64), np.arange(1, 4)
+    plain = aligned_ncc(thumbs, i, j, smooth=False)
+    smooth = aligned_ncc(thumbs, i, j, smooth=True)
+    assert (smooth[:2] > plain[:2] + 0.05).all(), (plain, smooth)
+    assert smooth[:2].min() > 0.94, smooth
+    assert smooth[2] < 0.5, smooth
+
+
+def test_colour_thumbnails_tell_apart_a_same_luminance_recolouring():
+    """An object recoloured to (nearly) the same luminance is invisible to grayscale NCC and
+    visible to colour NCC; brightness and contrast changes of all channels cost nothing."""
+    from PIL import ImageDraw, ImageEnhance
+
+    rng = np.random.default_rng(5)
+    base = _field(rng)
+    a, b = base.copy(), base.copy()
+    # PIL luminance 0.299 R + 0.587 G + 0.114 B: 124.2 vs 124.1
+    ImageDraw.Draw(a).rectangle((100, 100, 300, 300), fill=(200, 100, 50))
+    ImageDraw.Draw(b).rectangle((100, 100, 300, 300), fill=(20, 170, 167))
+    ga, gb = np.asarray(a.convert("L"), float), np.asarray(b.convert("L"), float)
+    assert np.abs(ga - gb).max() <= 2
+    tone = [ImageEnhance.Contrast(ImageEnhance.Brightness(a).enhance(1.15)).enhance(0.7)]
+    ims = [a, b, *tone]
+    i, j = np.zeros(2, np.int64), np.arange(1, 3)
+    gray = aligned_ncc(np.stack([thumbnail(im, 32) for im in ims]), i, j, smooth=True)
+    col = aligned_ncc(np.stack([thumbnail(im, 32, colour=True) for im in ims]), i, j, smooth=True)
+    assert gray[0] > 0.99, gray
+    assert col[0] < 0.85, col
+    assert col[1] > 0.98, col
+
+
 def test_thumbs_array_reads_arrow_buffers_with_nulls_and_slices():
     import pyarrow as pa
 
@@ -92,6 +150,12 @@ def test_thumbs_array_reads_arrow_buffers_with_nulls_and_slices():
     np.testing.assert_array_equal(thumbs_array(pa.array(vals, pa.binary()).slice(2)), t[2:])
     with pytest.raises(ValueError, match="square"):
         thumbs_array(pa.array([b"\x00" * 10], pa.binary()))
+    # colour: S*S*3 bytes per row come back as (N, S, S, 3)
+    c = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    got = thumbs_array(pa.array([c[0].tobytes(), None, c[1].tobytes()], pa.binary()))
+    assert got.shape == (3, 8, 8, 3)
+    np.testing.assert_array_equal(got[[0, 2]], c)
+    assert not got[1].any()
 
 
 def test_ncc_verification_splits_hash_twins_and_needs_thumbnails():

@@ -116,3 +116,17 @@ def test_input_parquet_missing_columns_is_a_config_error(tmp_path):
     assert t.num_rows == 1 and t.column("source").to_pylist() == ["ok"]
     with pytest.raises(FileNotFoundError):
         read_input(tmp_path / "nope")
+
+
+def test_thumb_is_colour_by_default_and_grayscale_on_request():
+    """The NCC check's thumbnail: S*S*3 RGB bytes by default (area average of each channel),
+    S*S gray bytes with thumb_colour=False, none with thumb_size=0."""
+    arr = _img(3, (64, 96))
+    png = _png(arr)
+    col = np.frombuffer(decode_image(png, ".png", IngestConfig(thumb_size=16))["thumb"], np.uint8)
+    assert col.size == 16 * 16 * 3
+    want = arr.reshape(16, 4, 16, 6, 3).mean(axis=(1, 3))  # 4x6 boxes per thumbnail pixel
+    assert np.abs(col.reshape(16, 16, 3).astype(float) - want).max() <= 1.0
+    gray = decode_image(png, ".png", IngestConfig(thumb_size=16, thumb_colour=False))["thumb"]
+    assert len(gray) == 16 * 16
+    assert decode_image(png, ".png", IngestConfig(thumb_size=0))["thumb"] is None

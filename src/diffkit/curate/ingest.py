@@ -51,9 +51,11 @@ class IngestConfig:
             near-dup search (``phash_crops``/``dhash_crops``): for each scale s, 9 windows of
             side s anchored at the corners, edge midpoints and centre; () disables (the
             default: see PhashDedupConfig.crop_max_distance).
-        thumb_size: Side of the grayscale thumbnail stored per row (``thumb``, ``thumb_size**2``
-            bytes) for the aligned-NCC verification of near-duplicate candidates
+        thumb_size: Side of the thumbnail stored per row (``thumb``: ``thumb_size**2`` bytes,
+            times 3 in colour) for the aligned-NCC verification of near-duplicate candidates
             (:mod:`diffkit.curate.align`, PhashDedupConfig.verify_ncc); 0 stores none.
+        thumb_colour: Store the thumbnail in RGB (default) instead of grayscale: the NCC then
+            tells apart objects recoloured to the same luminance.
         mime_mismatch: What to do when the file extension disagrees with the decoded format:
             ``fix`` records the true MIME type, ``drop`` tombstones the row (``wrong_mime``).
     """
@@ -63,6 +65,7 @@ class IngestConfig:
     hash_size: int = 8
     crop_scales: tuple[float, ...] = ()
     thumb_size: int = 32
+    thumb_colour: bool = True
     mime_mismatch: Literal["fix", "drop"] = "fix"
 
     def __post_init__(self):
@@ -217,7 +220,9 @@ def decode_image(data: bytes, ext: str, cfg: IngestConfig) -> dict:
     gray32 = np.asarray(rgb.convert("L").resize((32, 32), Image.BILINEAR))
     pc, dc = crop_hashes(rgb, cfg.crop_scales, cfg.hash_size)
     return {
-        "thumb": thumbnail(rgb, cfg.thumb_size).tobytes() if cfg.thumb_size else None,
+        "thumb": thumbnail(rgb, cfg.thumb_size, cfg.thumb_colour).tobytes()
+        if cfg.thumb_size
+        else None,
         "phash_crops": pc,
         "dhash_crops": dc,
         "mime": mime,
@@ -235,7 +240,7 @@ class Ingest(Stage):
     """Stage 1: decode, guard, measure and hash every row (CPU)."""
 
     name = "ingest"
-    version = "2"  # 2: the thumb column
+    version = "3"  # 2: the thumb column; 3: colour thumbnails
 
     def __init__(self, config: IngestConfig | None = None) -> None:
         super().__init__(config or IngestConfig())
