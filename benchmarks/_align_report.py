@@ -114,19 +114,26 @@ def _seed_points(results: dict, arm: str) -> dict[int, list[list[tuple[float, fl
     return out
 
 
+#: Largest default drift budget: held-out denoising error twice the base model's. Beyond it the
+#: policy is no longer a fine-tune of the base (the largest LRs drift by 10^2-10^3 here), and
+#: budgets taken as fractions of such a reach would compare destroyed models.
+MAX_BUDGET = 1.0
+
+
 def compare_at_drift(
     results: dict, a: str, b: str, budgets: list[float] | None = None
 ) -> list[dict]:
     """Arm a minus arm b: best reward within each drift budget (any LR, any checkpoint), per
     seed, as mean difference with a Welch-style 95 % interval (nan with a single seed). Only
     budgets both arms reached in every seed count: beyond its reach an arm's frontier is flat,
-    which says nothing about what a larger LR would have given it."""
+    which says nothing about what a larger LR would have given it. Default budgets: a quarter,
+    half and all of the smaller of that common reach and :data:`MAX_BUDGET`."""
     pa, pb = _seed_points(results, a), _seed_points(results, b)
     if not pa or not pb:
         return []
     reach = min(max(d for path in p for d, _ in path) for p in [*pa.values(), *pb.values()])
-    if budgets is None:  # a quarter, half and all of the drift both arms reached
-        budgets = [round(reach * q, 4) for q in (0.25, 0.5, 1.0)]
+    if budgets is None:
+        budgets = [min(reach, MAX_BUDGET) * q for q in (0.25, 0.5, 1.0)]
     out = []
     for d in budgets:
         if d > reach:
@@ -285,6 +292,8 @@ def generated_block(results: dict, rows: list[dict], cl: list[dict]) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {c['claim']} | {c['measured']} | {c['verdict']} |" for c in cl]
+    lines += ["", "In short (the verdicts above, one line each):", ""]
+    lines += [f"- {c['claim'].rsplit(' (', 1)[0]}: **{c['verdict']}**" for c in cl]
     lr = pick_lr(rows)
     lines += [
         "",
@@ -428,7 +437,11 @@ def plots(results: dict, rows: list[dict], out_dir: Path) -> None:
                 f"{r['lr']:g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points"
             )
     ax.axhline(0, color="gray", lw=0.5)
-    ax.set_xlabel("drift: held-out denoising MSE / base - 1 (final)")
+    ax.set_xscale("symlog", linthresh=0.1)  # drift spans 1e-2 (small LRs) to 1e6 (linear_pure)
+    ax.set_xlim(left=-0.05)  # intervals of the largest drifts reach below 0: drift >= 0 here
+    ax.set_xlabel(
+        "drift: held-out denoising MSE / base - 1 (final; symlog scale, linear below 0.1)"
+    )
     ax.set_ylabel("reward gain over base (final)")
     ax.set_title("reward gain vs drift over the LR sweep (labels: LR; bars: 95 % t-interval)")
     ax.legend(fontsize=7)

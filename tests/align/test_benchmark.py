@@ -225,3 +225,13 @@ def test_matched_drift_only_within_both_arms_reach(tmp_path):
     # 0.2 + e), linear a twentieth of the way to its (0.1, 0.2 + e); e = 0, 0.01, 0.02 over seeds
     assert d["a"] == pytest.approx(0.05 * 0.21)
     assert d["b"] == pytest.approx(0.5 * 0.21)
+
+
+def test_default_budgets_stop_at_a_doubled_heldout_error(tmp_path):
+    results = rep.collect(_results(tmp_path))
+    for r in results["runs"]:  # every arm drifts 100x further: common reach 20
+        for c in r["curve"]:
+            c["drift"] = c["drift"] * 100
+    diffs = rep.compare_at_drift(results, "linear+ema0.99", "sigmoid+frozen")
+    assert [d["budget"] for d in diffs] == pytest.approx([0.25, 0.5, 1.0])
+    assert rep.MAX_BUDGET == 1.0
