@@ -89,17 +89,11 @@ def frontier(paths: list[list[tuple[float, float]]], budget: float) -> float:
     every run's first checkpoint would read the base's 0 for every arm and compare nothing)."""
     best = 0.0
     for path in paths:
-        pts = [(0.0, 0.0), *path] if not path or path[0] != (0.0, 0.0) else path
-        for (d1, g1), (d2, g2) in zip(pts, pts[1:], strict=False):
-            if d1 <= budget:
-                best = max(best, g1)
-            if d2 <= budget:
-                best = max(best, g2)
-            lo, hi = min(d1, d2), max(d1, d2)
-            if lo <= budget <= hi and hi > lo:
+        pts = path if path[:1] == [(0.0, 0.0)] else [(0.0, 0.0), *path]
+        best = max([best] + [g for d, g in pts if d <= budget])
+        for (d1, g1), (d2, g2) in zip(pts, pts[1:], strict=False):  # segments crossing the budget
+            if min(d1, d2) < budget < max(d1, d2):
                 best = max(best, g1 + (g2 - g1) * (budget - d1) / (d2 - d1))
-        if len(pts) == 1 and pts[0][0] <= budget:
-            best = max(best, pts[0][1])
     return best
 
 
