@@ -79,6 +79,71 @@ def test_aligned_ncc_scores_crops_and_tone_changes_above_distinct_pictures():
     np.testing.assert_allclose(aligned_ncc(thumbs, j, i), aligned_ncc(thumbs, i, j), atol=1e-6)
 
 
+def _direct_ncc(thumbs, i, j, scales, step, refine, smooth):
+    """The definition, window by window: resample each window of one side explicitly, take its
+    NCC with the other side (channels share one norm), keep the best over scales and grid
+    offsets (first maximum), then over the 8 half-step neighbours of that window; both ways."""
+    x = np.asarray(thumbs, np.float64)
+    x = x[:, None] if x.ndim == 3 else np.moveaxis(x, 3, 1)
+    size = x.shape[-1]
+    low = binomial_matrix(size) if smooth else np.eye(size)
+
+    def std(w):  # a flat window (no variance) has NCC 0 with anything
+        w = w - w.mean(axis=(-2, -1), keepdims=True)
+        n = np.sqrt((w * w).sum())
+        return w / n if n > 1e-6 else 0.0 * w
+
+    def ncc(a, b_std, s, oy, ox):
+        ry, rx = low @ resample_matrix(size, s, oy), low @ resample_matrix(size, s, ox)
+        return float((std(ry @ a @ rx.T) * b_std).sum())
+
+    def one_way(a, b):
+        b_std = std(low @ b @ low.T)
+        best, arg = -1.0, None
+        for s in scales:
+            offs = window_offsets(s, step)
+            for oy in offs:
+                for ox in offs:
+                    v = ncc(a, b_std, s, oy, ox)
+                    if v > best:
+                        best, arg = v, (s, oy, ox)
+        if refine:
+            s, oy, ox = arg
+            h = step / 2
+            for dy in (-h, 0.0, h):
+                for dx in (-h, 0.0, h):
+                    y, z = np.clip(oy + dy, 0.0, 1.0 - s), np.clip(ox + dx, 0.0, 1.0 - s)
+                    best = max(best, ncc(a, b_std, s, y, z))
+        return best
+
+    return np.array([max(one_way(x[p], x[q]), one_way(x[q], x[p])) for p, q in zip(i, j)])
+
+
+@pytest.mark.parametrize("colour,smooth,refine", [(True, True, True), (False, False, True),
+                                                  (True, False, False)])  # fmt: skip
+def test_aligned_ncc_equals_the_window_by_window_definition(colour, smooth, refine):
+    """The factored computation (per-row transforms, one dot product per window pair, pairs in
+    row-bounded groups) scores what the direct definition scores, for crops, tone changes,
+    distinct pictures and a flat image, whatever the group size."""
+    from PIL import Image, ImageEnhance
+
+    rng = np.random.default_rng(6)
+    pics = [_field(rng) for _ in range(3)]
+    ims = [*pics, pics[0].crop((12, 30, 372, 390)), ImageEnhance.Contrast(pics[1]).enhance(0.5),
+           pics[2].crop((0, 0, 380, 380)), Image.new("RGB", (400, 400), (90, 120, 30))]  # fmt: skip
+    thumbs = np.stack([thumbnail(im, 16, colour=colour) for im in ims])
+    i, j = np.triu_indices(len(ims), 1)
+    kw = dict(scales=(1.0, 0.9), step=1 / 16, refine=refine, smooth=smooth)
+    want = _direct_ncc(thumbs, i, j, **kw)
+    for budget in (2, 4, 64):
+        got = aligned_ncc(thumbs, i, j, row_budget=budget, **kw)
+        np.testing.assert_allclose(got, want, atol=2e-5)
+    assert want[np.flatnonzero((i == 0) & (j == 3))] > 0.9  # the crop is found
+    assert aligned_ncc(thumbs, i[:0], j[:0]).shape == (0,)
+    with pytest.raises(ValueError, match="row_budget"):
+        aligned_ncc(thumbs, i, j, row_budget=1)
+
+
 def _textured(rng, n=400):
     """A smooth field plus detail about 4 px wide, much finer than a 32-px thumbnail's pixel
     (12.5 px): the case where the two thumbnail grids alias differently."""

@@ -27,10 +27,14 @@ removed and the three channels share one norm, so a brightness or contrast chang
 channels still costs nothing, while an object recoloured to the same luminance (a hard negative
 of the generated corpus, invisible in grayscale: NCC 0.98 against its sibling) no longer matches.
 
-Cost per pair and channel: one small matrix product per window, about
-``2 * sum_s n_off(s)^2 * size^3`` flops (``n_off(s)``: offsets per axis at scale ``s``, the
-last one flush with the edge): with the defaults (size 32, scales 1 ... 0.85, step 1/32) 71
-windows, about 5 Mflop per channel and direction.
+Cost. Searched window by window, a pair costs one small matrix product per window (71 windows
+at the defaults: size 32, scales 1 ... 0.85, step 1/32), about 5 Mflop per channel and direction.
+:func:`aligned_ncc` factors the search instead (:func:`_row_terms`): the row-resampled ``R_y a``
+and the column-resampled ``b R_x`` of every thumbnail, and the norm of each of its windows, are
+computed once per row and shared by all the row's candidate pairs; a window pair is then one
+dot product. On the generated corpus (938 rows, 4,142 candidate pairs, colour) this is 5.6x
+faster than the window-by-window search and equal to it within 6e-7 (tests check it against the
+definition).
 """
 
 from __future__ import annotations
@@ -108,46 +112,132 @@ def rank_transform(thumbs: np.ndarray) -> np.ndarray:
     return out.reshape(t.shape)
 
 
-def _one_way(a, b_std, scales, step, mats, refine: bool, low=None) -> np.ndarray:
-    """Max over windows of ``a`` (one resampling-matrix stack per scale) of NCC with ``b``;
-    with ``refine``, the best window of each pair is searched again at half the offset step
-    (its 8 neighbours), which recovers most of what sub-pixel misalignment costs. ``low``: the
-    low-pass matrix already folded into ``mats`` (applied to the refined windows too)."""
-    size = a.shape[-1]
-    best = np.full(len(a), -1.0, np.float32)
-    arg = np.zeros((len(a), 3))  # scale, y offset, x offset of the best window
-    for s, r in zip(scales, mats):  # r: (O, S, S)
-        offs = window_offsets(s, step)
-        t = np.matmul(r[None, :, None], a[:, None])  # (P, O, C, S, S): rows resampled
-        rt = np.swapaxes(r, 1, 2)[None, None, :, None]  # (1, 1, O, 1, S, S)
-        w = np.matmul(t[:, :, None], rt)  # (P, Oy, Ox, C, S, S)
-        ncc = np.einsum("pyxcij,pcij->pyx", _standardise(w), b_std, optimize=True)
-        flat = ncc.reshape(len(a), -1)
-        k = flat.argmax(axis=1)
-        v = flat[np.arange(len(a)), k]
-        better = v > best
-        best = np.where(better, v, best)
-        arg[better] = np.stack([np.full(len(a), s), offs[k // len(offs)], offs[k % len(offs)]], 1)[
-            better
-        ]
+def _scale_windows(size: int, scale: float, step: float, low: np.ndarray, refine: bool):
+    """The windows searched at one scale: the offset grid (:func:`window_offsets`) and, with
+    ``refine``, every grid offset moved by -step/2, 0 and +step/2 (clipped to the free margin).
+
+    Returns ``(r, grid, nbr)``: ``r`` (O, S, S) float32 resampling matrices (low-pass folded in)
+    of every offset in the union, sorted; ``grid`` (O_g,) the positions of the grid offsets in
+    it; ``nbr`` (O_g, 3) the positions of each grid offset's three refined neighbours."""
+    offs = window_offsets(scale, step)
+    cand = offs[:, None] + (np.array([-step / 2, 0.0, step / 2]) if refine else np.zeros(1))
+    cand = np.clip(cand, 0.0, 1.0 - scale)
+    union = np.unique(cand)
+    r = np.stack([low @ resample_matrix(size, scale, o) for o in union]).astype(np.float32)
+    return r, np.searchsorted(union, offs), np.searchsorted(union, cand)
+
+
+def _row_terms(x, xs, r):
+    """Per-row factors of the windowed NCC at one scale (the pair-independent part).
+
+    For a window ``W = R_y a R_x^T`` of ``a`` and a standardised ``b`` (zero mean per channel,
+    unit norm), ``NCC = <W, b> / ||W - mean(W)||``. The numerator factors through the rows:
+    ``<R_y a R_x^T, b> = <R_y a, b R_x>``, so with ``T_y = R_y a`` and ``U_x = b R_x`` (each
+    computed once per row) every window pair of a candidate pair is one entry of ``T U^T``. The
+    denominator depends on ``a`` alone: ``||W||^2 = <T_y^T T_y, R_x^T R_x>`` and
+    ``sum(W) = (1^T R_y) a (R_x^T 1)``, so it is a per-row (O, O) table.
+
+    Args:
+        x: (n, C, S, S) float32 tensor, thumbnails with each channel's mean removed (the
+            resampling rows sum to 1, so this changes no NCC and keeps the variance term exact).
+        xs: (n, C, S, S) float32 tensor, the low-passed standardised thumbnails (the ``b`` role).
+        r: (O, S, S) float32 tensor of window matrices.
+
+    Returns:
+        ``(t, u, den)``: ``t`` and ``u`` (n, O, C*S*S) (``T_y`` and ``U_x`` flattened), ``den``
+        (n, O, O) the norm of each (y, x) window of the row's centred thumbnail.
+    """
+    import torch
+
+    n, c, s, _ = x.shape
+    o = r.shape[0]
+    # one GEMM each: (O*S, S) @ (S, n*C*S) and (n*C*S, S) @ (S, O*S)
+    t = (r.reshape(o * s, s) @ x.permute(2, 0, 1, 3).reshape(s, -1)).reshape(o, s, n, c, s)
+    t = t.permute(2, 0, 3, 1, 4).contiguous()  # (n, O, C, S, S): T_y
+    u = (xs.reshape(-1, s) @ r.permute(1, 0, 2).reshape(s, o * s)).reshape(n, c, s, o, s)
+    u = u.permute(0, 3, 1, 2, 4).reshape(n, o, -1).contiguous()  # (n, O, C*S*S): U_x
+    tk = t.reshape(n * o, c * s, s)
+    m = torch.bmm(tk.transpose(1, 2), tk).reshape(n, o, s * s)  # sum_c T_y^T T_y
+    q = torch.bmm(r.transpose(1, 2), r).reshape(o, s * s)  # R_x^T R_x
+    sumsq = m @ q.T  # (n, Oy, Ox): ||W||^2
+    colsum = r.sum(1)  # (O, S): 1^T R
+    wsum = colsum @ x @ colsum.T  # (n, C, Oy, Ox): sum(W) per channel
+    den2 = sumsq - (wsum * wsum).sum(1) / (s * s)
+    return t.reshape(n, o, -1), u, den2.clamp_min(0.0).sqrt()
+
+
+def _rows(x, flat_index):
+    """``x`` (n, O, D) gathered at flat (n * O) positions: (*flat_index.shape, D)."""
+    return (
+        x.reshape(-1, x.shape[-1])
+        .index_select(0, flat_index.reshape(-1))
+        .reshape(*flat_index.shape, x.shape[-1])
+    )
+
+
+def _pair_scores(terms, ga, gb, plan, refine: bool):
+    """Best NCC of window ``(y, x)`` of row ``ga[p]`` against row ``gb[p]`` over every scale's
+    grid, then (``refine``) the 3 x 3 half-step neighbourhood of the single best window: the
+    search of the direct definition, with ties to the first (scale, y, x)."""
+    import torch
+
+    p = len(ga)
+    best = torch.full((p,), -1.0)
+    arg = np.zeros((p, 3), np.int64)  # scale index, y, x (grid positions)
+    for k, ((t, u, den), (_, grid, _)) in enumerate(zip(terms, plan)):
+        g = torch.from_numpy(grid)
+        a, b = torch.from_numpy(ga)[:, None], torch.from_numpy(gb)[:, None]
+        tg, ug = _rows(t, a * t.shape[1] + g), _rows(u, b * u.shape[1] + g)  # (P, O_g, D)
+        dg = den[a[:, :, None], g[None, :, None], g[None, None, :]]
+        ncc = torch.where(dg > _FLAT, torch.bmm(tg, ug.transpose(1, 2)) / dg, 0.0).reshape(p, -1)
+        flat = ncc.numpy()
+        kk = flat.argmax(1)  # first maximum, as the direct search
+        v = torch.from_numpy(flat[np.arange(p), kk])
+        better = (v > best).numpy()
+        best = torch.where(v > best, v, best)
+        arg[better] = np.stack([np.full(p, k), kk // len(grid), kk % len(grid)], 1)[better]
     if not refine:
         return best
-    h = step / 2
-    for dy in (-h, 0.0, h):
-        for dx in (-h, 0.0, h):
-            if dy == 0.0 and dx == 0.0:
-                continue
-            oy = np.clip(arg[:, 1] + dy, 0.0, 1.0 - arg[:, 0])
-            ox = np.clip(arg[:, 2] + dx, 0.0, 1.0 - arg[:, 0])
-            ry = np.stack([resample_matrix(size, s, o) for s, o in zip(arg[:, 0], oy)])
-            rx = np.stack([resample_matrix(size, s, o) for s, o in zip(arg[:, 0], ox)])
-            if low is not None:
-                ry, rx = low @ ry, low @ rx
-            ry, rx = ry.astype(np.float32)[:, None], np.swapaxes(rx, 1, 2).astype(np.float32)
-            w = np.matmul(np.matmul(ry, a), rx[:, None])  # (P, C, S, S)
-            v = (_standardise(w) * b_std).sum(axis=(-3, -2, -1))
-            best = np.maximum(best, v.astype(np.float32))
+    for k, ((t, u, den), (_, _, nbr)) in enumerate(zip(terms, plan)):
+        sel = np.flatnonzero(arg[:, 0] == k)
+        if len(sel) == 0:
+            continue
+        ny, nx = torch.from_numpy(nbr[arg[sel, 1]]), torch.from_numpy(nbr[arg[sel, 2]])  # (q, 3)
+        a, b = torch.from_numpy(ga[sel])[:, None], torch.from_numpy(gb[sel])[:, None]
+        num = torch.bmm(
+            _rows(t, a * t.shape[1] + ny), _rows(u, b * u.shape[1] + nx).transpose(1, 2)
+        )
+        d = den[a[:, :, None], ny[:, :, None], nx[:, None, :]]
+        v = torch.where(d > _FLAT, num / d, 0.0).amax((1, 2))
+        best[sel] = torch.maximum(best[sel], v)
     return best
+
+
+_PAIR_CHUNK = 256  # pairs scored at once
+_FLAT = 1e-2  # window norms (grey levels, centred) below this are flat: NCC 0
+
+
+def _row_groups(i: np.ndarray, j: np.ndarray, n: int, budget: int):
+    """Pair order and group bounds such that each group touches at most ``budget`` distinct rows
+    (so the per-row factors of a group fit in memory) and neighbouring pairs share rows: pairs
+    are sorted by the reverse Cuthill-McKee rank of their first row in the candidate graph."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    g = sp.coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n)).tocsr()
+    perm = reverse_cuthill_mckee((g + g.T).tocsr(), symmetric_mode=True)
+    rank = np.empty(n, np.int64)
+    rank[perm] = np.arange(n)
+    order = np.lexsort((np.maximum(rank[i], rank[j]), np.minimum(rank[i], rank[j])))
+    bounds, seen = [0], set()
+    for p, (a, b) in enumerate(zip(i[order].tolist(), j[order].tolist())):
+        new = (a not in seen) + (b not in seen and b != a)
+        if len(seen) + new > budget:
+            bounds.append(p)
+            seen = set()
+        seen.update((a, b))
+    bounds.append(len(order))
+    return order, bounds
 
 
 def aligned_ncc(
@@ -159,39 +249,48 @@ def aligned_ncc(
     rank: bool = False,
     refine: bool = True,
     smooth: bool = False,
-    chunk: int = 128,
+    row_budget: int = 128,
 ) -> np.ndarray:
     """Best NCC of each pair ``(thumbs[i[p]], thumbs[j[p]])`` over aligned windows, either way
     round (see the module docstring); ``refine`` re-searches each pair's best window at half the
     offset step; ``smooth`` low-passes both sides alike first. ``thumbs``: (N, S, S) grayscale
-    or (N, S, S, C) colour, uint8. Returns float32 in [-1, 1]."""
+    or (N, S, S, C) colour, uint8. Returns float32 in [-1, 1].
+
+    Computed through per-row factors (:func:`_row_terms`): the transforms of a thumbnail are
+    shared by all its candidate pairs, and each window pair costs one dot product. Pairs are
+    processed in groups touching at most ``row_budget`` rows (memory: about
+    ``row_budget * 2 * sum(O) * C * S^2 * 4`` bytes, 90 MB at the defaults)."""
+    import torch
+
     t = np.asarray(thumbs)
     i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
     if t.ndim not in (3, 4) or t.shape[1] != t.shape[2]:
         raise ValueError(f"thumbs must be (N, S, S) or (N, S, S, C), got shape {t.shape}")
+    if row_budget < 2:
+        raise ValueError(f"row_budget must be >= 2, got {row_budget}")
+    out = np.full(len(i), -1.0, np.float32)
+    if len(i) == 0:
+        return out
     size = t.shape[1]
     t = t[:, None] if t.ndim == 3 else np.moveaxis(t, 3, 1)  # (N, C, S, S)
     low = binomial_matrix(size) if smooth else np.eye(size)
-    mats = [  # per scale (O, S, S): window resampling, then the low-pass
-        np.stack([low @ resample_matrix(size, s, o) for o in window_offsets(s, step)]).astype(
-            np.float32
-        )
-        for s in scales
-    ]
-    x = rank_transform(t) if rank else t.astype(np.float32)
+    plan = [_scale_windows(size, s, step, low, refine) for s in scales]
+    mats = [torch.from_numpy(r) for r, _, _ in plan]
     lo32 = low.astype(np.float32)
-    out = np.empty(len(i), np.float32)
-    for s in range(0, len(i), chunk):
-        a, b = x[i[s : s + chunk]], x[j[s : s + chunk]]
-        a_std, b_std = (
-            _standardise(lo32 @ a @ lo32.T),
-            _standardise(lo32 @ b @ lo32.T),
-        )  # (P, C, S, S)
-        lw = low if smooth else None
-        out[s : s + chunk] = np.maximum(
-            _one_way(a, b_std, scales, step, mats, refine, lw),
-            _one_way(b, a_std, scales, step, mats, refine, lw),
-        )
+    order, bounds = _row_groups(i, j, len(t), row_budget)
+    for g0, g1 in zip(bounds[:-1], bounds[1:]):
+        sel = order[g0:g1]
+        rows, inv = np.unique(np.concatenate([i[sel], j[sel]]), return_inverse=True)
+        a_loc, b_loc = inv[: len(sel)], inv[len(sel) :]
+        x = rank_transform(t[rows]) if rank else t[rows].astype(np.float32)
+        xs = torch.from_numpy(np.ascontiguousarray(_standardise(lo32 @ x @ lo32.T)))
+        x = torch.from_numpy(np.ascontiguousarray(x - x.mean(axis=(-2, -1), keepdims=True)))
+        terms = [_row_terms(x, xs, r) for r in mats]
+        for c0 in range(0, len(sel), _PAIR_CHUNK):  # bounds the gathered (P, O, D) blocks
+            a, b = a_loc[c0 : c0 + _PAIR_CHUNK], b_loc[c0 : c0 + _PAIR_CHUNK]
+            out[sel[c0 : c0 + _PAIR_CHUNK]] = torch.maximum(
+                _pair_scores(terms, a, b, plan, refine), _pair_scores(terms, b, a, plan, refine)
+            ).numpy()
     return out
 
 
