@@ -142,25 +142,28 @@ def test_config_errors_before_work(corpus, tmp_path, small_config, recipe):
 
 def test_image_bytes_are_stored_once_and_work_is_removed(run_dir, corpus, tmp_path, small_config):
     """Folder input: no stage shard carries image bytes (they are read from the files by
-    reference), so work/ without the NCC thumbnails is smaller than the images (11 stages: it was
-    ~8.7 copies); the thumbnails (3 KB a row, RGB 32x32, zstd) ride along until phash_dedup drops
-    them, so their share is bounded by rows x 3 KB per stage; a default run removes work/."""
+    reference), and the heavy side columns (the 3 KB RGB NCC thumbnail, the crop-window hashes)
+    live in ingest's shards only (the near-dup reduce joins them in by row_id), so work/ holds
+    one copy of them and is smaller than the images plus that copy (11 stages: work/ was ~8.7
+    copies of the images before); a default run removes work/."""
+    from diffkit.curate.ingest import SIDE_COLUMNS
+
     out, _ = run_dir
     image_bytes = sum(p.stat().st_size for p in (corpus / "images").rglob("*") if p.is_file())
     work = [p for p in (out / "work").rglob("*.parquet")]
     assert work and all("image" not in pq.read_schema(p).names or
                         pq.read_table(p, columns=["image"]).column("image").null_count
                         == pq.read_metadata(p).num_rows for p in work)  # fmt: skip
-
-    def thumb_bytes(p):
-        md = pq.read_metadata(p)
-        return sum(md.row_group(g).column(c).total_compressed_size
-                   for g in range(md.num_row_groups) for c in range(md.num_columns)
-                   if md.row_group(g).column(c).path_in_schema == "thumb")  # fmt: skip
-
-    thumbs = sum(thumb_bytes(p) for p in work)
-    assert sum(p.stat().st_size for p in work) - thumbs < image_bytes
-    assert all(thumb_bytes(p) <= 32 * 32 * 3 * pq.read_metadata(p).num_rows + 4096 for p in work)
+    ingest = [p for p in work if "01_ingest" in p.parts]
+    assert ingest and all(set(SIDE_COLUMNS) <= set(pq.read_schema(p).names) for p in ingest)
+    later = [p for p in work if p not in ingest]
+    assert later and not any(set(SIDE_COLUMNS) & set(pq.read_schema(p).names) for p in later)
+    side = sum(pq.read_metadata(p).row_group(g).column(c).total_compressed_size
+               for p in ingest for g in range(pq.read_metadata(p).num_row_groups)
+               for c in range(pq.read_metadata(p).num_columns)
+               if pq.read_metadata(p).row_group(g).column(c).path_in_schema.split(".")[0]
+               in SIDE_COLUMNS)  # fmt: skip
+    assert sum(p.stat().st_size for p in work) < image_bytes + side
     fresh = tmp_path / "fresh"
     Pipeline.from_config(small_config()).run(corpus, fresh)
     assert not (fresh / "work").exists()

@@ -474,11 +474,14 @@ class PhashDedup(Stage):
     name = "phash_dedup"
     version = "2"  # 2: NCC verification; thumb and crop-hash columns dropped after use
     kind = "global"
+    reads_side = CONSUMED  # stored once in ingest's shards, joined into the keys for the reduce
 
     def __init__(self, config: PhashDedupConfig | None = None) -> None:
         super().__init__(config or PhashDedupConfig())
 
     def emit_keys(self, table):
+        # the side columns (thumb, crop hashes) are normally joined in by the driver before the
+        # reduce (ingest.join_side); a table that still carries them passes them on
         cols = ["phash", "dhash", "hash_entropy"]
         cols += [c for c in ("phash_crops", "dhash_crops") if c in table.column_names]
         if self.config.verify_ncc >= 0 and "thumb" in table.column_names:

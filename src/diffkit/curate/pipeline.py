@@ -44,7 +44,7 @@ from diffkit.curate.filters import (
     PreFilterConfig,
 )
 from diffkit.curate.images import blob_ref, file_ref
-from diffkit.curate.ingest import Ingest, IngestConfig
+from diffkit.curate.ingest import Ingest, IngestConfig, join_side
 from diffkit.curate.locations import (
     STAGED_INPUT,
     is_remote,
@@ -273,6 +273,8 @@ class Pipeline:
             segment.clear()
 
         prev_dir = in_dir
+        ingest_dir = stage_dirs[0][1]  # its shards hold the store-once side columns
+        side = {"drop_side": True}
         for st, sdir in stage_dirs:
             tasks = [
                 ShardTask(s, str(prev_dir / f"{s}.parquet"), str(sdir / f"{s}.parquet"), str(sdir / "completions" / s))
@@ -283,25 +285,31 @@ class Pipeline:
                     ShardTask(t.shard, t.in_path, str(sdir / "keys" / f"{t.shard}.parquet"), str(sdir / "keys" / "completions" / t.shard))
                     for t in tasks
                 ]  # fmt: skip
-                segment.append((Step(st, "keys"), keys))
+                segment.append((Step(st, "keys", extra=side), keys))
                 flush()  # barrier: the reduce needs every shard's keys
                 dec = sdir / "decisions.parquet"
                 if not dec.exists():
                     import pyarrow.parquet as pq
 
                     t0 = time.perf_counter()
-                    _write_table(dec, st.reduce([pq.read_table(t.out_path) for t in keys]))
+                    tables = [pq.read_table(t.out_path) for t in keys]
+                    if st.reads_side:
+                        tables = [join_side(tb, st.reads_side, ingest_dir / f"{t.shard}.parquet")
+                                  for tb, t in zip(tables, keys)]  # fmt: skip
+                    _write_table(dec, st.reduce(tables))
                     runs[st.name].wall_s += time.perf_counter() - t0
-                segment.append((Step(st, "apply", decisions=str(dec)), tasks))
+                segment.append((Step(st, "apply", decisions=str(dec), extra=side), tasks))
             elif st.kind == "sink":
                 flush()  # barrier: duplicate clusters span every shard
                 t0 = time.perf_counter()
                 dup = _dup_clusters(sdir / "dup_clusters.parquet", prev_dir, shards)
                 runs[st.name].wall_s += time.perf_counter() - t0
-                extra = {"fingerprint": sdir.name, "dup_clusters": str(dup)}
+                extra = {"fingerprint": sdir.name, "dup_clusters": str(dup), **side}
                 segment.append((Step(st, "sink", extra=extra), tasks))
             else:
-                segment.append((Step(st, "map"), tasks))
+                segment.append(
+                    (Step(st, "map", extra=side if st is not stage_dirs[0][0] else {}), tasks)
+                )
             prev_dir = sdir
         flush()
         return [runs[st.name] for st, _ in stage_dirs], segments

@@ -74,6 +74,9 @@ class Stage:
     version: ClassVar[str] = "1"
     kind: ClassVar[Literal["map", "global"]] = "map"
     uses_model: ClassVar[bool] = False
+    # Side columns (written once by ingest, see diffkit.curate.ingest.SIDE_COLUMNS) this global
+    # stage's ``reduce`` reads: the driver joins them into the key tables by ``row_id``.
+    reads_side: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None) -> None:
         self.config = config
