@@ -282,3 +282,22 @@ def test_kept_rows_load_with_hf_datasets(run_dir, tmp_path, monkeypatch):
         ref = by_id[r["row_id"]]
         for col in ("source_key", "dup_cluster", "license_spdx", "width", "height"):
             assert r[col] == ref[col], (col, r["row_id"])
+
+
+def test_reduce_threads_follow_the_executor_and_are_restored():
+    """A global reduce is a barrier: Ray's driver may use the CPUs its idle actors hold; the
+    local single process stays at one thread; the previous thread count comes back."""
+    import torch
+
+    from diffkit.curate.executors import LocalExecutor, RayExecutor, torch_threads
+
+    assert LocalExecutor(1).reduce_threads == 1
+    assert LocalExecutor(2).reduce_threads == 2
+    assert RayExecutor(num_cpus=2).reduce_threads == 2
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before

@@ -14,11 +14,14 @@ pool (one stage copy set up per process). ``RayExecutor`` keeps one pool of long
 for its whole life (one per CPU by default): every chain of a segment streams through the pool
 (an idle actor takes the next shard), each actor sets each stage up once (models load once per
 actor, not once per stage or segment), and the driver only runs the reduces between segments,
-over compact keys (images never move).
+over compact keys (images never move). A reduce is a barrier, so it may use the executor's CPUs
+as torch threads (``reduce_threads``: the NCC check of the near-duplicate stage); the local
+executor's single process stays at one thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -196,6 +199,22 @@ class _Progress:
                 self.report(i, self.done[i], self.total[i])
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads, then restore the previous number."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class LocalExecutor:
     """In-process executor (default). ``workers > 1`` uses a process pool for model-free steps.
 
@@ -210,6 +229,11 @@ class LocalExecutor:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
         self._pool = None
+
+    @property
+    def reduce_threads(self) -> int:
+        """Threads the driver's global reduces may use (the NCC check): this executor's CPUs."""
+        return self.workers
 
     def start(self, stages: list[Stage]) -> None:
         """Nothing to start: stages are set up on first use."""
@@ -314,6 +338,13 @@ class RayExecutor:
                 **kw,
             )
         return ray
+
+    @property
+    def reduce_threads(self) -> int:
+        """Threads the driver's global reduces may use (the NCC check): a reduce is a barrier, so
+        the actors are idle while it runs and the driver may use the CPUs they hold on this
+        machine (a local Ray's ``num_cpus``; this machine's CPUs when joining a cluster)."""
+        return max(1, self.num_cpus if not self.address else (os.cpu_count() or 1))
 
     def start(self, stages: list[Stage]) -> None:
         """Start the actor pool (kept across segments and runs; rebuilt if the GPU need grows)."""

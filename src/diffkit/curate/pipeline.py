@@ -239,7 +239,7 @@ class Pipeline:
     def _run_segments(self, executor, stage_dirs, in_dir: Path, shards, ctx, progress):
         """Cut the stages into segments at the barriers (a global stage's reduce; the duplicate
         clusters before the writer) and hand each segment's shard chains to the executor."""
-        from diffkit.curate.executors import ShardChain, ShardTask, Step
+        from diffkit.curate.executors import ShardChain, ShardTask, Step, torch_threads
 
         runs = {st.name: StageRun(st.name, sdir.name, st.kind, st.device()) for st, sdir in stage_dirs}  # fmt: skip
         segment: list[tuple[Step, list[ShardTask]]] = []
@@ -296,7 +296,8 @@ class Pipeline:
                     if st.reads_side:
                         tables = [join_side(tb, st.reads_side, ingest_dir / f"{t.shard}.parquet")
                                   for tb, t in zip(tables, keys)]  # fmt: skip
-                    _write_table(dec, st.reduce(tables))
+                    with torch_threads(getattr(executor, "reduce_threads", 1)):
+                        _write_table(dec, st.reduce(tables))
                     runs[st.name].wall_s += time.perf_counter() - t0
                 segment.append((Step(st, "apply", decisions=str(dec), extra=side), tasks))
             elif st.kind == "sink":
