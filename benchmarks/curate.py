@@ -390,10 +390,12 @@ def ray_markdown(r: dict, machine: str) -> str:
         f"run: {r['speedup_incl_start']}x. Kept/dropped sets identical on every run: "
         f"{r['sets_identical']}.",
         "",
-        "Load-free estimate from CPU seconds (the driver's CPU, which is serial, plus the busiest "
-        "actor's; local: its one process; Ray's own daemons not counted): "
+        "Load-free estimate from CPU seconds (the driver's CPU plus the busiest actor's; local: "
+        "its one process; Ray's own daemons not counted): "
         f"local {r['cpu_bound_wall_s']['local_1proc']} s, Ray {r['cpu_bound_wall_s']['ray_2cpu']} s, "
-        f"{r['speedup_cpu_estimate']}x. An estimate, not a measurement of wall time.",
+        f"{r['speedup_cpu_estimate']}x. An estimate, not a measurement of wall time, and a lower "
+        "bound for Ray: it counts the driver's CPU seconds as serial, but the driver's reduces run "
+        "with the executor's CPUs as threads (`reduce_threads`, 2 here) while the actors wait.",
         "",
         "Rerun: `python benchmarks/curate.py --sections ray` (about 2 x repeats x the local "
         "time, plus the corpus).",
