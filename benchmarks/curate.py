@@ -22,7 +22,7 @@ Usage: python benchmarks/curate.py [--n-base 250] [--max-n 1000000] [--repeats 2
        (or one process per seed: --seeds 1 --dedup-part p1.json, then --sections merge
        --dedup-parts p0.json,p1.json,p2.json)
        python benchmarks/curate.py --sections scorers   # section 4 alone
-       python benchmarks/curate.py --sections ray [--ray-n-base 1400] [--repeats 2]   # section 5
+       python benchmarks/curate.py --sections ray [--ray-n-base 1410] [--repeats 2]   # section 5
 """
 
 from __future__ import annotations
@@ -848,7 +848,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-n", type=int, default=1_000_000)
     ap.add_argument(
-        "--ray-n-base", type=int, default=1400, help="section ray: base images (~3.7 rows each)"
+        "--ray-n-base",
+        type=int,
+        default=1410,
+        help="section ray: base images (~3.56 rows each: 1410 gives >= 5,000 images)",
     )
     ap.add_argument(
         "--lookup-k", type=int, default=None, help="radius (default: the shipped max_distance)"
