@@ -27,8 +27,8 @@ def build(section, ctx) -> None:
         "negatives, corrupt files, blocked domains, disallowed licences, proxy-unsafe images and junk "
         "captions (ground truth beside it). It is curated by the shipped recipe `local` with the "
         "LocalExecutor: decode guards, pre-filter, exact dedup (bytes then pixels), governance, "
-        "embeddings (offline stand-in), safety (proxy marker + text blocklist), policy, pHash near-dup "
-        "with dHash verification, SemDeDup, recaptioning (template stand-in), writers. Every dropped "
+        "embeddings (offline stand-in), safety (proxy marker + text blocklist), policy, near-dup "
+        "(pHash and crop-window candidates, each verified by the aligned-thumbnail NCC), SemDeDup, recaptioning (template stand-in), writers. Every dropped "
         "row is kept as a tombstone with its reason."
     )
     ctx.status("curate: running the pipeline")
