@@ -8,10 +8,13 @@ exactly those of the sparse ideal, 4 L (k block) d, and the only extra work is t
 selected key/value blocks (small against the attention: ~10 % of its time at k = 13, d = 64).
 Query blocks go through in chunks, so memory stays bounded: with one thread, one block per
 call (its gathered copy stays in cache: measured at 16K tokens, as fast as or up to 20 % faster
-than 4 or 16 blocks per call); with several threads, as many blocks as fit in
-:data:`CHUNK_BYTES`, because every call is a parallel region whose threads must all meet at its
-end, which costs little on idle cores but a great deal on shared ones (2 threads on the loaded
-2-core VM, 16K tokens, d = 64: 2 blocks per call 0.5x SDPA's speed, 128 blocks per call 3.9x).
+than 4 or 16 blocks per call); with several threads, :data:`BLOCKS_PER_THREAD` blocks per thread
+per call. Measured on an idle 2-core AMX VM (spike alone, 2 threads, fp32, d = 64): 4 blocks per
+call 57-118 ms at 16K against 104-160 ms for as many blocks as fit in 64 MB, the previous
+default (``benchmarks/results/attention_spike_threads.md``): small chunks keep each call's
+gathered keys in cache. On a heavily shared machine the opposite held (load ~17: 2 blocks per
+call 0.5x SDPA's speed, 128 blocks 3.9x), since every call is a parallel region whose threads
+must all meet at its end; there, pass ``chunk`` or run torch on one thread.
 
 The ragged last key block and invalid selection entries (top-p) are masked with an additive
 -inf mask, only in the chunks that contain one. Same numbers as
@@ -29,7 +32,9 @@ import torch.nn.functional as F
 
 from diffkit.attention.layout import num_blocks
 
-#: Gathered key + value bytes per kernel call when torch runs several threads.
+#: Query blocks per kernel call and torch thread when torch runs several threads.
+BLOCKS_PER_THREAD = 2
+#: Upper bound on the gathered key + value bytes of one kernel call.
 CHUNK_BYTES = 64 << 20
 
 
@@ -55,7 +60,7 @@ def block_sparse_gathered(
     q, k, v (B, H, L, d) on CPU (tile-major order); idx / valid (B, H, n, k) the selection.
     Returns ``o`` (B, H, L, d) in q's dtype and ``lse`` (B, H, L) in fp32 (fp64 for fp64 input),
     natural-log units. ``chunk`` = query blocks per kernel call (None: 1 with one torch thread,
-    else as many as fit in :data:`CHUNK_BYTES`).
+    else :data:`BLOCKS_PER_THREAD` per thread, at most :data:`CHUNK_BYTES` of gathered keys).
     """
     if q.is_cuda:
         raise ValueError("the gather backend runs on CPU; use backend='flex' on CUDA")
@@ -82,7 +87,8 @@ def block_sparse_gathered(
     if chunk is None:
         chunk = 1
         if torch.get_num_threads() > 1:
-            chunk = max(1, CHUNK_BYTES // (2 * kk * block * d * q.element_size()))
+            fit = max(1, CHUNK_BYTES // (2 * kk * block * d * q.element_size()))
+            chunk = min(fit, BLOCKS_PER_THREAD * torch.get_num_threads())
     outs, lses = [], []  # concatenated once at the end: no per-block slice-and-copy
     q_chunks, sel_chunks = qb.split(chunk), gidx.split(chunk)
     for c, (q_c, sel_c) in enumerate(zip(q_chunks, sel_chunks, strict=True)):
