@@ -146,7 +146,7 @@ def test_image_bytes_are_stored_once_and_work_is_removed(run_dir, corpus, tmp_pa
     live in ingest's shards only (the near-dup reduce joins them in by row_id), so work/ holds
     one copy of them and is smaller than the images plus that copy (11 stages: work/ was ~8.7
     copies of the images before); a default run removes work/."""
-    from diffkit.curate.ingest import SIDE_COLUMNS
+    from diffkit.curate.schema import SIDE_COLUMNS
 
     out, _ = run_dir
     image_bytes = sum(p.stat().st_size for p in (corpus / "images").rglob("*") if p.is_file())
@@ -158,11 +158,15 @@ def test_image_bytes_are_stored_once_and_work_is_removed(run_dir, corpus, tmp_pa
     assert ingest and all(set(SIDE_COLUMNS) <= set(pq.read_schema(p).names) for p in ingest)
     later = [p for p in work if p not in ingest]
     assert later and not any(set(SIDE_COLUMNS) & set(pq.read_schema(p).names) for p in later)
-    side = sum(pq.read_metadata(p).row_group(g).column(c).total_compressed_size
-               for p in ingest for g in range(pq.read_metadata(p).num_row_groups)
-               for c in range(pq.read_metadata(p).num_columns)
-               if pq.read_metadata(p).row_group(g).column(c).path_in_schema.split(".")[0]
-               in SIDE_COLUMNS)  # fmt: skip
+
+    def side_bytes(p):  # compressed bytes of the side columns in one file
+        md = pq.read_metadata(p)
+        cols = (md.row_group(g).column(c) for g in range(md.num_row_groups)
+                for c in range(md.num_columns))  # fmt: skip
+        return sum(c.total_compressed_size for c in cols
+                   if c.path_in_schema.split(".")[0] in SIDE_COLUMNS)  # fmt: skip
+
+    side = sum(side_bytes(p) for p in ingest)
     assert sum(p.stat().st_size for p in work) < image_bytes + side
     fresh = tmp_path / "fresh"
     Pipeline.from_config(small_config()).run(corpus, fresh)

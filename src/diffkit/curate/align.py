@@ -193,8 +193,9 @@ def _pair_scores(terms, ga, gb, plan, refine: bool):
         flat = ncc.numpy()
         kk = flat.argmax(1)  # first maximum, as the direct search
         v = torch.from_numpy(flat[np.arange(p), kk])
-        better = (v > best).numpy()
-        best = torch.where(v > best, v, best)
+        better = v > best
+        best = torch.where(better, v, best)
+        better = better.numpy()
         arg[better] = np.stack([np.full(p, k), kk // len(grid), kk % len(grid)], 1)[better]
     if not refine:
         return best

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from diffkit.curate.schema import alive, drop_rows, pa, set_column, vectors
+from diffkit.curate.schema import SIDE_COLUMNS, alive, drop_rows, pa, set_column, vectors
 from diffkit.curate.stage import Stage
 
 # ------------------------------------------------------------------- representative priority
@@ -467,21 +467,18 @@ def _crop_pairs(crops, dcrops, h, dh, cfg: PhashDedupConfig):
     return i[keep], j[keep]
 
 
-CONSUMED = ("thumb", "phash_crops", "dhash_crops")
-
-
 class PhashDedup(Stage):
     name = "phash_dedup"
     version = "2"  # 2: NCC verification; thumb and crop-hash columns dropped after use
     kind = "global"
-    reads_side = CONSUMED  # stored once in ingest's shards, joined into the keys for the reduce
+    reads_side = SIDE_COLUMNS  # stored once in ingest's shards, joined into the keys for the reduce
 
     def __init__(self, config: PhashDedupConfig | None = None) -> None:
         super().__init__(config or PhashDedupConfig())
 
     def emit_keys(self, table):
-        # the side columns (thumb, crop hashes) are normally joined in by the driver before the
-        # reduce (ingest.join_side); a table that still carries them passes them on
+        # in a pipeline the side columns (thumb, crop hashes) are joined in by the driver before
+        # the reduce (schema.join_side); a table that carries them (direct use) passes them on
         cols = ["phash", "dhash", "hash_entropy"]
         cols += [c for c in ("phash_crops", "dhash_crops") if c in table.column_names]
         if self.config.verify_ncc >= 0 and "thumb" in table.column_names:
@@ -519,4 +516,4 @@ class PhashDedup(Stage):
             table, decisions, self.name, "phash_dup", {"phash_cluster": pa().int64()}
         )
         # consumed here: later stages and the outputs carry only the 64-bit hashes
-        return table.drop_columns([c for c in CONSUMED if c in table.column_names])
+        return table.drop_columns([c for c in SIDE_COLUMNS if c in table.column_names])

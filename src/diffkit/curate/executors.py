@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from diffkit.core.io import atomic_write_bytes, atomic_write_json
-from diffkit.curate.ingest import drop_side
+from diffkit.curate.schema import drop_side
 from diffkit.curate.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,7 @@ def _run_task(stage, mode, task: ShardTask, ctx: StageContext, decisions=None, t
     stage = _ready_stage(stage, ctx)
     if table is None:
         table = pq.read_table(task.in_path)
-    if ctx.extra.get("drop_side"):  # stored once in ingest's shards (ingest.SIDE_COLUMNS)
-        table = drop_side(table)
+    table = drop_side(table)  # stored once, in ingest's own output (schema.SIDE_COLUMNS)
     t0 = time.perf_counter()
     side = Path(task.out_path).with_suffix(".json")
     info = {"shard": task.shard, "rows": table.num_rows, "device": stage.device(), "pid": os.getpid()}  # fmt: skip

@@ -25,38 +25,6 @@ from diffkit.curate.stage import Stage
 
 log = logging.getLogger(__name__)
 
-# Heavy per-row columns (the NCC thumbnail, 3 KB in colour; the crop-window hashes) that only
-# the near-duplicate reduce reads: they are stored once, in ingest's shards; every later step
-# drops them (drop_side) and a global stage that lists them in ``reads_side`` gets them joined
-# into its key tables before the reduce (join_side), so work/ holds one copy, not one per stage.
-SIDE_COLUMNS = ("thumb", "phash_crops", "dhash_crops")
-
-
-def drop_side(table):
-    """``table`` without the store-once side columns."""
-    return table.drop_columns([c for c in SIDE_COLUMNS if c in table.column_names])
-
-
-def join_side(table, columns, ingest_shard):
-    """``table`` (with ``row_id``) plus the side ``columns`` read from ``ingest_shard`` (the
-    ingest stage's output file of the same shard), matched by ``row_id``; columns the table
-    already has, or ingest did not write, are left as they are."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    have = set(pq.read_schema(ingest_shard).names)
-    want = [c for c in columns if c in SIDE_COLUMNS and c in have and c not in table.column_names]
-    if not want:
-        return table
-    side = pq.read_table(ingest_shard, columns=["row_id", *want])
-    pos = pc.index_in(table.column("row_id"), value_set=side.column("row_id"))
-    if pos.null_count:
-        raise RuntimeError(f"{ingest_shard}: {pos.null_count} rows are missing from ingest's shard")
-    for c in want:
-        table = table.append_column(c, side.column(c).take(pos))
-    return table
-
-
 _EXT_MIME = {
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",

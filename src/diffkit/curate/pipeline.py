@@ -44,7 +44,7 @@ from diffkit.curate.filters import (
     PreFilterConfig,
 )
 from diffkit.curate.images import blob_ref, file_ref
-from diffkit.curate.ingest import Ingest, IngestConfig, join_side
+from diffkit.curate.ingest import Ingest, IngestConfig
 from diffkit.curate.locations import (
     STAGED_INPUT,
     is_remote,
@@ -53,7 +53,7 @@ from diffkit.curate.locations import (
     publish,
     stage,
 )
-from diffkit.curate.schema import PIPELINE_VERSION, is_error_reason, pa
+from diffkit.curate.schema import PIPELINE_VERSION, is_error_reason, join_side, pa
 from diffkit.curate.semdedup import SemDedup, SemDedupConfig
 from diffkit.curate.sources import InputConfig, read_input
 from diffkit.curate.stage import Stage, StageContext, fingerprint_of
@@ -274,7 +274,6 @@ class Pipeline:
 
         prev_dir = in_dir
         ingest_dir = stage_dirs[0][1]  # its shards hold the store-once side columns
-        side = {"drop_side": True}
         for st, sdir in stage_dirs:
             tasks = [
                 ShardTask(s, str(prev_dir / f"{s}.parquet"), str(sdir / f"{s}.parquet"), str(sdir / "completions" / s))
@@ -285,7 +284,7 @@ class Pipeline:
                     ShardTask(t.shard, t.in_path, str(sdir / "keys" / f"{t.shard}.parquet"), str(sdir / "keys" / "completions" / t.shard))
                     for t in tasks
                 ]  # fmt: skip
-                segment.append((Step(st, "keys", extra=side), keys))
+                segment.append((Step(st, "keys"), keys))
                 flush()  # barrier: the reduce needs every shard's keys
                 dec = sdir / "decisions.parquet"
                 if not dec.exists():
@@ -299,18 +298,16 @@ class Pipeline:
                     with torch_threads(getattr(executor, "reduce_threads", 1)):
                         _write_table(dec, st.reduce(tables))
                     runs[st.name].wall_s += time.perf_counter() - t0
-                segment.append((Step(st, "apply", decisions=str(dec), extra=side), tasks))
+                segment.append((Step(st, "apply", decisions=str(dec)), tasks))
             elif st.kind == "sink":
                 flush()  # barrier: duplicate clusters span every shard
                 t0 = time.perf_counter()
                 dup = _dup_clusters(sdir / "dup_clusters.parquet", prev_dir, shards)
                 runs[st.name].wall_s += time.perf_counter() - t0
-                extra = {"fingerprint": sdir.name, "dup_clusters": str(dup), **side}
+                extra = {"fingerprint": sdir.name, "dup_clusters": str(dup)}
                 segment.append((Step(st, "sink", extra=extra), tasks))
             else:
-                segment.append(
-                    (Step(st, "map", extra=side if st is not stage_dirs[0][0] else {}), tasks)
-                )
+                segment.append((Step(st, "map"), tasks))
             prev_dir = sdir
         flush()
         return [runs[st.name] for st, _ in stage_dirs], segments

@@ -74,7 +74,7 @@ class Stage:
     version: ClassVar[str] = "1"
     kind: ClassVar[Literal["map", "global"]] = "map"
     uses_model: ClassVar[bool] = False
-    # Side columns (written once by ingest, see diffkit.curate.ingest.SIDE_COLUMNS) this global
+    # Side columns (written once by ingest, see diffkit.curate.schema.SIDE_COLUMNS) this global
     # stage's ``reduce`` reads: the driver joins them into the key tables by ``row_id``.
     reads_side: ClassVar[tuple[str, ...]] = ()
 
