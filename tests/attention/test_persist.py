@@ -5,7 +5,8 @@ import json
 
 import pytest
 import torch
-from _wan_tiny import HUNYUAN, WAN  # conftest.py puts this folder on sys.path
+from _reload import realign_  # conftest.py puts this folder on sys.path
+from _wan_tiny import HUNYUAN, WAN
 
 from diffkit import config as cfglib
 from diffkit.attention import (
@@ -68,7 +69,7 @@ def _round_trip(cls, model, inputs, path, **save_kwargs):
     with torch.no_grad():
         ref = model(*inputs, return_dict=False)[0]
     model.save_pretrained(path, **save_kwargs)
-    loaded = cls.from_pretrained(path).eval()
+    loaded = realign_(cls.from_pretrained(path).eval())
     assert getattr(loaded, "_ropeslr_state", None) is None  # from_pretrained alone drops RoPeSLR
     with torch.no_grad():
         plain = loaded(*inputs, return_dict=False)[0]
