@@ -50,6 +50,7 @@ VIDEO = {
     "max_digits": 1,
     "min_speed": 1.0,
     "max_speed": 3.0,
+    "start": "centre",
 }
 NULL_CLASS = 10
 #: Sampling defaults of the shipped model (the recipe evaluates with these).
@@ -187,9 +188,12 @@ def crop_digits(frames: torch.Tensor, size: int | None = None) -> torch.Tensor:
     return torch.gather(out, 3, cols)
 
 
-def classifier_crops(frames: torch.Tensor) -> torch.Tensor:
-    """Digit crops of frames (N, 1, S, S) resized to the evaluation network's 16x16 input."""
-    crops = crop_digits(frames)
+def classifier_crops(frames: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """Digit crops of frames (N, 1, S, S) resized to the evaluation network's 16x16 input.
+
+    ``size``: the digit's side in pixels (default: the shipped model's).
+    """
+    crops = crop_digits(frames, size)
     if crops.shape[-1] == 16:
         return crops
     return torch.nn.functional.interpolate(crops, size=16, mode="bilinear", align_corners=False)
@@ -210,6 +214,7 @@ def evaluate(
     classifier,
     *,
     floor_real: torch.Tensor | None = None,
+    digit_size: int | None = None,
 ) -> dict:
     """Per-frame digit accuracy, class consistency, motion and FID/KID of digit crops.
 
@@ -218,7 +223,8 @@ def evaluate(
     ``videos`` (B, F, 1, S, S) generated for ``labels`` (B,); ``real`` (N, F, 1, S, S) held-out
     real videos (the FID reference). ``floor_real`` (M, F, 1, S, S), other real videos (e.g. of
     the training split), gives the real-vs-real FID floor against the same reference. The
-    classifier is the evaluation network; it never trains anything.
+    classifier is the evaluation network; it never trains anything. ``digit_size``: the side of
+    the videos' digits in pixels (default: this model's; the causal model's are 16).
 
     * ``frame_accuracy``: frames classified as the video's label.
     * ``class_consistency``: per video, the share of frames classified as the video's most common
@@ -229,8 +235,8 @@ def evaluate(
     from diffkit.core.metrics import frechet_distance, kernel_inception_distance
 
     b, f = videos.shape[:2]
-    fake = classifier_crops(videos.flatten(0, 1))
-    ref = classifier_crops(real.flatten(0, 1))
+    fake = classifier_crops(videos.flatten(0, 1), digit_size)
+    ref = classifier_crops(real.flatten(0, 1), digit_size)
     f_fake, pred = classifier.embed(fake)
     f_real, _ = classifier.embed(ref)
     pred = pred.view(b, f)
@@ -238,7 +244,7 @@ def evaluate(
     share = (pred == pred.mode(dim=1).values[:, None]).float().mean(1)
     n = min(len(f_fake), len(f_real))
     kid, _ = kernel_inception_distance(f_real, f_fake, num_subsets=10, subset_size=min(100, n))
-    disp, real_disp = displacement(videos), displacement(real)
+    disp, real_disp = displacement(videos, digit_size), displacement(real, digit_size)
     out = {
         "frame_accuracy": float(acc),
         "class_consistency": float(share.mean()),
@@ -253,7 +259,7 @@ def evaluate(
         "frames": int(b * f),
     }
     if floor_real is not None:
-        f_floor, _ = classifier.embed(classifier_crops(floor_real.flatten(0, 1)))
+        f_floor, _ = classifier.embed(classifier_crops(floor_real.flatten(0, 1), digit_size))
         out["fid_real_floor"] = frechet_distance(f_real, f_floor)
         out["fid_over_floor"] = out["fid"] / max(out["fid_real_floor"], 1e-12)
     return out

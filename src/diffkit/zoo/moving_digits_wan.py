@@ -2,10 +2,17 @@
 
 Two stages through :func:`diffkit.train.fit` with one fp32 EMA (the shipped weights):
 
-1. **images**: single frames (``num_frames=1`` videos of the same generator), large batches. Wan has
-   no absolute position embedding, so it must learn to draw a class's digit wherever the noise
-   puts it; this is cheap on 64-token frames.
+1. **images**: single frames (``num_frames=1`` videos of the same generator), large batches; cheap
+   on 64-token frames.
 2. **videos**: the full 16-frame clips (1,024 tokens), which teach motion and a constant digit.
+
+Every video starts with its digit in the centre of the canvas (``start="centre"``) and leaves it
+with its random velocity. With uniformly random starts the average training image of a class is a
+position-blurred blob, so at high noise the label says almost nothing and the class is learned late
+(pilots, class accuracy of guided single-frame samples after 600 steps: 0.47 with centred 24-px
+digits, 0.10 with randomly placed 16-px ones; randomly placed 24-px digits had reached 0.35 after
+750 steps; centred, the full image stage reaches 0.995). The first frame fixes the class and the
+rest of the clip moves it.
 
 Noise levels are drawn with the flow-matching shift 3 (``sigma' = 3 s / (1 + 2 s)``): more training
 at high noise, where only the label tells the classes apart (a pilot on frames: class accuracy of
@@ -40,11 +47,11 @@ log = logging.getLogger(__name__)
 
 SETTINGS = {
     "train_images": 8000,
-    "image_steps": 2000,
+    "image_steps": 2400,
     "image_batch": 64,
     "image_lr": 1e-3,
     "train_videos": 4000,
-    "video_steps": 1000,
+    "video_steps": 1300,
     "video_batch": 8,
     "video_lr": 5e-4,
     "warmup_steps": 50,
@@ -86,6 +93,8 @@ def video_config(split: str = "train", num_frames: int | None = None) -> MovingD
         max_digits=v["max_digits"],
         min_speed=v["min_speed"],
         max_speed=v["max_speed"],
+        grid=v.get("grid", 1),
+        start=v.get("start", "random"),
         split=split,
     )
 
