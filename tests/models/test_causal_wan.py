@@ -138,3 +138,40 @@ def test_denoising_timesteps_and_step_count():
     lat = cw.rollout(m, torch.tensor([[1, -1]]), noise)
     full = cw.rollout(m, torch.tensor([[1, -1]]), noise, use_cache=False)
     torch.testing.assert_close(lat, full, atol=1e-5, rtol=1e-5)
+
+
+def test_guided_rollout_is_classifier_free_guidance_and_cache_exact():
+    """cfg_scale 1 is the plain rollout; a guided rollout with the cache (both branches cached
+    as one batch of 2B) equals the guided full recomputation, and its first pass is u + s (c - u)."""
+    m = _model()
+    labels = torch.tensor([[3, -1], [7, -1]])
+    noise = cw.rollout_noise(2, TINY, torch.Generator().manual_seed(5))
+    plain = cw.rollout(m, labels, noise)
+    assert torch.equal(cw.rollout(m, labels, noise, cfg_scale=1.0), plain)
+    guided = cw.rollout(m, labels, noise, cfg_scale=3.0)
+    full = cw.rollout(m, labels, noise, cfg_scale=3.0, use_cache=False)
+    torch.testing.assert_close(guided, full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(guided, plain)
+    # One chunk, one pass: x0 = x - sigma * (u + s (c - u)).
+    one = noise[:, :1, :1]
+    ch = TINY["chunk_frames"]
+    sig = float(cw.sigmas_for(cw.denoising_timesteps(1))[0])
+    x = one[:, 0, 0]
+    t = torch.full((2, ch), 1000.0 * sig)
+    c = m(x, t, labels)
+    u = m(x, t, torch.full_like(labels, -1))
+    ref = x - sig * (u + 3.0 * (c - u))
+    torch.testing.assert_close(cw.rollout(m, labels, one, cfg_scale=3.0), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_sample_uses_the_config_guidance_scale():
+    m = _model()
+    labels = torch.tensor([3])
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    plain = cw.sample(m, labels, generator=g())
+    m.config["cfg_scale"] = 2.0
+    assert torch.equal(
+        cw.sample(m, labels, generator=g()), cw.sample(m, labels, generator=g(), cfg_scale=2.0)
+    )
+    assert not torch.equal(cw.sample(m, labels, generator=g()), plain)
+    assert torch.equal(cw.sample(m, labels, generator=g(), cfg_scale=1.0), plain)

@@ -386,6 +386,7 @@ def rollout(
     prefix: torch.Tensor | None = None,
     use_cache: bool = True,
     kv_bits: int | None = None,
+    cfg_scale: float = 1.0,
 ) -> torch.Tensor:
     """Generate (B, F, C, H, W) latents chunk by chunk (Self-Forcing causal inference).
 
@@ -398,9 +399,26 @@ def rollout(
     previous clean frames with the block-causal mask (the reference the cache must equal).
     ``kv_bits=8`` keeps the KV cache as int8 codes with per-(token, head) scales; otherwise the
     cache is ``model.new_cache()`` (the store a method installed, e.g. ``quantize_kv_cache_``).
+    ``cfg_scale`` != 1 applies classifier-free guidance (Ho & Salimans 2022) ``u + s (c - u)`` at
+    every denoising pass: the conditional and the null-label branch (every slot absent) run as one
+    batch of 2B, and the cache holds both branches' keys and values.
     """
     ch = model.config["chunk_frames"]
     B, n_chunks, steps = noise.shape[:3]
+    guided = cfg_scale != 1.0
+    if guided:
+        labels = torch.cat([labels, torch.full_like(labels, -1)])
+
+    def dup(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t]) if guided else t
+
+    def velocity(x: torch.Tensor, sigma: float, k: int) -> torch.Tensor:
+        v = _call(model, dup(x), sigma, labels, cache, [dup(d) for d in out], k, ch)
+        if not guided:
+            return v
+        c, u = v.chunk(2)
+        return u + cfg_scale * (c - u)
+
     sig = sigmas_for(denoising_timesteps(steps)).tolist()
     ctxf = chunk_context or (lambda k: contextlib.nullcontext())
     if not use_cache:
@@ -418,19 +436,19 @@ def rollout(
         for k in range(start_chunk):
             clean = prefix[:, k * ch : (k + 1) * ch]
             if use_cache:
-                zeros = torch.zeros(B, ch)
-                model(clean, zeros, labels, cache=cache, write_cache=True)
+                zeros = torch.zeros(len(labels), ch)
+                model(dup(clean), zeros, labels, cache=cache, write_cache=True)
             out.append(clean)
     for k in range(start_chunk, n_chunks):
         with ctxf(k):
             x = noise[:, k, 0]
             for i in range(steps):
-                v = _call(model, x, sig[i], labels, cache, out, k, ch)
+                v = velocity(x, sig[i], k)
                 x0 = x - sig[i] * v
                 if i + 1 < steps:
                     x = (1 - sig[i + 1]) * x0 + sig[i + 1] * noise[:, k, i + 1]
             if use_cache:
-                model(x0, torch.zeros(B, ch), labels, cache=cache, write_cache=True)
+                model(dup(x0), torch.zeros(len(labels), ch), labels, cache=cache, write_cache=True)
             out.append(x0)
     return torch.cat(out, dim=1)
 
@@ -442,17 +460,20 @@ def sample(
     *,
     steps: int = len(DENOISING_TIMESTEPS),
     generator: torch.Generator | None = None,
+    cfg_scale: float | None = None,
 ) -> torch.Tensor:
     """Generate pixel videos (B, F, 1, S, S) in [-1, 1] of one digit each, ``labels`` (B,).
 
     Chunk-by-chunk causal rollout with the KV cache (:func:`rollout`), ``steps`` denoising passes
-    per chunk, then the fixed "VAE"'s decoder (:func:`decode_latents`).
+    per chunk, then the fixed "VAE"'s decoder (:func:`decode_latents`). ``cfg_scale`` defaults to
+    the model's ``config["cfg_scale"]`` (1: no guidance).
     """
     labels = labels.long()
     pad = model.config["label_slots"] - 1
     slots = torch.cat([labels[:, None], labels.new_full((len(labels), pad), -1)], 1)
     noise = rollout_noise(len(labels), model.config, generator, steps)
-    lat = rollout(model, slots, noise)
+    scale = model.config.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale
+    lat = rollout(model, slots, noise, cfg_scale=scale)
     return decode_latents(lat, model.config).clamp(-1, 1)
 
 

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import torch
 
+from diffkit import models
 from diffkit.core.ema import EMA
 from diffkit.core.io import atomic_write_json, save_model_dir
 from diffkit.core.objective import LossOutput
 from diffkit.core.schedules import FlowMatching
 from diffkit.data import MovingDigitsConfig, make_moving_digits
 from diffkit.models import causal_wan as cw
+from diffkit.models import moving_digits_wan as mdw
 from diffkit.train import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,10 @@ TRAIN = {
 class TeacherForcingFlow:
     """Objective ``(model, batch, ctx) -> LossOutput`` for the causal model."""
 
-    def __init__(self, config: dict, p_levels: float = 0.75) -> None:
+    def __init__(self, config: dict, p_levels: float = 0.75, label_dropout: float = 0.0) -> None:
         self.config = config
         self.p_levels = p_levels
+        self.label_dropout = label_dropout
         self.levels = cw.sigmas_for().float()
         self.schedule = FlowMatching(shift=cw.SHIFT)
 
@@ -65,19 +68,29 @@ class TeacherForcingFlow:
         noisy = (1 - s) * clean + s * noise
         seq, idx, mask = cw.teacher_forcing_inputs(model, clean, noisy)
         t = torch.cat([torch.zeros(B, Fr), 1000.0 * sigma], dim=1)
-        v = model(seq, t, batch["y"], frame_index=idx, mask=mask)[:, Fr:]
+        labels = batch["y"]
+        if self.label_dropout:  # the null condition for classifier-free guidance: no slot present
+            drop = ctx.rand(salt=4).flatten() < self.label_dropout
+            labels = torch.where(drop[:, None], torch.full_like(labels, -1), labels)
+        v = model(seq, t, labels, frame_index=idx, mask=mask)[:, Fr:]
         loss = (v - (noise - clean)).pow(2).mean()
         return LossOutput(loss)
 
 
-def _data(seed: int):
-    cfg = MovingDigitsConfig(
+def video_config(split: str = "train") -> MovingDigitsConfig:
+    """The moving-digits settings of the recipe's data."""
+    return MovingDigitsConfig(
         num_frames=DATA["num_frames"],
         size=DATA["size"],
         digit_size=DATA["digit_size"],
         max_digits=DATA["max_digits"],
+        start=DATA.get("start", "random"),
+        split=split,
     )
-    return make_moving_digits(DATA["n"], cfg, seed=seed)
+
+
+def _data(seed: int):
+    return make_moving_digits(DATA["n"], video_config(), seed=seed)
 
 
 @torch.no_grad()
@@ -91,6 +104,42 @@ def evaluate(model, n: int = 16, seed: int = 1) -> dict:
         step=0, generator=torch.Generator().manual_seed(seed), sample_seeds=torch.arange(n)
     )
     return {"heldout_v_loss": float(obj(model.eval(), data.get_batch(torch.arange(n)), ctx).loss)}
+
+
+@torch.no_grad()
+def evaluate_samples(
+    model,
+    *,
+    per_class: int = 20,
+    seed: int = 0,
+    steps: int = len(cw.DENOISING_TIMESTEPS),
+    cfg_scale: float | None = None,
+    batch_size: int = 50,
+) -> dict:
+    """Sample ``per_class`` videos of each digit (cached rollout) and score them (issue 14).
+
+    Scored like ``moving-digits-wan`` (:func:`diffkit.models.moving_digits_wan.evaluate` on the
+    recipe's 16 px digit crops): per-frame accuracy, class consistency, motion, crop FID/KID
+    against as many held-out real videos, and the real-vs-real floor from training-split videos.
+    """
+    n = 10 * per_class
+    labels = torch.arange(n) % 10
+    g = torch.Generator().manual_seed(seed + 1)
+    vids = torch.cat(
+        [
+            cw.sample(
+                model, labels[i : i + batch_size], steps=steps, generator=g, cfg_scale=cfg_scale
+            )
+            for i in range(0, n, batch_size)
+        ]
+    )
+    real = make_moving_digits(n, video_config("test"), seed=seed + 2).videos
+    floor = make_moving_digits(n, video_config("train"), seed=seed + 3).videos
+    clf = models.load("digit-classifier")
+    out = mdw.evaluate(vids, labels, real, clf, floor_real=floor, digit_size=DATA["digit_size"])
+    scale = model.config.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale
+    out.update(steps=steps, cfg_scale=scale)
+    return out
 
 
 def train(out_dir: str | Path, *, seed: int = 0, progress: bool = False) -> dict:
