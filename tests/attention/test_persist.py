@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from _reload import realign_  # conftest.py puts this folder on sys.path
+from _reload import realign_  # tests/conftest.py puts tests/ on sys.path
 from _wan_tiny import HUNYUAN, WAN
 
 from diffkit import config as cfglib
