@@ -98,9 +98,9 @@ def build(section, ctx) -> None:
     elif acc is not None:
         rq = (zm or {}).get("sample_quality", {}).get("ropeslr", {}).get("frame_accuracy")
         shortfall = (
-            f"short of its 0.90 per-frame accuracy target ({acc:.2f})"
+            f"short of its 0.90 per-frame accuracy target ({acc:.3f})"
             if acc < 0.9
-            else f"at per-frame digit accuracy {acc:.2f} over 200 videos (target 0.90)"
+            else f"at per-frame digit accuracy {acc:.3f} over 200 videos (target 0.90)"
         )
         versus = f" ({rq:.2f} vs {acc:.2f})" if rq is not None else ""
         section.text(
