@@ -47,7 +47,7 @@ def test_label_dropout_trains_the_null_condition():
 
 
 def test_recipe_data_scores_as_real_with_16px_crops():
-    """The recipe's own real videos (16 px digits, centre start) pass its evaluation."""
+    """The recipe's own real videos (16 px digits) pass its evaluation."""
     from diffkit import models
     from diffkit.models import moving_digits_wan as mdw
     from diffkit.zoo.moving_digits_causal import DATA, video_config

@@ -413,7 +413,8 @@ def rollout(
         return torch.cat([t, t]) if guided else t
 
     def velocity(x: torch.Tensor, sigma: float, k: int) -> torch.Tensor:
-        v = _call(model, dup(x), sigma, labels, cache, [dup(d) for d in out], k, ch)
+        done = out if cache is not None else [dup(d) for d in out]  # read only without a cache
+        v = _call(model, dup(x), sigma, labels, cache, done, k, ch)
         if not guided:
             return v
         c, u = v.chunk(2)

@@ -102,7 +102,7 @@ def build(section, ctx) -> None:
             if acc < 0.9
             else f"at per-frame digit accuracy {acc:.3f} over 200 videos (target 0.90)"
         )
-        versus = f" ({rq:.2f} vs {acc:.2f})" if rq is not None else ""
+        versus = f" ({rq:.3f} vs {acc:.3f})" if rq is not None else ""
         section.text(
             f"The shipped `moving-digits-wan` generates moving digits, {shortfall}; a digit's "
             "shape can still drift between frames. The zoo metrics compare dense and RoPeSLR on "

@@ -17,15 +17,14 @@ from pathlib import Path
 
 import torch
 
-from diffkit import models
 from diffkit.core.ema import EMA
 from diffkit.core.io import atomic_write_json, save_model_dir
 from diffkit.core.objective import LossOutput
 from diffkit.core.schedules import FlowMatching
 from diffkit.data import MovingDigitsConfig, make_moving_digits
 from diffkit.models import causal_wan as cw
-from diffkit.models import moving_digits_wan as mdw
 from diffkit.train import TrainConfig, fit
+from diffkit.zoo.moving_digits_wan import score_samples
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,6 @@ def video_config(split: str = "train") -> MovingDigitsConfig:
         size=DATA["size"],
         digit_size=DATA["digit_size"],
         max_digits=DATA["max_digits"],
-        start=DATA.get("start", "random"),
         split=split,
     )
 
@@ -118,25 +116,22 @@ def evaluate_samples(
 ) -> dict:
     """Sample ``per_class`` videos of each digit (cached rollout) and score them (issue 14).
 
-    Scored like ``moving-digits-wan`` (:func:`diffkit.models.moving_digits_wan.evaluate` on the
+    Scored like ``moving-digits-wan`` (:func:`diffkit.zoo.moving_digits_wan.score_samples` on the
     recipe's 16 px digit crops): per-frame accuracy, class consistency, motion, crop FID/KID
     against as many held-out real videos, and the real-vs-real floor from training-split videos.
     """
-    n = 10 * per_class
-    labels = torch.arange(n) % 10
-    g = torch.Generator().manual_seed(seed + 1)
-    vids = torch.cat(
-        [
-            cw.sample(
-                model, labels[i : i + batch_size], steps=steps, generator=g, cfg_scale=cfg_scale
-            )
-            for i in range(0, n, batch_size)
-        ]
+
+    def draw(labels, g):
+        return cw.sample(model, labels, steps=steps, generator=g, cfg_scale=cfg_scale)
+
+    out = score_samples(
+        draw,
+        video_config,
+        per_class=per_class,
+        seed=seed,
+        batch_size=batch_size,
+        digit_size=DATA["digit_size"],
     )
-    real = make_moving_digits(n, video_config("test"), seed=seed + 2).videos
-    floor = make_moving_digits(n, video_config("train"), seed=seed + 3).videos
-    clf = models.load("digit-classifier")
-    out = mdw.evaluate(vids, labels, real, clf, floor_real=floor, digit_size=DATA["digit_size"])
     scale = model.config.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale
     out.update(steps=steps, cfg_scale=scale)
     return out

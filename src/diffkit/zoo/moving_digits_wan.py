@@ -226,6 +226,35 @@ def tokens_per_video(config: dict) -> int:
 
 
 @torch.no_grad()
+def score_samples(
+    draw,
+    video_config_of,
+    *,
+    per_class: int,
+    seed: int,
+    batch_size: int,
+    digit_size: int | None = None,
+) -> dict:
+    """Sample ``per_class`` videos of each digit and score them against held-out real videos.
+
+    ``draw(labels, generator)`` returns (b, F, 1, S, S) videos in [-1, 1]; it is called on batches
+    of ``batch_size`` labels with one generator seeded ``seed + 1``. ``video_config_of(split)``
+    gives the real data's settings. The FID reference is as many real videos of the test split;
+    the floor is as many real training-split videos against the same reference (what a generator
+    that reproduced its training data would score). See
+    :func:`diffkit.models.moving_digits_wan.evaluate`. Shared by the video zoo's recipes.
+    """
+    n = 10 * per_class
+    labels = torch.arange(n) % 10
+    g = torch.Generator().manual_seed(seed + 1)
+    vids = torch.cat([draw(labels[i : i + batch_size], g) for i in range(0, n, batch_size)])
+    real = make_moving_digits(n, video_config_of("test"), seed=seed + 2).videos
+    floor = make_moving_digits(n, video_config_of("train"), seed=seed + 3).videos
+    clf = models.load("digit-classifier")
+    return mdw.evaluate(vids, labels, real, clf, floor_real=floor, digit_size=digit_size)
+
+
+@torch.no_grad()
 def evaluate(
     model,
     *,
@@ -236,30 +265,12 @@ def evaluate(
     dtype: torch.dtype | None = None,
     batch_size: int = 20,
 ) -> dict:
-    """Sample ``per_class`` videos of each digit and score them against held-out real videos.
+    """Sample ``per_class`` videos of each digit (Euler, ``steps``, CFG) and score them
+    (:func:`score_samples`)."""
 
-    The FID reference is as many real videos of the test split; the floor is as many real
-    training-split videos against the same reference (what a generator that reproduced its
-    training data would score). See :func:`diffkit.models.moving_digits_wan.evaluate`.
-    """
-    n = 10 * per_class
-    labels = torch.arange(n) % 10
-    g = torch.Generator().manual_seed(seed + 1)
-    vids = torch.cat(
-        [
-            mdw.sample(
-                model,
-                labels[i : i + batch_size],
-                steps=steps,
-                cfg_scale=cfg_scale,
-                generator=g,
-                dtype=dtype,
-            )
-            for i in range(0, n, batch_size)
-        ]
-    )
-    real = make_moving_digits(n, video_config("test"), seed=seed + 2).videos
-    floor = make_moving_digits(n, video_config("train"), seed=seed + 3).videos
-    out = mdw.evaluate(vids, labels, real, models.load("digit-classifier"), floor_real=floor)
+    def draw(labels, g):
+        return mdw.sample(model, labels, steps=steps, cfg_scale=cfg_scale, generator=g, dtype=dtype)
+
+    out = score_samples(draw, video_config, per_class=per_class, seed=seed, batch_size=batch_size)
     out.update(eval_steps=steps, cfg_scale=cfg_scale)
     return out
