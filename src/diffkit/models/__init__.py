@@ -116,8 +116,8 @@ _REGISTRY: dict[str, ZooEntry] = {
             "moving-digits-wan",
             "diffkit.models.moving_digits_wan",
             "diffkit.zoo.moving_digits_wan",
-            "Tiny diffusers WanTransformer3DModel (3 layers, 2 heads x 32) trained by rectified "
-            "flow on one-digit moving-digit videos: 8x32x32 pixels -> 2,048 tokens.",
+            "Tiny diffusers WanTransformer3DModel (4 layers, 4 heads x 32) trained by rectified "
+            "flow on one-digit moving-digit videos: 16x32x32 pixels -> 1,024 tokens.",
             depends_on=("digit-classifier",),
         ),
         ZooEntry(
@@ -134,7 +134,8 @@ _REGISTRY: dict[str, ZooEntry] = {
             "diffkit.models.causal_wan",
             "diffkit.zoo.moving_digits_causal",
             "Tiny Self-Forcing-style causal video DiT (per-frame adaLN, causal 3D RoPE, "
-            "block-causal mask, KV cache, 4 steps per chunk): the Q-ARVD quantization target.",
+            "block-causal mask, KV cache; 3 chunks of 3 frames, 64 tokens a frame, 4 steps per "
+            "chunk): the Q-ARVD quantization target.",
         ),
         # --- curate (issue 7) ---
     ]

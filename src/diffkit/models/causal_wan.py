@@ -386,7 +386,7 @@ def rollout(
     prefix: torch.Tensor | None = None,
     use_cache: bool = True,
     kv_bits: int | None = None,
-    cfg_scale: float = 1.0,
+    cfg_scale: float | None = None,
 ) -> torch.Tensor:
     """Generate (B, F, C, H, W) latents chunk by chunk (Self-Forcing causal inference).
 
@@ -401,9 +401,13 @@ def rollout(
     cache is ``model.new_cache()`` (the store a method installed, e.g. ``quantize_kv_cache_``).
     ``cfg_scale`` != 1 applies classifier-free guidance (Ho & Salimans 2022) ``u + s (c - u)`` at
     every denoising pass: the conditional and the null-label branch (every slot absent) run as one
-    batch of 2B, and the cache holds both branches' keys and values.
+    batch of 2B, and the cache holds both branches' keys and values. ``None`` (default) takes the
+    model's ``config["cfg_scale"]`` (1 when absent), so calibration and evaluation run the
+    guidance the model samples with.
     """
     ch = model.config["chunk_frames"]
+    if cfg_scale is None:
+        cfg_scale = model.config.get("cfg_scale", 1.0)
     B, n_chunks, steps = noise.shape[:3]
     guided = cfg_scale != 1.0
     if guided:
@@ -420,7 +424,7 @@ def rollout(
         c, u = v.chunk(2)
         return u + cfg_scale * (c - u)
 
-    sig = sigmas_for(denoising_timesteps(steps)).tolist()
+    sig = sigmas_for(denoising_timesteps(steps), model.config.get("shift", SHIFT)).tolist()
     ctxf = chunk_context or (lambda k: contextlib.nullcontext())
     if not use_cache:
         cache = None
@@ -459,19 +463,21 @@ def sample(
     model: CausalWan,
     labels: torch.Tensor,
     *,
-    steps: int = len(DENOISING_TIMESTEPS),
+    steps: int | None = None,
     generator: torch.Generator | None = None,
     cfg_scale: float | None = None,
 ) -> torch.Tensor:
     """Generate pixel videos (B, F, 1, S, S) in [-1, 1] of one digit each, ``labels`` (B,).
 
     Chunk-by-chunk causal rollout with the KV cache (:func:`rollout`), ``steps`` denoising passes
-    per chunk, then the fixed "VAE"'s decoder (:func:`decode_latents`). ``cfg_scale`` defaults to
-    the model's ``config["cfg_scale"]`` (1: no guidance).
+    per chunk, then the fixed "VAE"'s decoder (:func:`decode_latents`). ``steps`` and ``cfg_scale``
+    default to the model's ``config["sample_steps"]`` (4, Self-Forcing's schedule) and
+    ``config["cfg_scale"]`` (1: no guidance).
     """
     labels = labels.long()
     pad = model.config["label_slots"] - 1
     slots = torch.cat([labels[:, None], labels.new_full((len(labels), pad), -1)], 1)
+    steps = model.config.get("sample_steps", len(DENOISING_TIMESTEPS)) if steps is None else steps
     noise = rollout_noise(len(labels), model.config, generator, steps)
     scale = model.config.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale
     lat = rollout(model, slots, noise, cfg_scale=scale)

@@ -17,7 +17,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffkit.core.metrics import frechet_distance
@@ -74,27 +73,19 @@ def generate(model: nn.Module, labels: torch.Tensor, noise: torch.Tensor, batch:
     return torch.cat(outs)
 
 
-def _crop_digit(frames: torch.Tensor, size: int = 16) -> torch.Tensor:
-    """(N, 1, S, S) frames in [-1, 1] -> the (N, 1, size, size) window with the most ink."""
-    mass = F.avg_pool2d(frames + 1, size, stride=1)  # (N, 1, S-size+1, S-size+1)
-    idx = mass.flatten(1).argmax(1)
-    w = mass.shape[-1]
-    ys, xs = idx // w, idx % w
-    return torch.stack(
-        [
-            frames[i, :, y : y + size, x : x + size]
-            for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))
-        ]
-    )
-
-
 @torch.no_grad()
 def video_features(
-    pixels: torch.Tensor, classifier: nn.Module
+    pixels: torch.Tensor, classifier: nn.Module, digit_size: int = 16
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame evaluation-network features and predicted digits of (N, F, 1, S, S) videos."""
+    """Per-frame evaluation-network features and predicted digits of (N, F, 1, S, S) videos.
+
+    Each frame's ``digit_size`` window with the most ink is resized to the network's 16x16 input
+    (:func:`diffkit.models.moving_digits_wan.classifier_crops`).
+    """
+    from diffkit.models.moving_digits_wan import classifier_crops
+
     frames = pixels.flatten(0, 1).clamp(-1, 1)
-    return classifier.embed(_crop_digit(frames))
+    return classifier.embed(classifier_crops(frames, digit_size))
 
 
 @torch.no_grad()
@@ -105,7 +96,11 @@ def compare_rollouts(
     config: dict,
     classifier: nn.Module | None = None,
 ) -> dict:
-    """Metrics of quantized latents ``q`` against FP latents ``fp`` (same noise), (N, F, C, H, W)."""
+    """Metrics of quantized latents ``q`` against FP latents ``fp`` (same noise), (N, F, C, H, W).
+
+    Digit crops use the model's ``config["digit_size"]`` (the sprite size of its data; 16 when
+    absent).
+    """
     from diffkit.models.causal_wan import decode_latents
 
     ch = config["chunk_frames"]
@@ -123,8 +118,9 @@ def compare_rollouts(
         "final_chunk_mse": float(err[:, -ch:].mean()),
     }
     if classifier is not None:
-        f_fp, p_fp = video_features(px_fp, classifier)
-        f_q, p_q = video_features(px_q, classifier)
+        size = config.get("digit_size", 16)
+        f_fp, p_fp = video_features(px_fp, classifier, size)
+        f_q, p_q = video_features(px_q, classifier, size)
         target = labels[:, 0].repeat_interleave(fp.shape[1])
         out["frechet_fp_ref"] = frechet_distance(f_fp, f_q) if len(f_fp) > 2 else float("nan")
         out["digit_acc"] = float((p_q == target).float().mean())

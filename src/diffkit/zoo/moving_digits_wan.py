@@ -24,8 +24,6 @@ samples 0.35 after 750 steps with shift 3 vs 0.15 after 1,000 with shift 1). Cla
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import tempfile
 import time
@@ -35,13 +33,14 @@ import torch
 
 from diffkit import models
 from diffkit.core.ema import EMA
-from diffkit.core.io import atomic_dir, atomic_write_json, load_tensors, save_tensors
+from diffkit.core.io import atomic_dir, atomic_write_json
 from diffkit.core.machine import fast_dtype, machine_info
 from diffkit.core.objective import LossOutput
 from diffkit.core.schedules import FlowMatching
 from diffkit.data import MovingDigitsConfig, make_moving_digits
 from diffkit.models import moving_digits_wan as mdw
 from diffkit.train import TrainConfig, fit
+from diffkit.zoo._stages import load_stage, save_stage, stage_path
 
 log = logging.getLogger(__name__)
 
@@ -115,41 +114,6 @@ def _stage_config(s: dict, stage: str, seed: int, precision: str) -> TrainConfig
     )
 
 
-def _stage_path(work_dir, settings: dict, seed: int, stage: str) -> Path | None:
-    """Where a finished stage is kept: keyed on everything that shapes it (None: not kept)."""
-    if work_dir is None:
-        return None
-    key = json.dumps(
-        {
-            "settings": settings,
-            "seed": seed,
-            "config": mdw.DEFAULT_CONFIG,
-            "video": mdw.VIDEO,
-            "stage": stage,
-        },
-        sort_keys=True,
-    )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return Path(work_dir) / f"{stage}-{digest}.safetensors"
-
-
-def _save_stage(path: Path, model, ema: EMA, seconds: float) -> None:
-    """Model, EMA (its own state_dict) and the stage's time, written atomically."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    tensors["seconds"] = torch.tensor(seconds, dtype=torch.float64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(path, tensors)
-
-
-def _load_stage(path: Path, model, ema: EMA) -> float:
-    """Restore what :func:`_save_stage` wrote; returns the stage's recorded seconds."""
-    tensors = load_tensors(path)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    return float(tensors["seconds"])
-
-
 def train(
     out_dir: str | Path,
     *,
@@ -176,9 +140,10 @@ def train(
     res = None
     for stage, n, frames in (("image", "train_images", 1), ("video", "train_videos", None)):
         ts = time.perf_counter()
-        done = _stage_path(work_dir, s, seed, stage)
+        key = {"settings": s, "seed": seed, "config": mdw.DEFAULT_CONFIG, "video": mdw.VIDEO}
+        done = stage_path(work_dir, key, stage)
         if done is not None and done.exists():
-            seconds[f"{stage}_stage_seconds"] = _load_stage(done, model, ema)
+            seconds[f"{stage}_stage_seconds"] = load_stage(done, model, ema)
             log.info("moving-digits-wan %s stage: reused %s", stage, done)
             continue
         data = make_moving_digits(s[n], video_config("train", frames), seed=seed)
@@ -188,7 +153,7 @@ def train(
         seconds[f"{stage}_stage_seconds"] = round(time.perf_counter() - ts, 1)
         log.info("moving-digits-wan %s stage: %s", stage, res.metrics)
         if done is not None:
-            _save_stage(done, model, ema, seconds[f"{stage}_stage_seconds"])
+            save_stage(done, model, ema, seconds[f"{stage}_stage_seconds"])
     train_s = time.perf_counter() - t0
     ema.copy_to(model)
     model.eval()
