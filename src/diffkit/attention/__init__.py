@@ -18,6 +18,7 @@ from diffkit.lazy import lazy_exports
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "background": ("RoPeSLRParams", "fourier_ape"),
+    "causal": ("CausalRoPeSLRState", "RoPeSLRCausalSelfAttention", "causal_ropeslr_attention"),
     "config": ("RoPeSLRConfig",),
     "layout": (
         "block_mean",

@@ -10,6 +10,8 @@
   (``transformer_blocks.*.attn``) and single-stream (``single_transformer_blocks.*.attn``) blocks.
   RoPE and sparsity act on the video tokens; text tokens are a dense "sink" segment: every video
   query attends them exactly, and text queries attend all tokens densely (key padding honoured).
+* diffkit's causal zoo DiT ``CausalWan``: every block's ``self_attn`` is wrapped, respecting the
+  block-causal mask and the KV cache (:mod:`diffkit.attention.causal`).
 
 The grid shape is not passed to processors, so a forward pre-hook on the transformer reads the
 latent shape and patch size into a shared :class:`RoPeSLRState`. The processors are ``nn.Module``
@@ -42,6 +44,7 @@ SUPPORTED = {
     "WanVACETransformer3DModel": "wan",
     "SkyReelsV2Transformer3DModel": "wan",
     "HunyuanVideoTransformer3DModel": "hunyuan",
+    "CausalWan": "causal",  # diffkit's causal zoo DiT: attention.causal (block-causal, KV cache)
 }
 
 
@@ -183,20 +186,7 @@ class _RoPeSLRProcessorBase(nn.Module):
                 torch.is_grad_enabled() and st.mode not in ("align", "aux")
             ):
                 dense = self._dense(q, k, v, sink)
-        out = ropeslr_attention(
-            q,
-            k,
-            v,
-            config=self.config,
-            params=self.params,
-            q_pre=q_pre,
-            k_pre=k_pre,
-            grid=grid,
-            density=st.density,
-            sink_k=sink[0],
-            sink_v=sink[1],
-            sink_mask=sink[2],
-        )
+        out = self._sparse(q, k, v, q_pre, k_pre, grid, sink)
         if self.config.dense_heads:
             heads = [h for h in self.config.dense_heads if h < self.heads]
             out = out.clone()
@@ -208,6 +198,23 @@ class _RoPeSLRProcessorBase(nn.Module):
             st.layer_errors[self.layer] = err.detach()
             return dense if st.mode == "align" else out
         return out
+
+    def _sparse(self, q, k, v, q_pre, k_pre, grid, sink) -> torch.Tensor:
+        """The RoPeSLR attention itself (a subclass with another token layout overrides it)."""
+        return ropeslr_attention(
+            q,
+            k,
+            v,
+            config=self.config,
+            params=self.params,
+            q_pre=q_pre,
+            k_pre=k_pre,
+            grid=grid,
+            density=self.state.density,
+            sink_k=sink[0],
+            sink_v=sink[1],
+            sink_mask=sink[2],
+        )
 
     @staticmethod
     def _dense(q, k, v, sink) -> torch.Tensor:
@@ -366,6 +373,10 @@ def apply_ropeslr_(
     """
     if getattr(transformer, "_ropeslr_state", None) is not None:
         raise ValueError("RoPeSLR is already applied to this transformer; remove_ropeslr_ first")
+    if _family(transformer) == "causal":
+        from diffkit.attention.causal import apply_causal_ropeslr_
+
+        return apply_causal_ropeslr_(transformer, config, layers, state=state)
     kind, mods, patch = _targets(transformer)
     heads = mods[0][1].heads
     head_dim = mods[0][1].to_q.out_features // heads
@@ -416,7 +427,12 @@ def apply_ropeslr_(
 
 
 def remove_ropeslr_(transformer: nn.Module, replaced: dict[str, object]) -> None:
-    """Undo :func:`apply_ropeslr_`: restore the processors and drop the hook."""
+    """Undo :func:`apply_ropeslr_`: restore the processors and drop the hook (``CausalWan``:
+    restore the ``SelfAttention`` modules, see :mod:`diffkit.attention.causal`)."""
+    if any(c.__name__ == "CausalWan" for c in type(transformer).__mro__):
+        from diffkit.attention.causal import remove_causal_ropeslr_
+
+        return remove_causal_ropeslr_(transformer, replaced)
     mods = dict(transformer.named_modules())
     for name, proc in replaced.items():
         mods[name].set_processor(proc)
