@@ -508,6 +508,20 @@ def _agg(vals):
     return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+# two-sided 97.5 % quantiles of Student's t with n - 1 degrees of freedom
+_T975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
+
+
+def ci95(vals) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval over seeds (0 for one seed)."""
+    vals = [v for v in vals if v is not None]
+    mean = statistics.mean(vals)
+    if len(vals) < 2:
+        return mean, 0.0
+    t = _T975.get(len(vals), 1.96)
+    return mean, t * statistics.stdev(vals) / len(vals) ** 0.5
+
+
 _ORDER = ["RTN", "Percentile", "SmoothQuant", "AdaRound (uniform)", "+S1", "+S2",
           "+S1+S2 (Q-ARVD)", "+S1+S2 quirk"]  # fmt: skip
 
@@ -516,6 +530,9 @@ def markdown(r):
     lines = [f"# diffkit.quantize benchmark ({r['device']}, load {r['loadavg']})", "",
              f"Machine: {machine_line(r['machine']) if 'machine' in r else 'CPU kind not recorded'}.",
              ""]  # fmt: skip
+    if r.get("carried_over"):
+        lines += ["Sections kept from earlier runs (not re-run here): "
+                  + "; ".join(r["carried_over"]) + ".", ""]  # fmt: skip
     if r.get("gemm"):
         lines += ["## int8 GEMM (oneDNN) vs fp32 F.linear, 1 thread", "",
                   "| M | K | N | fp32 ms | int8 ms | speed-up | with act. quant | rel. err |",
@@ -535,19 +552,35 @@ def markdown(r):
                   "| s_k std | " + " | ".join(f"{v:.3f}" for v in s["std"]) + " |", "",
                   f"Exponential fit of the mean: a = {s['fit'][0]:.3f}, r = {s['fit'][1]:.3f}.", ""]  # fmt: skip
     for bits, rows in r.get("methods", {}).items():
-        lines += [f"## {bits}: quantized vs FP rollout (identical noise)", "",
-                  "| method | video MSE | chunk-0 MSE | last-chunk MSE | PSNR dB | Frechet (FP-ref) | digit acc | bytes ratio | seeds |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"## {bits}: quantized vs FP rollout (identical noise), mean ± 95 % CI over seeds",
+                  "",
+                  "| method | video MSE | chunk-0 MSE | last-chunk MSE | last / chunk-0 | PSNR dB "
+                  "| Frechet (FP-ref) | digit acc | acc - FP | bytes ratio | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name, m in sorted(rows.items(), key=lambda kv: _ORDER.index(kv[0])):
-            vm, vs = _agg(m["video_mse"])
+            vm, vh = ci95(m["video_mse"])
+            c0, c0h = ci95(m["chunk0_mse"])
+            cl, clh = ci95(m["last_chunk_mse"])
+            ratio = ci95([b / a for a, b in zip(m["chunk0_mse"], m["last_chunk_mse"])])
+            fr, frh = ci95(m["frechet"])
+            acc, acch = ci95(m["digit_acc"])
+            gap = ci95([a - f for a, f in zip(m["digit_acc"], m["digit_acc_fp"])])
             lines.append(
-                f"| {name} | {vm:.3e} ± {vs:.1e} | {_agg(m['chunk0_mse'])[0]:.3e} | "
-                f"{_agg(m['last_chunk_mse'])[0]:.3e} | {_agg(m['psnr'])[0]:.2f} | "
-                f"{_agg(m['frechet'])[0]:.3f} | {_agg(m['digit_acc'])[0]:.3f} | {m['bytes_ratio']:.3f} | {len(m['video_mse'])} |"
+                f"| {name} | {vm:.3e} ± {vh:.1e} | {c0:.3e} ± {c0h:.1e} | {cl:.3e} ± {clh:.1e} | "
+                f"{ratio[0]:.2f} ± {ratio[1]:.2f} | {ci95(m['psnr'])[0]:.2f} | {fr:.3f} ± {frh:.3f} | "
+                f"{acc:.3f} ± {acch:.3f} | {gap[0]:+.3f} ± {gap[1]:.3f} | {m['bytes_ratio']:.3f} | "
+                f"{len(m['video_mse'])} |"
             )
-        lines.append("")
+        fp_acc = ci95(next(iter(rows.values()))["digit_acc_fp"])
+        lines += ["", f"FP model's per-frame digit accuracy on the same rollouts: "
+                  f"{fp_acc[0]:.3f} ± {fp_acc[1]:.3f}.", ""]  # fmt: skip
+    if r.get("determinism"):
+        d = r["determinism"]
+        lines += [f"Determinism: {d['method']} converted twice with seed {d['seed']}: video MSE "
+                  f"{d['video_mse'][0]:.6e} and {d['video_mse'][1]:.6e} "
+                  f"({'identical' if d['identical'] else 'DIFFERENT'}).", ""]  # fmt: skip
     if r.get("rollout_time"):
-        lines += ["## End-to-end rollout (W8A8 RTN, 12 frames, 1 thread)", "",
+        lines += ["## End-to-end rollout (W8A8 RTN, the zoo model, 1 thread)", "",
                   "| batch | fp32 s | int8 kernel s | simulator s |", "|---|---|---|---|"]  # fmt: skip
         for t in r["rollout_time"]:
             lines.append(
@@ -559,8 +592,8 @@ def markdown(r):
         b1, bn = sorted(kv["seconds"], key=int)[0], sorted(kv["seconds"], key=int)[-1]
         lines += [f"## Quantized KV cache (FP weights) vs the FP cache, {kv['chunks']}-chunk rollout "
                   f"({kv['frames']} latent frames; {kv['videos_per_seed']} videos x {kv['seeds']} seeds)", "",
-                  "Errors are distances to the FP-cache rollout with identical noise (the shipped "
-                  "model does not generate digits yet), relative to the FP latents' mean square "
+                  "Errors are distances to the FP-cache rollout with identical noise, relative "
+                  "to the FP latents' mean square "
                   f"({kv['fp_latent_power']:.3f}). Times measured while the machine was shared "
                   f"(load {kv['loadavg']}), interleaved; fp32 cache: {kv['seconds'][b1]['fp32']:.2f} s "
                   f"at batch {b1}, {kv['seconds'][bn]['fp32']:.2f} s at batch {bn}.", "",
@@ -664,9 +697,19 @@ def make_plot(r):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="tiny smoke configuration")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--iters", type=int, default=80)
-    ap.add_argument("--videos", type=int, default=16)
+    ap.add_argument("--seeds", type=int, default=5, help="calibration seeds per method and width")
+    ap.add_argument("--iters", type=int, default=80, help="AdaRound iterations per layer")
+    ap.add_argument("--videos", type=int, default=20, help="evaluation rollouts per seed")
+    ap.add_argument(
+        "--bits",
+        default="W8A8,W4A8",
+        help="comma list of widths for the methods stage (W8A8, W4A8, W4A6); all seeds each",
+    )
+    ap.add_argument(
+        "--methods",
+        default="RTN,SmoothQuant,AdaRound (uniform),+S1,+S2,+S1+S2 (Q-ARVD)",
+        help="comma list of methods (also Percentile, '+S1+S2 quirk'); 'all' for every one",
+    )
     ap.add_argument(
         "--stages",
         default="gemm,sens,methods,time,kv,wan,wan_avx2",
@@ -703,11 +746,12 @@ def main(argv=None):
         "loadavg": [round(v, 2) for v in os.getloadavg()],
         "act_bits_full_range_exact": kernels.full_range_exact(),
         "settings": {"seeds": seeds, "adaround_iters": iters, "videos": n_videos,
-                     "calibration_rollouts": calib_n},  # fmt: skip
+                     "calibration_rollouts": calib_n, "bits": args.bits},  # fmt: skip
         "reduced": (
             f"AdaRound {iters} iterations per layer (paper 2000), batch 256 rows; {calib_n} "
-            f"calibration rollouts; {n_videos} evaluation videos per seed; seeds {len(seeds)} at W4A8, "
-            "1 seed at W8A8 and W4A6; sensitivity from {n_videos} videos per seed (paper: 100 prompts)."
+            f"calibration rollouts; {n_videos} evaluation videos per seed; {len(seeds)} calibration "
+            "seeds per method and width (95 % t-intervals over seeds); sensitivity from {n_videos} "
+            "videos per seed (paper: 100 prompts)."
         ),
     }  # fmt: skip
     results["reduced"] = results["reduced"].replace("{n_videos}", str(n_videos))
@@ -725,7 +769,11 @@ def main(argv=None):
         for st, key in stage_keys.items():
             if st not in stages and key in prev:
                 results[key] = prev[key]
-                results.setdefault("carried_over", []).append(f"{key} (loadavg {prev['loadavg']})")
+                where = prev.get("machine_of", {}).get(key) or prev.get("machine")
+                results.setdefault("machine_of", {})[key] = where
+                results.setdefault("carried_over", []).append(
+                    f"{key} ({machine_line(where) if where else 'CPU kind not recorded'})"
+                )
         if "methods" not in stages and "methods" in prev:  # its settings describe the numbers
             for key in ("settings", "reduced", "loadavg", "act_bits_full_range_exact"):
                 results[key] = prev.get(key, results.get(key))
@@ -767,13 +815,17 @@ def main(argv=None):
         write(results)
     if "methods" in stages:
         results["methods"] = {}
-        plan = [("W4A8", (4, 8), seeds), ("W8A8", (8, 8), seeds[:1]), ("W4A6", (4, 6), seeds[:1])]
+        widths = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A6": (4, 6)}
+        plan = [(tag, widths[tag], seeds) for tag in args.bits.split(",")]
+        chosen = None if args.methods == "all" else args.methods.split(",")
         for tag, (wb, ab), bseeds in plan:
             rows = {}
             for seed in bseeds:
                 labels, noise = calibration_set(n_videos, 100 + seed, fp_model.config)
                 fp = generate(fp_model, labels, noise)
                 for name, cfg in methods(wb, ab, iters, s_mean).items():
+                    if chosen is not None and name not in chosen:
+                        continue
                     q, secs = quantized_copy(fp_model, cfg, calib_n, seed)
                     out = compare_rollouts(fp, generate(q, labels, noise), labels,
                                            fp_model.config, classifier)  # fmt: skip
@@ -798,6 +850,17 @@ def main(argv=None):
                              out["video_mse"], secs)  # fmt: skip
                     results["methods"][tag] = rows
                     write(results, plot=False)
+                    if seed == bseeds[0] and name == "+S1+S2 (Q-ARVD)" and tag == plan[0][0]:
+                        # calibration is deterministic for a seed: convert again and compare
+                        q2, _ = quantized_copy(fp_model, cfg, calib_n, seed)
+                        again = compare_rollouts(fp, generate(q2, labels, noise), labels,
+                                                 fp_model.config)  # fmt: skip
+                        results["determinism"] = {
+                            "method": f"{tag} {name}",
+                            "seed": seed,
+                            "video_mse": [out["video_mse"], again["video_mse"]],
+                            "identical": out["video_mse"] == again["video_mse"],
+                        }
             write(results)
     if "time" in stages:
         q, _ = quantized_copy(fp_model, RTNConfig(w_bits=8, a_bits=8), calib_n, 0)

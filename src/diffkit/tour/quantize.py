@@ -103,11 +103,16 @@ def build(section, ctx) -> None:
                 "video MSE": m["video_mse"],
                 "last-chunk MSE": m["final_chunk_mse"],
                 "Frechet (FP-ref)": m["frechet_fp_ref"],
+                "digit accuracy": m["digit_acc"],
                 "digit agreement with FP": m["agree_with_fp"],
                 "bytes vs fp32": b["ratio"],
             }
         )
     section.table(rows, "quantized vs FP (4 videos; bytes = packed codes + scales + zero points)")
+    section.text(
+        f"The FP rollouts' per-frame digit accuracy (evaluation network) is {acc:.3f} on these 4 "
+        "videos; `benchmarks/quantize.py` measures every method over 5 calibration seeds."
+    )
 
     ctx.status("quantize: speed")
     q = variants["RTN W4A8"]
