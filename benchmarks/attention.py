@@ -563,28 +563,72 @@ def part_b(densities, n_train=4, n_test=4) -> dict:
 
 
 # ----------------------------------------------------------------------------- (c) quality
-def part_c(n: int, steps: int) -> dict:
+def part_c(per_class: int, steps: int, seeds: list[int], densities: list[float]) -> dict:
+    """Sample quality of the tiny Wan model with dense vs sparse-only vs RoPeSLR attention.
+
+    For every seed, every variant samples the same ``10 * per_class`` videos from the same initial
+    noise (Euler, ``steps``, CFG 3): per-frame accuracy, class consistency, motion, crop FID/KID
+    (:func:`diffkit.models.moving_digits_wan.evaluate`) and each video's distance to the dense
+    model's video from the same noise (pixel MSE, cosine of the evaluation network's crop
+    features, averaged over frames). RoPeSLR is the zoo's aligned ``moving-digits-wan-ropeslr``
+    run at each density; sparse-only is the same model with the background path off. An SLA-style
+    sampler (its linear branch over all keys) is not built for whole models: part (b) compares it
+    on held-out attention inputs only.
+    """
     from diffkit import models
     from diffkit.attention.processors import ropeslr_state
-    from diffkit.zoo.moving_digits_wan import evaluate
+    from diffkit.data import make_moving_digits
+    from diffkit.models import moving_digits_wan as mdw
+    from diffkit.zoo.moving_digits_wan import video_config
 
-    out = {}
+    clf = models.load("digit-classifier")
     dense = models.load("moving-digits-wan")
-    out["dense"] = evaluate(dense, seed=0, n=n, steps=steps)
     rs = models.load("moving-digits-wan-ropeslr")
-    out["ropeslr_aligned"] = evaluate(rs, seed=0, n=n, steps=steps)
-    st = ropeslr_state(rs)
-    for m in rs.modules():
-        if hasattr(m, "processor") and hasattr(m.processor, "params"):
+    procs = [m.processor for m in rs.modules() if hasattr(getattr(m, "processor", None), "params")]
+    full = {id(p): p.config for p in procs}
+    state = ropeslr_state(rs)
+
+    def variant(background: bool, density: float | None):
+        for p in procs:
+            cfg = full[id(p)]
             object.__setattr__(
-                m.processor,
-                "config",
-                RoPeSLRConfig(**{**m.processor.config.__dict__, "background": False}),
+                p, "config", RoPeSLRConfig(**{**cfg.__dict__, "background": background})
             )
-    out["spike_only"] = evaluate(rs, seed=0, n=n, steps=steps)
-    del st
-    for k, v in out.items():
-        print(k, json.dumps(v), flush=True)
+        state.density = density
+
+    def draw(model, labels, seed):
+        g = torch.Generator().manual_seed(seed + 1)
+        return torch.cat([mdw.sample(model, labels[i : i + 20], steps=steps, generator=g)
+                          for i in range(0, len(labels), 20)])  # fmt: skip
+
+    def features(videos):
+        crops = mdw.classifier_crops(videos.flatten(0, 1).clamp(-1, 1))
+        return clf.embed(crops)[0].view(videos.shape[0], videos.shape[1], -1)
+
+    n = 10 * per_class
+    labels = torch.arange(n) % 10
+    out: dict = {"per_class": per_class, "steps": steps, "seeds": seeds, "rows": {}}
+    for seed in seeds:
+        real = make_moving_digits(n, video_config("test"), seed=seed + 2).videos
+        floor = make_moving_digits(n, video_config("train"), seed=seed + 3).videos
+        ref = draw(dense, labels, seed)
+        f_ref = features(ref)
+        runs = {"dense": (dense, None)}
+        for d in densities:
+            runs[f"sparse-only {d}"] = (rs, (False, d))
+            runs[f"RoPeSLR {d}"] = (rs, (True, d))
+        for name, (model, how) in runs.items():
+            if how is not None:
+                variant(*how)
+            vids = ref if name == "dense" else draw(model, labels, seed)
+            m = mdw.evaluate(vids, labels, real, clf, floor_real=floor)
+            m["pixel_mse_to_dense"] = float((vids - ref).pow(2).mean())
+            cos = torch.nn.functional.cosine_similarity(features(vids), f_ref, dim=-1)
+            m["feature_cosine_to_dense"] = float(cos.mean())
+            out["rows"].setdefault(name, []).append(m)
+            print(name, seed, json.dumps({k: round(v, 4) for k, v in m.items()
+                                          if isinstance(v, float)}), flush=True)  # fmt: skip
+    variant(True, None)
     return out
 
 
@@ -829,15 +873,27 @@ def _plots_and_table(res: dict) -> None:
         fig.tight_layout()
         fig.savefig(RESULTS / "attention_error.png", dpi=110)
     if "quality" in res:
+        q = res["quality"]
         md += [
             "",
-            "## (c) tiny Wan sample quality (same seeds)",
+            f"## (c) tiny Wan sample quality: {10 * q['per_class']} videos x seeds {q['seeds']}, "
+            f"{q['steps']} Euler steps, CFG 3, the same noise for every variant (mean over seeds)",
             "",
-            "| attention | FID | KID | frame accuracy |",
-            "|---|---:|---:|---:|",
+            _machine(q["env"]) + "." if "env" in q else "Machine not recorded.",
+            "",
+            "| attention | frame accuracy | class consistency | FID / floor | KID | pixel MSE to "
+            "dense | feature cosine to dense |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for k, v in res["quality"].items():
-            md.append(f"| {k} | {v['fid']:.2f} | {v['kid']:.4f} | {v['frame_accuracy']:.3f} |")
+        for k, rows in q["rows"].items():
+            mean = {f: statistics.mean(r[f] for r in rows) for f in (
+                "frame_accuracy", "class_consistency", "fid_over_floor", "kid",
+                "pixel_mse_to_dense", "feature_cosine_to_dense")}  # fmt: skip
+            md.append(
+                f"| {k} | {mean['frame_accuracy']:.3f} | {mean['class_consistency']:.3f} | "
+                f"{mean['fid_over_floor']:.2f} | {mean['kid']:.4f} | "
+                f"{mean['pixel_mse_to_dense']:.4f} | {mean['feature_cosine_to_dense']:.3f} |"
+            )
     if "pipeline" in res:
         from _attention_pipeline import markdown
 
@@ -916,7 +972,21 @@ def main() -> None:
                          "lse estimate, background, merge, permutations)")  # fmt: skip
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds after which (a) starts no new (L, d) configuration")  # fmt: skip
-    ap.add_argument("--quality-videos", type=int, default=20, help="videos per setting in (c)")
+    ap.add_argument(
+        "--quality-per-class",
+        type=int,
+        default=20,
+        help="videos per digit class and setting in (c) (issue 14: 20 = 200 videos)",
+    )
+    ap.add_argument(
+        "--quality-seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="sampling seeds of (c); every variant uses the same noise per seed",
+    )
+    ap.add_argument("--quality-densities", type=float, nargs="+", default=[0.2, 0.1, 0.05],
+                    help="densities of (c)")  # fmt: skip
     ap.add_argument("--quality-steps", type=int, default=20, help="sampling steps in (c)")
     ap.add_argument("--pipeline-tokens", type=int, nargs="+", default=[2048], choices=[2048, 8192],
                     help="token counts of (d)")  # fmt: skip
@@ -1003,7 +1073,8 @@ def main() -> None:
         return
     path = RESULTS / "attention.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
-    if parts == ["d"]:  # keep the machine record of the parts that did not run
+    alone = parts in (["c"], ["d"])  # these record their own machine
+    if alone:  # keep the machine record of the parts that did not run
         res.setdefault("env", _env())
     else:
         res["env"] = _env()
@@ -1014,14 +1085,17 @@ def main() -> None:
     if "b" in parts:
         res["error"] = part_b([1.0, 0.5, 0.3, 0.2, 0.1, 0.05])
     if "c" in parts:
-        res["quality"] = part_c(args.quality_videos, args.quality_steps)
+        res["quality"] = part_c(
+            args.quality_per_class, args.quality_steps, args.quality_seeds, args.quality_densities
+        )
+        res["quality"]["env"] = {**_env(), "loadavg_end": os.getloadavg()}
     if "d" in parts:
         from _attention_pipeline import part_d
 
         env = _env()
         res["pipeline"] = part_d(args.pipeline_tokens, args.pipeline_steps, args.pipeline_reps)
         res["pipeline"]["env"] = {**env, "loadavg_end": os.getloadavg()}
-    if parts != ["d"]:
+    if not alone:
         res["env"]["loadavg_end"] = os.getloadavg()
     path.write_text(json.dumps(res, indent=1))
     _plots_and_table(res)
