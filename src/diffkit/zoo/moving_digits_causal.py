@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,8 +41,7 @@ from diffkit.core.objective import LossOutput
 from diffkit.core.schedules import FlowMatching
 from diffkit.data import MovingDigitsConfig, make_moving_digits
 from diffkit.models import causal_wan as cw
-from diffkit.train import TrainConfig, fit
-from diffkit.zoo._stages import load_stage, save_stage, stage_path
+from diffkit.zoo._stages import moving_digit_stages, run_stages
 from diffkit.zoo.moving_digits_wan import score_samples
 
 log = logging.getLogger(__name__)
@@ -181,23 +179,6 @@ def evaluate_samples(
     return out
 
 
-def _stage_config(s: dict, stage: str, seed: int, precision: str) -> TrainConfig:
-    return TrainConfig(
-        steps=s[f"{stage}_steps"],
-        batch_size=s[f"{stage}_batch"],
-        lr=s[f"{stage}_lr"],
-        warmup_steps=s["warmup_steps"],
-        lr_schedule="cosine",
-        weight_decay=s["weight_decay"],
-        grad_clip=s["grad_clip"],
-        ema_decay=s["ema_decay"],
-        seed=seed + (0 if stage == "chunk" else 1),
-        log_every=50,
-        resume=False,
-        mixed_precision=precision,
-    )
-
-
 def train(
     out_dir: str | Path,
     *,
@@ -222,25 +203,13 @@ def train(
     ema = EMA(model, s["ema_decay"])
     objective = TeacherForcingFlow(config, label_dropout=s["label_dropout"])
     key = {"settings": s, "seed": seed, "config": config, "data": DATA}
-    seconds, res = {}, None
-    for stage, n, frames in (
-        ("chunk", "train_chunks", config["chunk_frames"]),
-        ("video", "train_videos", None),
-    ):
-        ts = time.perf_counter()
-        done = stage_path(work_dir, key, stage)
-        if done is not None and done.exists():
-            seconds[f"{stage}_stage_seconds"] = load_stage(done, model, ema)
-            log.info("moving-digits-causal %s stage: reused %s", stage, done)
-            continue
-        data = make_moving_digits(s[n], video_config("train", frames), seed=seed)
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = _stage_config(s, stage, seed, precision)
-            res = fit(objective, model, data, cfg, tmp, ema=ema, progress=progress)
-        seconds[f"{stage}_stage_seconds"] = round(time.perf_counter() - ts, 1)
-        log.info("moving-digits-causal %s stage: %s", stage, res.metrics)
-        if done is not None:
-            save_stage(done, model, ema, seconds[f"{stage}_stage_seconds"])
+    plan = (("chunk", "train_chunks", config["chunk_frames"]), ("video", "train_videos", None))
+    extra = {"weight_decay": s["weight_decay"], "grad_clip": s["grad_clip"]}
+    stages = moving_digit_stages(s, plan, video_config, seed, precision, **extra)
+    seconds, res = run_stages(
+        stages, objective=objective, model=model, ema=ema, key=key, work_dir=work_dir,
+        progress=progress, name="moving-digits-causal",
+    )  # fmt: skip
     train_s = time.perf_counter() - t0
     ema.copy_to(model)
     model.eval()

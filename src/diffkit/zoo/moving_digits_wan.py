@@ -25,7 +25,6 @@ samples 0.35 after 750 steps with shift 3 vs 0.15 after 1,000 with shift 1). Cla
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,8 +38,7 @@ from diffkit.core.objective import LossOutput
 from diffkit.core.schedules import FlowMatching
 from diffkit.data import MovingDigitsConfig, make_moving_digits
 from diffkit.models import moving_digits_wan as mdw
-from diffkit.train import TrainConfig, fit
-from diffkit.zoo._stages import load_stage, save_stage, stage_path
+from diffkit.zoo._stages import moving_digit_stages, run_stages
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +96,6 @@ def video_config(split: str = "train", num_frames: int | None = None) -> MovingD
     )
 
 
-def _stage_config(s: dict, stage: str, seed: int, precision: str) -> TrainConfig:
-    return TrainConfig(
-        steps=s[f"{stage}_steps"],
-        batch_size=s[f"{stage}_batch"],
-        lr=s[f"{stage}_lr"],
-        warmup_steps=s["warmup_steps"],
-        lr_schedule="cosine",
-        betas=(0.9, 0.99),
-        ema_decay=s["ema_decay"],
-        seed=seed + (0 if stage == "image" else 1),
-        log_every=50,
-        resume=False,
-        mixed_precision=precision,
-    )
-
-
 def train(
     out_dir: str | Path,
     *,
@@ -136,24 +118,13 @@ def train(
     model = mdw.build(mdw.DEFAULT_CONFIG)
     ema = EMA(model, s["ema_decay"])
     objective = FlowObjective(FlowMatching(shift=s["shift"]), s["label_dropout"])
-    seconds = {}
-    res = None
-    for stage, n, frames in (("image", "train_images", 1), ("video", "train_videos", None)):
-        ts = time.perf_counter()
-        key = {"settings": s, "seed": seed, "config": mdw.DEFAULT_CONFIG, "video": mdw.VIDEO}
-        done = stage_path(work_dir, key, stage)
-        if done is not None and done.exists():
-            seconds[f"{stage}_stage_seconds"] = load_stage(done, model, ema)
-            log.info("moving-digits-wan %s stage: reused %s", stage, done)
-            continue
-        data = make_moving_digits(s[n], video_config("train", frames), seed=seed)
-        cfg = _stage_config(s, stage, seed, precision)
-        with tempfile.TemporaryDirectory() as tmp:
-            res = fit(objective, model, data, cfg, tmp, ema=ema, progress=progress)
-        seconds[f"{stage}_stage_seconds"] = round(time.perf_counter() - ts, 1)
-        log.info("moving-digits-wan %s stage: %s", stage, res.metrics)
-        if done is not None:
-            save_stage(done, model, ema, seconds[f"{stage}_stage_seconds"])
+    key = {"settings": s, "seed": seed, "config": mdw.DEFAULT_CONFIG, "video": mdw.VIDEO}
+    plan = (("image", "train_images", 1), ("video", "train_videos", None))
+    stages = moving_digit_stages(s, plan, video_config, seed, precision, betas=(0.9, 0.99))
+    seconds, res = run_stages(
+        stages, objective=objective, model=model, ema=ema, key=key, work_dir=work_dir,
+        progress=progress, name="moving-digits-wan",
+    )  # fmt: skip
     train_s = time.perf_counter() - t0
     ema.copy_to(model)
     model.eval()
