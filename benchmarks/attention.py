@@ -873,32 +873,37 @@ def _plots_and_table(res: dict) -> None:
         fig.tight_layout()
         fig.savefig(RESULTS / "attention_error.png", dpi=110)
     if "quality" in res:
-        q = res["quality"]
-        md += [
-            "",
-            f"## (c) tiny Wan sample quality: {10 * q['per_class']} videos x seeds {q['seeds']}, "
-            f"{q['steps']} Euler steps, CFG 3, the same noise for every variant (mean over seeds)",
-            "",
-            _machine(q["env"]) + "." if "env" in q else "Machine not recorded.",
-            "",
-            "| attention | frame accuracy | class consistency | FID / floor | KID | pixel MSE to "
-            "dense | feature cosine to dense |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for k, rows in q["rows"].items():
-            mean = {f: statistics.mean(r[f] for r in rows) for f in (
-                "frame_accuracy", "class_consistency", "fid_over_floor", "kid",
-                "pixel_mse_to_dense", "feature_cosine_to_dense")}  # fmt: skip
-            md.append(
-                f"| {k} | {mean['frame_accuracy']:.3f} | {mean['class_consistency']:.3f} | "
-                f"{mean['fid_over_floor']:.2f} | {mean['kid']:.4f} | "
-                f"{mean['pixel_mse_to_dense']:.4f} | {mean['feature_cosine_to_dense']:.3f} |"
-            )
+        md += _quality_md(res["quality"])
     if "pipeline" in res:
         from _attention_pipeline import markdown
 
         md += markdown(res["pipeline"])
     (RESULTS / "attention.md").write_text("\n".join(md) + "\n")
+
+
+def _quality_md(q: dict) -> list[str]:
+    """Part (c)'s Markdown section."""
+    md = [
+        "",
+        f"## (c) tiny Wan sample quality: {10 * q['per_class']} videos x seeds {q['seeds']}, "
+        f"{q['steps']} Euler steps, CFG 3, the same noise for every variant (mean over seeds)",
+        "",
+        _machine(q["env"]) + "." if "env" in q else "Machine not recorded.",
+        "",
+        "| attention | frame accuracy | class consistency | FID / floor | KID | pixel MSE to "
+        "dense | feature cosine to dense |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    fields = ("frame_accuracy", "class_consistency", "fid_over_floor", "kid",
+              "pixel_mse_to_dense", "feature_cosine_to_dense")  # fmt: skip
+    for k, rows in q["rows"].items():
+        mean = {f: statistics.mean(r[f] for r in rows) for f in fields}
+        md.append(
+            f"| {k} | {mean['frame_accuracy']:.3f} | {mean['class_consistency']:.3f} | "
+            f"{mean['fid_over_floor']:.2f} | {mean['kid']:.4f} | "
+            f"{mean['pixel_mse_to_dense']:.4f} | {mean['feature_cosine_to_dense']:.3f} |"
+        )
+    return md
 
 
 def _gpu_table(res: dict) -> None:
@@ -1084,6 +1089,16 @@ def main() -> None:
         res["speed_settings"] = vars(args)
     if "b" in parts:
         res["error"] = part_b([1.0, 0.5, 0.3, 0.2, 0.1, 0.05])
+    if parts == ["c"]:  # alone: its own results file, the other parts' files untouched
+        q = part_c(
+            args.quality_per_class, args.quality_steps, args.quality_seeds, args.quality_densities
+        )
+        q["env"] = {**_env(), "loadavg_end": os.getloadavg()}
+        (RESULTS / "attention_quality.json").write_text(json.dumps(q, indent=1))
+        text = "# RoPeSLR sample quality (`benchmarks/attention.py --part c`)\n\n"
+        (RESULTS / "attention_quality.md").write_text(text + "\n".join(_quality_md(q)[1:]) + "\n")
+        print(f"wrote {RESULTS / 'attention_quality.json'}")
+        return
     if "c" in parts:
         res["quality"] = part_c(
             args.quality_per_class, args.quality_steps, args.quality_seeds, args.quality_densities
