@@ -1078,7 +1078,7 @@ def main() -> None:
         return
     path = RESULTS / "attention.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
-    alone = parts in (["c"], ["d"])  # these record their own machine
+    alone = parts == ["d"]  # it records its own machine
     if alone:  # keep the machine record of the parts that did not run
         res.setdefault("env", _env())
     else:

@@ -66,6 +66,11 @@ def test_vae_round_trip_and_sigmas():
     torch.testing.assert_close(
         cw.sigmas_for().float(), torch.tensor([1.0, 0.9375, 0.833333, 0.625]), atol=1e-5, rtol=0
     )
+    # a model's sampler: its config's passes and shift, else Self-Forcing's 4 at shift 5
+    assert cw.sample_steps({}) == 4 and cw.sample_steps({"sample_steps": 8}) == 8
+    assert torch.equal(cw.sampler_sigmas({}), cw.sigmas_for())
+    eight = cw.sampler_sigmas({"sample_steps": 8, "shift": 3.0})
+    assert torch.equal(eight, cw.sigmas_for(cw.denoising_timesteps(8), 3.0)) and len(eight) == 8
 
 
 def test_int8_kv_cache_is_close_and_four_times_smaller():

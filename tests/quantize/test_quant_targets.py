@@ -9,6 +9,7 @@ import torch
 from _quant_tiny import TINY, tiny_model  # noqa: E402
 
 from diffkit import models
+from diffkit.data import MovingDigitsConfig, make_moving_digits
 from diffkit.models import causal_wan as cw
 from diffkit.quantize.targets import calibration_set, compare_rollouts, generate
 
@@ -31,6 +32,21 @@ def test_compare_rollouts_zero_error_against_itself():
     assert out["video_mse"] == 0.0 and len(out["chunk_mse"]) == 2
     noisy = compare_rollouts(lat, lat + 0.1 * torch.randn_like(lat), labels, TINY)
     assert noisy["video_mse"] > 0 and noisy["chunk_psnr"][0] < 200
+
+
+def test_compare_rollouts_scores_digits_per_frame():
+    clf = models.load("digit-classifier")
+    cfg = {**TINY, "digit_size": 16}
+    data = make_moving_digits(4, MovingDigitsConfig(num_frames=TINY["num_frames"], max_digits=1), 0)
+    lat = cw.encode_video(data.videos, cfg)
+    labels = torch.stack([data.labels[:, 0], torch.full((4,), -1)], 1)
+    out = compare_rollouts(lat, lat, labels, cfg, clf)
+    per = out["digit_acc_per_frame"]
+    assert len(per) == TINY["num_frames"] and out["agree_with_fp"] == 1.0
+    assert abs(sum(per) / len(per) - out["digit_acc"]) < 1e-6 and out["digit_acc"] > 0.8
+    wrong = labels.clone()
+    wrong[:, 0] = (wrong[:, 0] + 1) % 10  # every frame mislabelled: accuracy falls everywhere
+    assert max(compare_rollouts(lat, lat, wrong, cfg, clf)["digit_acc_per_frame"]) < 0.5
 
 
 def _require_zoo() -> None:

@@ -58,6 +58,7 @@ from diffkit.attention.layout import (
 from diffkit.attention.processors import RoPeSLRState, _RoPeSLRProcessorBase
 from diffkit.attention.sparse import gather_blocks
 from diffkit.core.rope import apply_rope, rope_freqs_3d, split_3d
+from diffkit.models.causal_wan import project_qkv
 
 log = logging.getLogger(__name__)
 
@@ -497,21 +498,9 @@ class RoPeSLRCausalSelfAttention(nn.Module):
         object.__setattr__(self, "original", original)  # not a submodule: its leaves are ours
 
     def forward(self, x, rope, mask, past=None):
-        B, S, D = x.shape
-        h = self.heads
-
-        def split(z):  # (B, S, D) -> (B, h, S, D/h)
-            return z.view(B, S, h, D // h).transpose(1, 2)
-
-        q_pre = split(self.norm_q(self.q(x)))
-        k_pre = split(self.norm_k(self.k(x)))
-        q, k = apply_rope(q_pre, *rope), apply_rope(k_pre, *rope)
-        v = split(self.v(x))
-        new = (k, v)
-        if past is not None and past[0] is not None:
-            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        q, k, v, new, (q_pre, k_pre) = project_qkv(self, x, rope, past)
         out = self.processor.attend(q, k, v, q_pre, k_pre, mask)
-        return self.o(out.transpose(1, 2).reshape(B, S, D)), new
+        return self.o(out.transpose(1, 2).flatten(2)), new
 
 
 def apply_causal_ropeslr_(

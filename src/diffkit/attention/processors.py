@@ -429,7 +429,7 @@ def apply_ropeslr_(
 def remove_ropeslr_(transformer: nn.Module, replaced: dict[str, object]) -> None:
     """Undo :func:`apply_ropeslr_`: restore the processors and drop the hook (``CausalWan``:
     restore the ``SelfAttention`` modules, see :mod:`diffkit.attention.causal`)."""
-    if any(c.__name__ == "CausalWan" for c in type(transformer).__mro__):
+    if _family(transformer) == "causal":
         from diffkit.attention.causal import remove_causal_ropeslr_
 
         return remove_causal_ropeslr_(transformer, replaced)

@@ -76,6 +76,18 @@ def sigmas_for(timesteps=DENOISING_TIMESTEPS, shift: float = SHIFT) -> torch.Ten
     )
 
 
+def sample_steps(config: dict) -> int:
+    """Denoising passes per chunk a model samples with: ``config["sample_steps"]``, else 4."""
+    return config.get("sample_steps", len(DENOISING_TIMESTEPS))
+
+
+def sampler_sigmas(config: dict, steps: int | None = None) -> torch.Tensor:
+    """The warped noise levels of a model's passes (:func:`sigmas_for` of ``steps``, default
+    :func:`sample_steps`, with the model's ``config["shift"]``, else :data:`SHIFT`)."""
+    steps = sample_steps(config) if steps is None else steps
+    return sigmas_for(denoising_timesteps(steps), config.get("shift", SHIFT))
+
+
 # ----------------------------------------------------------------------------- fixed "VAE"
 def vae_matrix(in_ch: int, patch: int, seed: int) -> torch.Tensor:
     """Seeded orthogonal (in_ch*p*p, in_ch*p*p) matrix: latent = M @ patch_pixels."""
@@ -179,20 +191,29 @@ class SelfAttention(nn.Module):
         self.norm_q, self.norm_k = nn.RMSNorm(dim, eps=1e-6), nn.RMSNorm(dim, eps=1e-6)
 
     def forward(self, x, rope, mask, past=None):
-        B, S, D = x.shape
-        h = self.heads
-
-        def split(z):  # (B, S, D) -> (B, h, S, D/h)
-            return z.view(B, S, h, D // h).transpose(1, 2)
-
-        q = apply_rope(split(self.norm_q(self.q(x))), *rope)
-        k = apply_rope(split(self.norm_k(self.k(x))), *rope)
-        v = split(self.v(x))
-        new = (k, v)
-        if past is not None and past[0] is not None:
-            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        q, k, v, new, _ = project_qkv(self, x, rope, past)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o(out.transpose(1, 2).reshape(B, S, D)), new
+        return self.o(out.transpose(1, 2).flatten(2)), new
+
+
+def project_qkv(attn: nn.Module, x: torch.Tensor, rope, past=None):
+    """Self-attention inputs of ``attn`` (a :class:`SelfAttention`, or a module holding its
+    ``heads, q, k, v, norm_q, norm_k``) for tokens x (B, S, D): ``(q, k, v, new, pre)`` with q
+    (B, h, S, D/h) post-RoPE, k and v preceded by ``past``'s cached keys and values, ``new`` =
+    this call's (k, v) for the cache and ``pre`` = the pre-RoPE (q, k) of this call."""
+    B, S, D = x.shape
+    h = attn.heads
+
+    def split(z):  # (B, S, D) -> (B, h, S, D/h)
+        return z.view(B, S, h, D // h).transpose(1, 2)
+
+    q_pre, k_pre = split(attn.norm_q(attn.q(x))), split(attn.norm_k(attn.k(x)))
+    q, k = apply_rope(q_pre, *rope), apply_rope(k_pre, *rope)
+    v = split(attn.v(x))
+    new = (k, v)
+    if past is not None and past[0] is not None:
+        k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+    return q, k, v, new, (q_pre, k_pre)
 
 
 class CrossAttention(nn.Module):
@@ -424,7 +445,7 @@ def rollout(
         c, u = v.chunk(2)
         return u + cfg_scale * (c - u)
 
-    sig = sigmas_for(denoising_timesteps(steps), model.config.get("shift", SHIFT)).tolist()
+    sig = sampler_sigmas(model.config, steps).tolist()
     ctxf = chunk_context or (lambda k: contextlib.nullcontext())
     if not use_cache:
         cache = None
@@ -477,7 +498,7 @@ def sample(
     labels = labels.long()
     pad = model.config["label_slots"] - 1
     slots = torch.cat([labels[:, None], labels.new_full((len(labels), pad), -1)], 1)
-    steps = model.config.get("sample_steps", len(DENOISING_TIMESTEPS)) if steps is None else steps
+    steps = sample_steps(model.config) if steps is None else steps
     noise = rollout_noise(len(labels), model.config, generator, steps)
     scale = model.config.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale
     lat = rollout(model, slots, noise, cfg_scale=scale)

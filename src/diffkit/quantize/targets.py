@@ -124,6 +124,8 @@ def compare_rollouts(
         target = labels[:, 0].repeat_interleave(fp.shape[1])
         out["frechet_fp_ref"] = frechet_distance(f_fp, f_q) if len(f_fp) > 2 else float("nan")
         out["digit_acc"] = float((p_q == target).float().mean())
+        hit = (p_q == target).float().view(len(labels), -1)
+        out["digit_acc_per_frame"] = hit.mean(0).tolist()  # by frame index
         out["digit_acc_fp"] = float((p_fp == target).float().mean())
         out["agree_with_fp"] = float((p_q == p_fp).float().mean())
     return out

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from diffkit.core.ema import EMA
 from diffkit.core.io import load_tensors, save_tensors
+from diffkit.data import make_moving_digits
+from diffkit.train import TrainConfig, fit
+
+log = logging.getLogger(__name__)
 
 
 def stage_path(work_dir, key: dict, stage: str) -> Path | None:
@@ -47,8 +54,6 @@ def stage_train_config(s: dict, stage: str, index: int, seed: int, precision: st
     """The :class:`~diffkit.train.TrainConfig` of stage ``stage`` (the ``index``-th) from the
     recipe settings ``s`` (``{stage}_steps``, ``{stage}_batch``, ``{stage}_lr``, ``warmup_steps``,
     ``ema_decay``); ``extra`` adds recipe-specific fields (betas, weight decay, clipping)."""
-    from diffkit.train import TrainConfig
-
     return TrainConfig(
         steps=s[f"{stage}_steps"],
         batch_size=s[f"{stage}_batch"],
@@ -73,13 +78,6 @@ def run_stages(
     then never built); a trained stage is kept there. Returns ``({"<stage>_stage_seconds": s},
     the last fit result or None)``.
     """
-    import logging
-    import tempfile
-    import time
-
-    from diffkit.train import fit
-
-    log = logging.getLogger(__name__)
     seconds, res = {}, None
     for stage, make_data, cfg in stages:
         ts = time.perf_counter()
@@ -101,7 +99,6 @@ def moving_digit_stages(s: dict, plan, video_config, seed: int, precision: str, 
     """:func:`run_stages`' list for moving-digits recipes: ``plan`` holds ``(stage, count key,
     frames)`` (frames None: the recipe's clip length); each stage's data are ``s[count key]``
     videos of ``video_config("train", frames)``, built only if the stage is trained."""
-    from diffkit.data import make_moving_digits
 
     def data(n: str, frames):
         return lambda: make_moving_digits(s[n], video_config("train", frames), seed=seed)

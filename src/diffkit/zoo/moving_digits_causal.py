@@ -94,8 +94,7 @@ class TeacherForcingFlow:
         self.p_levels = p_levels
         self.label_dropout = label_dropout
         shift = config.get("shift", cw.SHIFT)
-        steps = config.get("sample_steps", len(cw.DENOISING_TIMESTEPS))
-        self.levels = cw.sigmas_for(cw.denoising_timesteps(steps), shift).float()
+        self.levels = cw.sampler_sigmas(config).float()
         self.schedule = FlowMatching(shift=shift)
 
     def __call__(self, model, batch, ctx) -> LossOutput:
@@ -172,9 +171,7 @@ def evaluate_samples(
         digit_size=DATA["digit_size"],
     )
     scale = model.config.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale
-    steps = (
-        model.config.get("sample_steps", len(cw.DENOISING_TIMESTEPS)) if steps is None else steps
-    )
+    steps = cw.sample_steps(model.config) if steps is None else steps
     out.update(steps=steps, cfg_scale=scale)
     return out
 
